@@ -1,0 +1,374 @@
+//! Adapter sites: the layers of a model that a LoRA adapter can change, and the
+//! run-time form of a mixture of adapters at each of them.
+//!
+//! A model built with [`AdaptedLinear`] / [`AdaptedConv2d`] layers takes an
+//! [`Adaptation`] in its forward pass. The adaptation maps a site's module path
+//! (the PEFT module path, e.g. `vision_model.encoder.layers.0.mlp.fc1`) to a
+//! [`FactoredSite`]: the concatenated low-rank factors of every adapter that
+//! touches the site, plus one coefficient per image and per rank row. This is
+//! the factored path of SemLA's fusion:
+//!
+//! `y_n = W x_n + b + sum_j coeff[n, j] * B[:, j] * (A[j, :] x_n)`
+//!
+//! which equals PEFT's `cat` merge with weights `w_{n,i}` when the rows of
+//! adapter `i` carry `coeff = w_{n,i} * s_i`, while letting every image of one
+//! batch use its own mixture and never copying the base weights.
+
+use std::collections::HashMap;
+
+use candle_core::{D, DType, Result, Tensor};
+
+/// Geometry of a convolutional site. The LoRA `A` factor of a Conv2d site is a
+/// convolution with the base layer's kernel size, stride, padding and
+/// dilation; `B` is always a 1x1 convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Conv2dGeometry {
+    /// Square kernel size `k` of the base convolution.
+    pub kernel_size: usize,
+    /// Stride of the base convolution.
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub padding: usize,
+    /// Dilation of the base convolution.
+    pub dilation: usize,
+}
+
+/// What kind of layer a site is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum SiteKind {
+    /// `nn.Linear`: weight `[out, in]`, LoRA `A [r, in]`, `B [out, r]`.
+    Linear,
+    /// `nn.Conv2d` with `groups = 1`: weight `[out, in, k, k]`, LoRA
+    /// `A [r, in, k, k]`, `B [out, r, 1, 1]`.
+    Conv2d(Conv2dGeometry),
+}
+
+/// A site as a model reports it, used to check that an adapter fits a model.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SiteInfo {
+    /// PEFT module path (the checkpoint key path without `.weight`).
+    pub path: String,
+    /// Layer kind and geometry.
+    pub kind: SiteKind,
+    /// Input features (Linear) or input channels (Conv2d).
+    pub in_features: usize,
+    /// Output features (Linear) or output channels (Conv2d).
+    pub out_features: usize,
+}
+
+/// The low-rank update of one site for one batch, in factored form.
+///
+/// Shapes, with `R` the total rank of all adapters present at the site and
+/// `N` the batch size:
+/// - `a`: `[R, in]` (Linear) or `[R, in, k, k]` (Conv2d),
+/// - `b`: `[out, R]` (Linear) or `[out, R, 1, 1]` (Conv2d),
+/// - `coeff`: `[N, R]`, or `[1, R]` to use one mixture for the whole batch.
+///
+/// `a` and `b` may be variables: gradients flow through them when training.
+#[derive(Clone, Debug)]
+pub struct FactoredSite {
+    /// Stacked `A` factors, one block of rows per adapter.
+    pub a: Tensor,
+    /// Stacked `B` factors, one block of columns per adapter.
+    pub b: Tensor,
+    /// Per-image coefficient of each rank row (`w_{n,i} * s_i` for the rows of adapter `i`).
+    pub coeff: Tensor,
+}
+
+impl FactoredSite {
+    /// Stacks the factors of several adapters at one site.
+    ///
+    /// `parts[i] = (A_i, B_i, s_i)` with `s_i` the adapter's scaling, and
+    /// `weights[n][i]` the weight of adapter `i` for image `n` (one row per
+    /// image; a single row applies to the whole batch).
+    pub fn stack(parts: &[(&Tensor, &Tensor, f64)], weights: &[Vec<f64>]) -> Result<Self> {
+        let Some(first) = parts.first() else {
+            candle_core::bail!("FactoredSite::stack: no adapter factors given")
+        };
+        let device = first.0.device().clone();
+        let dtype = first.0.dtype();
+        let ranks: Vec<usize> = parts.iter().map(|(a, _, _)| a.dim(0)).collect::<Result<_>>()?;
+        let total_rank: usize = ranks.iter().sum();
+        let mut coeff = Vec::with_capacity(weights.len() * total_rank);
+        for row in weights {
+            if row.len() != parts.len() {
+                candle_core::bail!(
+                    "FactoredSite::stack: {} weights for {} adapters",
+                    row.len(),
+                    parts.len()
+                )
+            }
+            for ((&w, &r), (_, _, s)) in row.iter().zip(&ranks).zip(parts) {
+                coeff.extend(std::iter::repeat_n((w * s) as f32, r));
+            }
+        }
+        let coeff = Tensor::from_vec(coeff, (weights.len(), total_rank), &device)?.to_dtype(dtype)?;
+        let a = Tensor::cat(&parts.iter().map(|(a, _, _)| *a).collect::<Vec<_>>(), 0)?;
+        let b = Tensor::cat(&parts.iter().map(|(_, b, _)| *b).collect::<Vec<_>>(), 1)?;
+        Ok(Self { a, b, coeff })
+    }
+
+    /// The dense weight update for image `n` (or the shared mixture when
+    /// `coeff` has one row): `B diag(coeff[n]) A`, shaped like the base weight
+    /// (`[out, in]` or `[out, in, k, k]`).
+    pub fn delta_weight(&self, n: usize) -> Result<Tensor> {
+        let row = if self.coeff.dim(0)? == 1 { 0 } else { n };
+        let coeff = self.coeff.get(row)?; // [R]
+        let rank = self.a.dim(0)?;
+        let a_dims = self.a.dims().to_vec();
+        let a2 = self.a.reshape((rank, ()))?; // [R, in*k*k]
+        let out = self.b.dim(0)?;
+        let b2 = self.b.reshape((out, rank))?.broadcast_mul(&coeff.unsqueeze(0)?)?;
+        let delta = b2.matmul(&a2)?; // [out, in*k*k]
+        let mut shape = a_dims;
+        shape[0] = out;
+        delta.reshape(shape)
+    }
+}
+
+/// A set of site updates for one forward pass. `Adaptation::none()` runs the
+/// base model.
+#[derive(Clone, Debug, Default)]
+pub struct Adaptation {
+    sites: HashMap<String, FactoredSite>,
+}
+
+impl Adaptation {
+    /// No adapter at all: the base model.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Sets the update of one site (replacing any previous one).
+    pub fn insert(&mut self, path: impl Into<String>, site: FactoredSite) {
+        self.sites.insert(path.into(), site);
+    }
+
+    /// The update of the site at `path`, if any.
+    pub fn get(&self, path: &str) -> Option<&FactoredSite> {
+        self.sites.get(path)
+    }
+
+    /// Whether no site is adapted.
+    pub fn is_empty(&self) -> bool {
+        self.sites.is_empty()
+    }
+
+    /// Paths of the adapted sites, in no particular order.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.sites.keys().map(String::as_str)
+    }
+}
+
+/// A `Linear` layer with an adapter site. The base weight is a plain tensor
+/// (never a `Var`), so it neither receives nor stores gradients.
+#[derive(Clone, Debug)]
+pub struct AdaptedLinear {
+    path: String,
+    /// `[out, in]`
+    weight: Tensor,
+    /// `[out]`
+    bias: Option<Tensor>,
+}
+
+impl AdaptedLinear {
+    /// A layer at module path `path` with weight `[out, in]` and optional bias `[out]`.
+    pub fn new(path: impl Into<String>, weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { path: path.into(), weight, bias }
+    }
+
+    /// Loads `<prefix>.weight` (and `<prefix>.bias` when `with_bias`) from a
+    /// var builder positioned at the model root; the site's path is `prefix`.
+    pub fn load(
+        vb: &candle_nn::VarBuilder,
+        prefix: &str,
+        in_features: usize,
+        out_features: usize,
+        with_bias: bool,
+    ) -> Result<Self> {
+        let vb = vb.pp(prefix);
+        let weight = vb.get((out_features, in_features), "weight")?;
+        let bias = if with_bias { Some(vb.get(out_features, "bias")?) } else { None };
+        Ok(Self::new(prefix, weight, bias))
+    }
+
+    /// The module path of this site.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Base weight `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Bias `[out]`, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// Replaces the base weight (used to merge an adapter into the model).
+    pub fn set_weight(&mut self, weight: Tensor) -> Result<()> {
+        if weight.dims() != self.weight.dims() {
+            candle_core::bail!(
+                "site {}: new weight shape {:?} differs from {:?}",
+                self.path,
+                weight.dims(),
+                self.weight.dims()
+            )
+        }
+        self.weight = weight;
+        Ok(())
+    }
+
+    /// Description of the site.
+    pub fn info(&self) -> SiteInfo {
+        let (out_features, in_features) = self.weight.dims2().unwrap_or((0, 0));
+        SiteInfo { path: self.path.clone(), kind: SiteKind::Linear, in_features, out_features }
+    }
+
+    /// `x`: `[N, ..., in]` -> `[N, ..., out]`, with the site's update from
+    /// `adaptation` applied per image.
+    pub fn forward(&self, x: &Tensor, adaptation: &Adaptation) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_features = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_features.max(1);
+        let x2 = x.reshape((rows, in_features))?;
+        let mut y = x2.matmul(&self.weight.t()?)?;
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(bias)?;
+        }
+        let out = y.dim(1)?;
+        let mut out_dims = dims;
+        if let Some(last) = out_dims.last_mut() {
+            *last = out;
+        }
+        let y = y.reshape(out_dims.as_slice())?;
+        match adaptation.get(&self.path) {
+            None => Ok(y),
+            Some(site) => {
+                let delta = linear_update(x, site)?;
+                y + delta
+            }
+        }
+    }
+}
+
+/// The factored LoRA update of a Linear site: `x` `[N, ..., in]` -> `[N, ..., out]`.
+fn linear_update(x: &Tensor, site: &FactoredSite) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let n = dims[0];
+    let in_features = dims[dims.len() - 1];
+    let out = site.b.dim(0)?;
+    // [N, L, in] with every middle dimension folded into L.
+    let x3 = x.reshape((n, (), in_features))?;
+    let h = x3.broadcast_matmul(&site.a.t()?)?; // [N, L, R]
+    let coeff = site.coeff.to_dtype(h.dtype())?.unsqueeze(1)?; // [N|1, 1, R]
+    let h = h.broadcast_mul(&coeff)?;
+    let delta = h.broadcast_matmul(&site.b.t()?)?; // [N, L, out]
+    let mut out_dims = dims;
+    if let Some(last) = out_dims.last_mut() {
+        *last = out;
+    }
+    delta.reshape(out_dims.as_slice())
+}
+
+/// A `Conv2d` layer (groups = 1) with an adapter site.
+#[derive(Clone, Debug)]
+pub struct AdaptedConv2d {
+    path: String,
+    /// `[out, in, k, k]`
+    weight: Tensor,
+    /// `[out]`
+    bias: Option<Tensor>,
+    geometry: Conv2dGeometry,
+}
+
+impl AdaptedConv2d {
+    /// A convolution at module path `path` with weight `[out, in, k, k]`.
+    pub fn new(
+        path: impl Into<String>,
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        padding: usize,
+        dilation: usize,
+    ) -> Result<Self> {
+        let (_, _, k, k2) = weight.dims4()?;
+        if k != k2 {
+            candle_core::bail!("only square kernels are supported, got {k}x{k2}")
+        }
+        let geometry = Conv2dGeometry { kernel_size: k, stride, padding, dilation };
+        Ok(Self { path: path.into(), weight, bias, geometry })
+    }
+
+    /// The module path of this site.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Base weight `[out, in, k, k]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Bias `[out]`, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// Kernel size, stride, padding and dilation.
+    pub fn geometry(&self) -> Conv2dGeometry {
+        self.geometry
+    }
+
+    /// Replaces the base weight (used to merge an adapter into the model).
+    pub fn set_weight(&mut self, weight: Tensor) -> Result<()> {
+        if weight.dims() != self.weight.dims() {
+            candle_core::bail!(
+                "site {}: new weight shape {:?} differs from {:?}",
+                self.path,
+                weight.dims(),
+                self.weight.dims()
+            )
+        }
+        self.weight = weight;
+        Ok(())
+    }
+
+    /// Description of the site.
+    pub fn info(&self) -> SiteInfo {
+        let dims = self.weight.dims();
+        SiteInfo {
+            path: self.path.clone(),
+            kind: SiteKind::Conv2d(self.geometry),
+            in_features: dims.get(1).copied().unwrap_or(0),
+            out_features: dims.first().copied().unwrap_or(0),
+        }
+    }
+
+    /// `x`: `[N, in, H, W]` -> `[N, out, H', W']`, with the site's update from
+    /// `adaptation` applied per image.
+    pub fn forward(&self, x: &Tensor, adaptation: &Adaptation) -> Result<Tensor> {
+        let g = self.geometry;
+        let mut y = x.conv2d(&self.weight, g.padding, g.stride, g.dilation, 1)?;
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(&bias.reshape((1, (), 1, 1))?)?;
+        }
+        match adaptation.get(&self.path) {
+            None => Ok(y),
+            Some(site) => {
+                let h = x.conv2d(&site.a, g.padding, g.stride, g.dilation, 1)?; // [N, R, H', W']
+                let coeff = site.coeff.to_dtype(h.dtype())?.unsqueeze(D::Minus1)?.unsqueeze(D::Minus1)?;
+                let h = h.broadcast_mul(&coeff)?;
+                let delta = h.conv2d(&site.b, 0, 1, 1, 1)?;
+                y + delta
+            }
+        }
+    }
+}
+
+/// Converts a tensor to f32 if it is not already (site factors are stored in f32).
+pub fn as_f32(t: &Tensor) -> Result<Tensor> {
+    if t.dtype() == DType::F32 { Ok(t.clone()) } else { t.to_dtype(DType::F32) }
+}

@@ -1,0 +1,17 @@
+//! One module per command family. Each exposes a clap `Args`/`Subcommand`
+//! type and a `run(args, &Context) -> anyhow::Result<()>`.
+
+/// Options shared by every command.
+#[derive(Clone, Copy, Debug)]
+pub struct Context {
+    /// `--json`: print machine-readable JSON on stdout.
+    pub json: bool,
+}
+
+impl Context {
+    /// Prints `value` as pretty JSON on stdout.
+    pub fn print_json(&self, value: &impl serde::Serialize) -> anyhow::Result<()> {
+        println!("{}", serde_json::to_string_pretty(value)?);
+        Ok(())
+    }
+}

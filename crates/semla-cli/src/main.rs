@@ -1,0 +1,44 @@
+//! `semla`: adaptive semantic segmentation with a library of LoRA adapters.
+//!
+//! Each subcommand lives in its own module under `commands/`; this file only
+//! parses the command line, sets up logging and dispatches.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "semla", version, about = "Semantic library adaptation: LoRA retrieval and fusion for segmentation under domain shift")]
+struct Cli {
+    /// Print machine-readable JSON on stdout instead of human-readable text.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    // Keep one line per command family, sorted; each helper module owns its arguments.
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let ctx = commands::Context { json: cli.json };
+    let result: anyhow::Result<()> = match cli.command {};
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
