@@ -21,6 +21,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // Keep one line per command family, sorted; each helper module owns its arguments.
+    /// Domains and label maps: statistics, coloured views.
+    Data(commands::data::DataArgs),
+    /// mIoU and accuracies of predicted label maps against ground truth.
+    Metrics(commands::metrics::MetricsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,7 +37,10 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let ctx = commands::Context { json: cli.json };
-    let result: anyhow::Result<()> = match cli.command {};
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Data(args) => commands::data::run(args, &ctx),
+        Command::Metrics(args) => commands::metrics::run(args, &ctx),
+    };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

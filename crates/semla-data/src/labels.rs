@@ -9,6 +9,8 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+pub use image::{Rgb, RgbImage};
+
 /// Errors reading or writing label maps and photos; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum LabelError {
@@ -204,6 +206,14 @@ pub fn read_rgb(path: &Path) -> Result<image::RgbImage, LabelError> {
         message: err.to_string(),
     })?;
     Ok(image.to_rgb8())
+}
+
+/// Width and height of a photo, read from its header only.
+pub fn image_size(path: &Path) -> Result<(u32, u32), LabelError> {
+    image::image_dimensions(path).map_err(|err| LabelError::Image {
+        path: path.to_path_buf(),
+        message: err.to_string(),
+    })
 }
 
 /// Writes an 8-bit RGB PNG through a temporary file renamed into place.
@@ -502,6 +512,9 @@ mod tests {
         let image = image::RgbImage::from_fn(3, 2, |x, y| image::Rgb([x as u8, y as u8, 7]));
         write_rgb_png(&path, &image).unwrap();
         assert_eq!(read_rgb(&path).unwrap(), image);
+        assert_eq!(image_size(&path).unwrap(), (3, 2));
+        let err = image_size(&dir.path().join("nope.png")).unwrap_err();
+        assert!(err.to_string().contains("nope.png"));
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! One module per command family. Each exposes a clap `Args`/`Subcommand`
 //! type and a `run(args, &Context) -> anyhow::Result<()>`.
 
+pub mod data;
+pub mod metrics;
+
 /// Options shared by every command.
 #[derive(Clone, Copy, Debug)]
 pub struct Context {
