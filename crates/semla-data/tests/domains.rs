@@ -98,10 +98,21 @@ fn acdc_layout_with_train_id_fallback() {
         10,
     );
     photo(&acdc.join("rgb_anon/fog/train/GOPR0477/GOPR0477_frame_000001_rgb_anon.png"));
+    // A reference frame pairs with its `gt_ref` label.
+    photo(&acdc.join("rgb_anon/fog/val/GOPR0478/GOPR0478_frame_000002_rgb_ref_anon.png"));
+    label(
+        &acdc.join("gt/fog/val/GOPR0478/GOPR0478_frame_000002_gt_ref_labelIds.png"),
+        23,
+    );
     let domain = resolve_domain("acdc-fog", tmp.path()).unwrap();
     assert_eq!(domain.evaluator, EvaluatorKind::CityscapesScript);
     let pairs = domain.pairs(Split::Val).unwrap();
-    assert_eq!(pairs.len(), 2);
+    assert_eq!(pairs.len(), 3);
+    assert!(
+        pairs[2]
+            .label
+            .ends_with("GOPR0478_frame_000002_gt_ref_labelIds.png")
+    );
     assert_eq!(pairs[0].encoding, LabelEncoding::CityscapesLabelIds);
     assert_eq!(pairs[1].encoding, LabelEncoding::TrainIds);
     // Both are sky (label id 23 = train id 10).

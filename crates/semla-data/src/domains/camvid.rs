@@ -81,8 +81,7 @@ impl DomainLayout for CamVidLayout {
             image_dir: self.dir.join(split.as_str()),
             label_dir: self.dir.join(format!("{split}annot")),
             nested: false,
-            image_suffixes: &[".png"],
-            label_candidates: &[(".png", LabelEncoding::TrainIds)],
+            naming: &[(".png", &[(".png", LabelEncoding::TrainIds)])],
             layout: &layout,
         }
         .pairs()?;

@@ -57,8 +57,12 @@ fn is_image(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Label name endings with their encodings; the first existing file wins.
+pub(crate) type LabelCandidates<'a> = &'a [(&'a str, LabelEncoding)];
+
 /// A naming rule: image `<base><image suffix>` in `image_dir` pairs with
-/// `<base><label suffix>` in `label_dir`, trying the label candidates in order.
+/// `<base><label suffix>` in `label_dir`, trying that image suffix's label candidates
+/// in order.
 pub(crate) struct PairRule<'a> {
     /// Folder of the images.
     pub image_dir: PathBuf,
@@ -66,10 +70,9 @@ pub(crate) struct PairRule<'a> {
     pub label_dir: PathBuf,
     /// `true`: both folders hold one sub-folder per city/sequence with the files inside.
     pub nested: bool,
-    /// Accepted image name endings; other files are skipped.
-    pub image_suffixes: &'a [&'a str],
-    /// Label name endings with their encodings, first existing file wins.
-    pub label_candidates: &'a [(&'a str, LabelEncoding)],
+    /// Accepted image name endings, each with its label candidates; files matching
+    /// none are skipped.
+    pub naming: &'a [(&'a str, LabelCandidates<'a>)],
     /// The layout in words, for errors.
     pub layout: &'a str,
 }
@@ -95,25 +98,31 @@ impl PairRule<'_> {
                 let Some(name) = image.file_name().and_then(|n| n.to_str()) else {
                     continue;
                 };
-                let Some(base) = self
-                    .image_suffixes
+                let Some((base, candidates)) = self
+                    .naming
                     .iter()
-                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .find_map(|(suffix, labels)| Some((name.strip_suffix(suffix)?, *labels)))
                 else {
                     continue;
                 };
                 if !image.is_file() {
                     continue;
                 }
-                samples.push(self.label_for(&image, base, &label_dir)?);
+                samples.push(self.label_for(&image, base, &label_dir, candidates)?);
             }
         }
         samples.sort_by(|a, b| a.image.cmp(&b.image));
         Ok(samples)
     }
 
-    fn label_for(&self, image: &Path, base: &str, label_dir: &Path) -> Result<Sample, DomainError> {
-        for (suffix, encoding) in self.label_candidates {
+    fn label_for(
+        &self,
+        image: &Path,
+        base: &str,
+        label_dir: &Path,
+        candidates: LabelCandidates<'_>,
+    ) -> Result<Sample, DomainError> {
+        for (suffix, encoding) in candidates {
             let label = label_dir.join(format!("{base}{suffix}"));
             if label.is_file() {
                 return Ok(Sample {
@@ -123,7 +132,7 @@ impl PairRule<'_> {
                 });
             }
         }
-        let first = self.label_candidates.first().map_or("", |c| c.0);
+        let first = candidates.first().map_or("", |c| c.0);
         Err(DomainError::MissingLabel {
             image: image.to_path_buf(),
             label: label_dir.join(format!("{base}{first}")),

@@ -3,7 +3,7 @@
 //! | name | evaluation pairs (split `S`) | prototype images |
 //! | --- | --- | --- |
 //! | `cs-normal` | `cityscapes/leftImg8bit/S/<city>/*_leftImg8bit.png` ↔ `cityscapes/gtFine/S/<city>/*_gtFine_labelIds.png` (label ids → 19 train ids) | `cityscapes/leftImg8bit/train/` |
-//! | `acdc-<c>` | `acdc/rgb_anon/<c>/S/<seq>/*_rgb_anon.png` ↔ `acdc/gt/<c>/S/<seq>/*_gt_labelIds.png` (else `*_gt_labelTrainIds.png`) | `acdc/rgb_anon/<c>/train/` |
+//! | `acdc-<c>` | `acdc/rgb_anon/<c>/S/<seq>/*_rgb_anon.png` ↔ `acdc/gt/<c>/S/<seq>/*_gt_labelIds.png` (else `*_gt_labelTrainIds.png`; reference frames `*_rgb_ref_anon.png` ↔ `*_gt_ref_labelIds.png`) | `acdc/rgb_anon/<c>/train/` |
 //! | `muses-<c>-<t>` | `muses/frame_camera/S/<c>/<t>/*frame_camera.png` ↔ `muses/gt_semantic/S/<c>/<t>/*gt_labelIds.png` (else `*gt_labelTrainIds.png`) | `muses/frame_camera/train/<c>/<t>/` |
 //! | `bdd` | `bdd100k/images/10k/S/*.jpg` ↔ `bdd100k/labels/sem_seg/masks/S/*.png` | `bdd100k/images/10k/train/` |
 //! | `mv` | `mapillary_vistas/S/images/*.jpg` ↔ `mapillary_vistas/S/labels/*.png` (v1.2, 65 = ignore) | `mapillary_vistas/train/images/` |
@@ -18,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::listing::{PairRule, images_recursive, require_dir};
+use super::listing::{LabelCandidates, PairRule, images_recursive, require_dir};
 use super::{Domain, DomainError, DomainLayout, EvaluatorKind, Palette, Sample, Split, classes};
 use crate::labels::LabelEncoding;
 
@@ -111,7 +111,16 @@ const MUSES_LABELS: &[(&str, LabelEncoding)] = &[
     ("gt_labelIds.png", LabelEncoding::CityscapesLabelIds),
     ("gt_labelTrainIds.png", LabelEncoding::TrainIds),
 ];
+/// ACDC's reference (clear-weather) frames, `*_rgb_ref_anon.png`, as the official loader
+/// pairs them.
+const ACDC_REF_LABELS: &[(&str, LabelEncoding)] = &[
+    ("_gt_ref_labelIds.png", LabelEncoding::CityscapesLabelIds),
+    ("_gt_ref_labelTrainIds.png", LabelEncoding::TrainIds),
+];
 const PNG_TRAIN_IDS: &[(&str, LabelEncoding)] = &[(".png", LabelEncoding::TrainIds)];
+const IDD_LABELS: &[(&str, LabelEncoding)] =
+    &[("_gtFine_labellevel3Ids.png", LabelEncoding::TrainIds)];
+const JPG_TO_PNG: &[(&str, LabelCandidates)] = &[(".jpg", PNG_TRAIN_IDS)];
 
 impl OfficialLayout {
     /// The dataset's top folder, which must exist for the domain to resolve.
@@ -137,7 +146,7 @@ impl OfficialLayout {
         // Prefer the detectron2-prepared labels (already minus one, 255 ignore); fall
         // back to the original release and decode the same way on the fly.
         let prepared = base.join("annotations_detectron2").join(s);
-        let (label_dir, candidates): (PathBuf, &[(&str, LabelEncoding)]) = if prepared.is_dir() {
+        let (label_dir, candidates): (PathBuf, LabelCandidates) = if prepared.is_dir() {
             (prepared, PNG_TRAIN_IDS)
         } else {
             (
@@ -149,8 +158,7 @@ impl OfficialLayout {
             image_dir: base.join("images").join(s),
             label_dir,
             nested: false,
-            image_suffixes: &[".jpg"],
-            label_candidates: candidates,
+            naming: &[(".jpg", candidates)],
             layout: &layout,
         }
         .pairs()
@@ -277,14 +285,12 @@ impl DomainLayout for OfficialLayout {
         let rule = |image_dir: PathBuf,
                     label_dir: PathBuf,
                     nested: bool,
-                    image_suffixes: &[&str],
-                    label_candidates: &[(&str, LabelEncoding)]| {
+                    naming: &[(&str, LabelCandidates)]| {
             PairRule {
                 image_dir,
                 label_dir,
                 nested,
-                image_suffixes,
-                label_candidates,
+                naming,
                 layout: &layout,
             }
             .pairs()
@@ -294,15 +300,16 @@ impl DomainLayout for OfficialLayout {
                 dir.join("leftImg8bit").join(s),
                 dir.join("gtFine").join(s),
                 true,
-                &["_leftImg8bit.png"],
-                CS_LABELS,
+                &[("_leftImg8bit.png", CS_LABELS)],
             ),
             OfficialLayout::Acdc { dir, condition } => rule(
                 dir.join("rgb_anon").join(condition).join(s),
                 dir.join("gt").join(condition).join(s),
                 true,
-                &["_rgb_anon.png"],
-                ACDC_LABELS,
+                &[
+                    ("_rgb_anon.png", ACDC_LABELS),
+                    ("_rgb_ref_anon.png", ACDC_REF_LABELS),
+                ],
             ),
             OfficialLayout::Muses {
                 dir,
@@ -312,45 +319,42 @@ impl DomainLayout for OfficialLayout {
                 dir.join("frame_camera").join(s).join(condition).join(time),
                 dir.join("gt_semantic").join(s).join(condition).join(time),
                 false,
-                &["frame_camera.png"],
-                MUSES_LABELS,
+                &[("frame_camera.png", MUSES_LABELS)],
             ),
             OfficialLayout::Bdd { dir } => rule(
                 dir.join("images/10k").join(s),
                 dir.join("labels/sem_seg/masks").join(s),
                 false,
-                &[".jpg"],
-                PNG_TRAIN_IDS,
+                JPG_TO_PNG,
             ),
             OfficialLayout::Mapillary { dir } => rule(
                 dir.join(s).join("images"),
                 dir.join(s).join("labels"),
                 false,
-                &[".jpg"],
-                PNG_TRAIN_IDS,
+                JPG_TO_PNG,
             ),
             OfficialLayout::Ade20k { root } => self.ade_pairs(root, split),
             OfficialLayout::Idd { dir } => rule(
                 dir.join("leftImg8bit").join(s),
                 dir.join("gtFine").join(s),
                 true,
-                &["_leftImg8bit.png", "_leftImg8bit.jpg"],
-                &[("_gtFine_labellevel3Ids.png", LabelEncoding::TrainIds)],
+                &[
+                    ("_leftImg8bit.png", IDD_LABELS),
+                    ("_leftImg8bit.jpg", IDD_LABELS),
+                ],
             ),
             OfficialLayout::PascalContext59 { dir } => rule(
                 dir.join("images").join(long_split(split)),
                 dir.join("annotations_ctx59").join(long_split(split)),
                 false,
-                &[".jpg"],
-                PNG_TRAIN_IDS,
+                JPG_TO_PNG,
             ),
             OfficialLayout::Nyu { root } => self.nyu_pairs(root, split),
             OfficialLayout::Coconut { root } => rule(
                 root.join("coco").join(format!("{s}2017")),
                 root.join("coco").join(format!("panoptic_semseg_{s}2017")),
                 false,
-                &[".jpg"],
-                PNG_TRAIN_IDS,
+                JPG_TO_PNG,
             ),
         }
     }
