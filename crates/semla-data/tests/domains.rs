@@ -479,3 +479,53 @@ fn real_camvid() {
     assert!(label.values.iter().all(|&v| v <= 11));
     assert_eq!(all.load_image(&val[0]).unwrap().dimensions(), (480, 360));
 }
+
+/// The extension point: a layout that makes its images (as corrupted or synthetic domains
+/// will) plugs into `Domain` like the file layouts.
+#[test]
+fn custom_layout_through_the_trait() {
+    #[derive(Debug)]
+    struct Generated;
+    impl DomainLayout for Generated {
+        fn describe(&self) -> String {
+            "generated in memory".into()
+        }
+        fn pairs(&self, split: Split) -> Result<Vec<semla_data::domains::Sample>, DomainError> {
+            Ok(vec![semla_data::domains::Sample {
+                image: PathBuf::from(format!("generated/{split}/0")),
+                label: PathBuf::from(format!("generated/{split}/0")),
+                encoding: LabelEncoding::TrainIds,
+            }])
+        }
+        fn load_image(
+            &self,
+            _sample: &semla_data::domains::Sample,
+        ) -> Result<image::RgbImage, DomainError> {
+            Ok(image::RgbImage::from_pixel(4, 2, image::Rgb([1, 2, 3])))
+        }
+        fn load_label(
+            &self,
+            _sample: &semla_data::domains::Sample,
+        ) -> Result<LabelMap, DomainError> {
+            Ok(LabelMap::filled(4, 2, 1))
+        }
+    }
+    let domain = semla_data::domains::Domain {
+        name: "generated/test".into(),
+        classes: vec!["a".into(), "b".into()],
+        ignore_value: 255,
+        evaluator: EvaluatorKind::Detectron2,
+        palette: Palette::Generic,
+        layout: std::sync::Arc::new(Generated),
+    };
+    let pairs = domain.pairs(Split::Val).unwrap();
+    assert_eq!(domain.load_image(&pairs[0]).unwrap().dimensions(), (4, 2));
+    assert_eq!(domain.load_label(&pairs[0]).unwrap().values, vec![1; 8]);
+    // The default prototype images are the train split's.
+    assert_eq!(
+        domain.train_images().unwrap(),
+        [PathBuf::from("generated/train/0")]
+    );
+    let copy = domain.clone();
+    assert_eq!(copy.num_classes(), 2);
+}

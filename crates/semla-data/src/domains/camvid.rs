@@ -140,6 +140,6 @@ fn resolve_layout(
         ignore_value: CAMVID_IGNORE,
         evaluator: EvaluatorKind::Detectron2,
         palette: Palette::CamVid,
-        layout: Box::new(layout),
+        layout: std::sync::Arc::new(layout),
     })
 }

@@ -27,6 +27,7 @@ pub mod palette;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::labels::{LabelEncoding, LabelError, LabelMap, read_rgb};
 pub use palette::Palette;
@@ -198,7 +199,8 @@ pub trait DomainLayout: fmt::Debug + Send + Sync {
 }
 
 /// A domain: its name, classes, ignore value, evaluator and the layout of its files.
-#[derive(Debug)]
+/// Cheap to clone (the layout is shared).
+#[derive(Clone, Debug)]
 pub struct Domain {
     /// The name it was resolved from (e.g. `acdc-fog`, `camvid/0001TP`).
     pub name: String,
@@ -211,7 +213,7 @@ pub struct Domain {
     /// The colours used to display its label maps.
     pub palette: Palette,
     /// Where its files come from.
-    pub layout: Box<dyn DomainLayout>,
+    pub layout: Arc<dyn DomainLayout>,
 }
 
 impl Domain {

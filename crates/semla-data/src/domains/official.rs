@@ -486,6 +486,6 @@ pub fn resolve(name: &str, data_root: &Path) -> Option<Result<Domain, DomainErro
         ignore_value: ignore,
         evaluator,
         palette,
-        layout: Box::new(layout),
+        layout: std::sync::Arc::new(layout),
     }))
 }
