@@ -1,0 +1,301 @@
+//! Frozen layers that pass gradients to their input only.
+//!
+//! candle's backward pass of `matmul` and `conv2d` always computes the
+//! gradient of both operands, even when one of them is a plain (frozen)
+//! tensor that no optimizer will ever read: training a LoRA adapter on a frozen
+//! base then pays a second full-size matmul/convolution per frozen layer and
+//! keeps every frozen weight's gradient in the `GradStore`.
+//!
+//! The functions here compute the layer's forward on a detached input (no
+//! graph), then pass the result through a custom op whose only job is to route
+//! the output gradient back to the input: `grad_x = grad_y W` for a linear
+//! layer, a transposed convolution for a convolution. The frozen weight never
+//! enters the graph, so it neither receives nor stores a gradient.
+//!
+//! When the input does not track gradients (inference) or lives on a non-CPU
+//! device, the plain candle ops run unchanged.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+/// How the gradient of the output maps to the gradient of the input.
+#[derive(Clone, Debug)]
+enum InputGradient {
+    /// `y = x W^T (+ b)` with `x` `[M, in]`, `W` `[out, in]`.
+    Linear { weight: Tensor },
+    /// `y = conv2d(x, W) (+ b)`.
+    Conv2d {
+        weight: Tensor,
+        padding: usize,
+        stride: usize,
+        dilation: usize,
+        groups: usize,
+    },
+}
+
+/// Custom op of two arguments `(x, y)`: its value is `y` (the layer output,
+/// computed without a graph); its backward returns the input gradient for `x`
+/// and nothing for `y`.
+struct FrozenBridge(InputGradient);
+
+fn copy_contiguous(storage: &CpuStorage, layout: &Layout) -> Result<CpuStorage> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("frozen layer: output is not contiguous")
+    };
+    Ok(match storage {
+        CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
+        CpuStorage::F64(v) => CpuStorage::F64(v[start..end].to_vec()),
+        CpuStorage::BF16(v) => CpuStorage::BF16(v[start..end].to_vec()),
+        CpuStorage::F16(v) => CpuStorage::F16(v[start..end].to_vec()),
+        _ => candle_core::bail!("frozen layer: unsupported dtype {:?}", storage.dtype()),
+    })
+}
+
+impl CustomOp2 for FrozenBridge {
+    fn name(&self) -> &'static str {
+        "frozen-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _x: &CpuStorage,
+        _x_layout: &Layout,
+        y: &CpuStorage,
+        y_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Ok((copy_contiguous(y, y_layout)?, y_layout.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad_x = match &self.0 {
+            InputGradient::Linear { weight } => grad.matmul(weight)?,
+            InputGradient::Conv2d {
+                weight,
+                padding,
+                stride,
+                dilation,
+                groups,
+            } => conv2d_input_grad(x, grad, weight, *padding, *stride, *dilation, *groups)?,
+        };
+        Ok((Some(grad_x), None))
+    }
+}
+
+/// Gradient of `conv2d(x, weight)` with respect to `x`.
+fn conv2d_input_grad(
+    x: &Tensor,
+    grad: &Tensor,
+    weight: &Tensor,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    let in_h = x.dim(2)?;
+    let in_w = x.dim(3)?;
+    let (_, _, k_h, k_w) = weight.dims4()?;
+    let grad_h = grad.dim(2)?;
+    let grad_w = grad.dim(3)?;
+    // A transposed convolution maps the output size back to
+    // (g - 1) * stride + dilation * (k - 1) + 1 - 2 * padding + output_padding;
+    // output_padding recovers the input rows/columns the stride skipped.
+    let covered_h = ((grad_h - 1) * stride + dilation * (k_h - 1) + 1).saturating_sub(2 * padding);
+    let covered_w = ((grad_w - 1) * stride + dilation * (k_w - 1) + 1).saturating_sub(2 * padding);
+    let out_pad_h = in_h.saturating_sub(covered_h);
+    let out_pad_w = in_w.saturating_sub(covered_w);
+    // candle's conv_transpose2d takes one output padding for both axes; use
+    // the larger one and crop, which is exact (extra rows come out last).
+    let out_pad = out_pad_h.max(out_pad_w);
+    let transpose = |g: &Tensor, w: &Tensor| -> Result<Tensor> {
+        let t = g.conv_transpose2d(w, padding, out_pad, stride, dilation)?;
+        t.narrow(2, 0, in_h)?.narrow(3, 0, in_w)
+    };
+    if groups == 1 {
+        return transpose(grad, weight);
+    }
+    let out_per_group = weight.dim(0)? / groups;
+    let mut parts = Vec::with_capacity(groups);
+    for g in 0..groups {
+        let grad_g = grad.narrow(1, g * out_per_group, out_per_group)?.contiguous()?;
+        let weight_g = weight.narrow(0, g * out_per_group, out_per_group)?.contiguous()?;
+        parts.push(transpose(&grad_g, &weight_g)?);
+    }
+    Tensor::cat(&parts, 1)
+}
+
+fn bridged(x: &Tensor, y: Tensor, rule: InputGradient) -> Result<Tensor> {
+    let y = y.contiguous()?;
+    x.apply_op2(&y, FrozenBridge(rule))
+}
+
+/// `x W^T + b` for a frozen `weight` `[out, in]` and `bias` `[out]`, with `x`
+/// `[M, in]` -> `[M, out]`. Only `x` receives a gradient.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let forward = |x: &Tensor| -> Result<Tensor> {
+        let y = x.matmul(&weight.t()?)?;
+        match bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    };
+    if !x.track_op() || !x.device().is_cpu() {
+        return forward(x);
+    }
+    let y = forward(&x.detach())?;
+    bridged(x, y, InputGradient::Linear { weight: weight.clone() })
+}
+
+/// `conv2d(x, weight) + bias` for a frozen `weight` `[out, in / groups, k, k]`
+/// and `bias` `[out]`, with `x` `[N, in, H, W]` -> `[N, out, H', W']`.
+/// Only `x` receives a gradient.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    let forward = |x: &Tensor| -> Result<Tensor> {
+        let y = x.conv2d(weight, padding, stride, dilation, groups)?;
+        match bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        }
+    };
+    if !x.track_op() || !x.device().is_cpu() {
+        return forward(x);
+    }
+    let y = forward(&x.detach())?;
+    bridged(
+        x,
+        y,
+        InputGradient::Conv2d {
+            weight: weight.clone(),
+            padding,
+            stride,
+            dilation,
+            groups,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn ramp(shape: &[usize], scale: f32) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * scale).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// Same value and same input gradient as candle's own ops, and no gradient
+    /// entry for the frozen weight (candle's ops leave one).
+    #[test]
+    fn linear_matches_plain_op_without_weight_gradient() {
+        let x = Var::from_tensor(&ramp(&[5, 7], 2.0)).unwrap();
+        let w = ramp(&[3, 7], 1.0);
+        let b = ramp(&[3], 1.0);
+        let plain = x
+            .as_tensor()
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        let frozen = linear(x.as_tensor(), &w, Some(&b)).unwrap();
+        assert!(max_diff(&plain, &frozen) < 1e-6);
+        let target = ramp(&[5, 3], 3.0);
+        let plain_grads = (plain * &target).unwrap().sum_all().unwrap().backward().unwrap();
+        let frozen_grads = (frozen * &target).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = plain_grads.get(x.as_tensor()).unwrap();
+        let gf = frozen_grads.get(x.as_tensor()).unwrap();
+        assert!(max_diff(gp, gf) < 1e-5);
+        // candle's matmul stores a gradient for the (transposed) frozen
+        // weight; the frozen layer stores none of the weight's shape.
+        let weight_shaped = |g: &candle_core::backprop::GradStore| {
+            g.get_ids()
+                .filter_map(|id| g.get_id(*id))
+                .filter(|t| t.dims() == [7, 3] || t.dims() == [3, 7])
+                .count()
+        };
+        assert_eq!(weight_shaped(&plain_grads), 1);
+        assert_eq!(weight_shaped(&frozen_grads), 0);
+    }
+
+    /// Checks the input gradient two ways: against candle's own conv2d
+    /// backward (square inputs, where candle's backward works), and by the
+    /// adjoint identity `<grad_x, v> = <target, conv(v)>` for a random `v`
+    /// (every shape: candle's backward fails when the two axes need different
+    /// output paddings, e.g. stride 2 on a 9x10 input).
+    #[test]
+    fn conv2d_input_gradient_is_exact_for_strides_padding_and_groups() {
+        // (in, out, k, padding, stride, dilation, groups, height, width)
+        let cases = [
+            (4, 6, 3, 1, 1, 1, 1, 9, 9),
+            (4, 6, 3, 1, 2, 1, 1, 9, 9),
+            (4, 6, 3, 1, 2, 1, 1, 8, 8),
+            (4, 6, 3, 1, 2, 1, 1, 9, 10),
+            (3, 5, 1, 0, 1, 1, 1, 7, 5),
+            (6, 6, 3, 1, 2, 1, 6, 10, 10),
+            (6, 6, 5, 2, 2, 1, 6, 11, 8),
+            (4, 4, 3, 2, 1, 2, 2, 9, 10),
+        ];
+        for case in cases {
+            let (cin, cout, k, padding, stride, dilation, groups, h, w) = case;
+            let x = Var::from_tensor(&ramp(&[2, cin, h, w], 2.0)).unwrap();
+            let weight = ramp(&[cout, cin / groups, k, k], 1.0);
+            let b = ramp(&[cout], 1.0);
+            let plain = x
+                .as_tensor()
+                .conv2d(&weight, padding, stride, dilation, groups)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, (), 1, 1)).unwrap())
+                .unwrap();
+            let frozen = conv2d(x.as_tensor(), &weight, Some(&b), padding, stride, dilation, groups).unwrap();
+            assert!(max_diff(&plain, &frozen) < 1e-5);
+            let target = ramp(plain.dims(), 3.0);
+            let gf = (frozen * &target).unwrap().sum_all().unwrap().backward().unwrap();
+            let grad_x = gf.get(x.as_tensor()).unwrap();
+            assert_eq!(grad_x.dims(), x.dims());
+            assert!(gf.get(&weight).is_none());
+            let v = Tensor::randn(0f32, 1.0, x.dims(), &Device::Cpu).unwrap();
+            let lhs: f32 = (grad_x * &v).unwrap().sum_all().unwrap().to_scalar().unwrap();
+            let conv_v = v.conv2d(&weight, padding, stride, dilation, groups).unwrap();
+            let rhs: f32 = (conv_v * &target).unwrap().sum_all().unwrap().to_scalar().unwrap();
+            assert!(
+                (lhs - rhs).abs() < 1e-3 * rhs.abs().max(1.0),
+                "case {case:?}: {lhs} vs {rhs}"
+            );
+            if h == w {
+                let gp = (plain * &target).unwrap().sum_all().unwrap().backward().unwrap();
+                let d = max_diff(gp.get(x.as_tensor()).unwrap(), grad_x);
+                assert!(d < 1e-4, "case {case:?}: input gradients differ by {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn inference_path_is_the_plain_op() {
+        let x = ramp(&[2, 4], 1.0);
+        let w = ramp(&[3, 4], 1.0);
+        let y = linear(&x, &w, None).unwrap();
+        assert!(!y.track_op());
+        assert!(max_diff(&y, &x.matmul(&w.t().unwrap()).unwrap()) < 1e-7);
+    }
+}
