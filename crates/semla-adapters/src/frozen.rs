@@ -66,7 +66,13 @@ impl CustomOp2 for FrozenBridge {
         Ok((copy_contiguous(y, y_layout)?, y_layout.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad_x = match &self.0 {
             InputGradient::Linear { weight } => grad.matmul(weight)?,
             InputGradient::Conv2d {
@@ -116,8 +122,12 @@ fn conv2d_input_grad(
     let out_per_group = weight.dim(0)? / groups;
     let mut parts = Vec::with_capacity(groups);
     for g in 0..groups {
-        let grad_g = grad.narrow(1, g * out_per_group, out_per_group)?.contiguous()?;
-        let weight_g = weight.narrow(0, g * out_per_group, out_per_group)?.contiguous()?;
+        let grad_g = grad
+            .narrow(1, g * out_per_group, out_per_group)?
+            .contiguous()?;
+        let weight_g = weight
+            .narrow(0, g * out_per_group, out_per_group)?
+            .contiguous()?;
         parts.push(transpose(&grad_g, &weight_g)?);
     }
     Tensor::cat(&parts, 1)
@@ -142,7 +152,13 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         return forward(x);
     }
     let y = forward(&x.detach())?;
-    bridged(x, y, InputGradient::Linear { weight: weight.clone() })
+    bridged(
+        x,
+        y,
+        InputGradient::Linear {
+            weight: weight.clone(),
+        },
+    )
 }
 
 /// `conv2d(x, weight) + bias` for a frozen `weight` `[out, in / groups, k, k]`
@@ -188,7 +204,9 @@ mod tests {
 
     fn ramp(shape: &[usize], scale: f32) -> Tensor {
         let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * scale).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * scale)
+            .collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
@@ -221,8 +239,18 @@ mod tests {
         let frozen = linear(x.as_tensor(), &w, Some(&b)).unwrap();
         assert!(max_diff(&plain, &frozen) < 1e-6);
         let target = ramp(&[5, 3], 3.0);
-        let plain_grads = (plain * &target).unwrap().sum_all().unwrap().backward().unwrap();
-        let frozen_grads = (frozen * &target).unwrap().sum_all().unwrap().backward().unwrap();
+        let plain_grads = (plain * &target)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let frozen_grads = (frozen * &target)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         let gp = plain_grads.get(x.as_tensor()).unwrap();
         let gf = frozen_grads.get(x.as_tensor()).unwrap();
         assert!(max_diff(gp, gf) < 1e-5);
@@ -267,23 +295,54 @@ mod tests {
                 .unwrap()
                 .broadcast_add(&b.reshape((1, (), 1, 1)).unwrap())
                 .unwrap();
-            let frozen = conv2d(x.as_tensor(), &weight, Some(&b), padding, stride, dilation, groups).unwrap();
+            let frozen = conv2d(
+                x.as_tensor(),
+                &weight,
+                Some(&b),
+                padding,
+                stride,
+                dilation,
+                groups,
+            )
+            .unwrap();
             assert!(max_diff(&plain, &frozen) < 1e-5);
             let target = ramp(plain.dims(), 3.0);
-            let gf = (frozen * &target).unwrap().sum_all().unwrap().backward().unwrap();
+            let gf = (frozen * &target)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             let grad_x = gf.get(x.as_tensor()).unwrap();
             assert_eq!(grad_x.dims(), x.dims());
             assert!(gf.get(&weight).is_none());
             let v = Tensor::randn(0f32, 1.0, x.dims(), &Device::Cpu).unwrap();
-            let lhs: f32 = (grad_x * &v).unwrap().sum_all().unwrap().to_scalar().unwrap();
-            let conv_v = v.conv2d(&weight, padding, stride, dilation, groups).unwrap();
-            let rhs: f32 = (conv_v * &target).unwrap().sum_all().unwrap().to_scalar().unwrap();
+            let lhs: f32 = (grad_x * &v)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            let conv_v = v
+                .conv2d(&weight, padding, stride, dilation, groups)
+                .unwrap();
+            let rhs: f32 = (conv_v * &target)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
             assert!(
                 (lhs - rhs).abs() < 1e-3 * rhs.abs().max(1.0),
                 "case {case:?}: {lhs} vs {rhs}"
             );
             if h == w {
-                let gp = (plain * &target).unwrap().sum_all().unwrap().backward().unwrap();
+                let gp = (plain * &target)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
                 let d = max_diff(gp.get(x.as_tensor()).unwrap(), grad_x);
                 assert!(d < 1e-4, "case {case:?}: input gradients differ by {d}");
             }
