@@ -12,11 +12,39 @@
 //! layer, a transposed convolution for a convolution. The frozen weight never
 //! enters the graph, so it neither receives nor stores a gradient.
 //!
-//! When the input does not track gradients (inference) or lives on a non-CPU
-//! device, the plain candle ops run unchanged.
+//! The plain candle ops run unchanged when the input does not track
+//! gradients (inference), when the weight or bias does (training the base
+//! model itself), on a non-CPU device, or when [`set_enabled`] turned the
+//! frozen path off (to measure what it saves).
 
 use candle_core::backend::BackendStorage;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the input-only backward on (the default) or off for the whole
+/// process. Off, frozen layers run candle's plain ops, whose backward also
+/// computes the weights' gradients: only useful to measure the difference.
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether the input-only backward is on.
+pub fn is_enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether a layer with input `x`, `weight` and `bias` should take the
+/// frozen path: the input needs a gradient, the parameters need none.
+fn use_frozen_path(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
+    is_enabled()
+        && x.track_op()
+        && !weight.track_op()
+        && !bias.is_some_and(Tensor::track_op)
+        && x.device().is_cpu()
+}
 
 /// How the gradient of the output maps to the gradient of the input.
 #[derive(Clone, Debug)]
@@ -148,7 +176,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
             None => Ok(y),
         }
     };
-    if !x.track_op() || !x.device().is_cpu() {
+    if !use_frozen_path(x, weight, bias) {
         return forward(x);
     }
     let y = forward(&x.detach())?;
@@ -180,7 +208,7 @@ pub fn conv2d(
             None => Ok(y),
         }
     };
-    if !x.track_op() || !x.device().is_cpu() {
+    if !use_frozen_path(x, weight, bias) {
         return forward(x);
     }
     let y = forward(&x.detach())?;
@@ -347,6 +375,15 @@ mod tests {
                 assert!(d < 1e-4, "case {case:?}: input gradients differ by {d}");
             }
         }
+    }
+
+    #[test]
+    fn trainable_weights_keep_their_gradient() {
+        let x = Var::from_tensor(&ramp(&[5, 7], 2.0)).unwrap();
+        let w = Var::from_tensor(&ramp(&[3, 7], 1.0)).unwrap();
+        let y = linear(x.as_tensor(), w.as_tensor(), None).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(w.as_tensor()).is_some());
     }
 
     #[test]
