@@ -1,0 +1,194 @@
+//! Seeded random scale, crop and horizontal flip of a training sample.
+
+use crate::data::Sample;
+use crate::rng::SplitMix64;
+
+/// Augmentation settings. Defaults: scale in `[0.5, 2.0]`, flip with
+/// probability 0.5, crop to the configured size.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AugmentConfig {
+    /// Smallest random scale factor.
+    pub min_scale: f64,
+    /// Largest random scale factor.
+    pub max_scale: f64,
+    /// Probability of a horizontal flip.
+    pub flip_probability: f64,
+    /// Output `(height, width)`; `None` keeps the sample's own size.
+    pub crop: Option<(usize, usize)>,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            min_scale: 0.5,
+            max_scale: 2.0,
+            flip_probability: 0.5,
+            crop: None,
+        }
+    }
+}
+
+impl AugmentConfig {
+    /// No augmentation at all (for evaluation-like training and tests).
+    pub fn none() -> Self {
+        Self {
+            min_scale: 1.0,
+            max_scale: 1.0,
+            flip_probability: 0.0,
+            crop: None,
+        }
+    }
+}
+
+/// Rescales `sample` by a random factor (bilinear for the image, nearest for
+/// the labels), takes a random crop of the configured size (padding with 0 and
+/// `ignore` where the scaled image is smaller), and flips it horizontally with
+/// the configured probability.
+pub fn augment(
+    sample: &Sample,
+    config: &AugmentConfig,
+    ignore: u32,
+    rng: &mut SplitMix64,
+) -> Sample {
+    let scale = if config.max_scale > config.min_scale {
+        rng.uniform(config.min_scale, config.max_scale)
+    } else {
+        config.min_scale
+    };
+    let (out_h, out_w) = config.crop.unwrap_or((sample.height, sample.width));
+    let scaled_h = ((sample.height as f64 * scale).round() as usize).max(1);
+    let scaled_w = ((sample.width as f64 * scale).round() as usize).max(1);
+    let top = rng.below(scaled_h.saturating_sub(out_h) + 1);
+    let left = rng.below(scaled_w.saturating_sub(out_w) + 1);
+    let flip = rng.next_f64() < config.flip_probability;
+
+    let in_pixels = sample.height * sample.width;
+    let out_pixels = out_h * out_w;
+    let mut image = vec![0f32; 3 * out_pixels];
+    let mut labels = vec![ignore; out_pixels];
+    // Scale from output (scaled) coordinates back to input coordinates,
+    // pixel centres aligned (align_corners = false).
+    let sy = sample.height as f64 / scaled_h as f64;
+    let sx = sample.width as f64 / scaled_w as f64;
+    for oy in 0..out_h {
+        let y = oy + top;
+        if y >= scaled_h {
+            continue;
+        }
+        let fy = ((y as f64 + 0.5) * sy - 0.5).max(0.0);
+        let y0 = (fy.floor() as usize).min(sample.height - 1);
+        let y1 = (y0 + 1).min(sample.height - 1);
+        let wy = (fy - y0 as f64) as f32;
+        let ny = (((y as f64 + 0.5) * sy) as usize).min(sample.height - 1);
+        for ox in 0..out_w {
+            let x = ox + left;
+            if x >= scaled_w {
+                continue;
+            }
+            let fx = ((x as f64 + 0.5) * sx - 0.5).max(0.0);
+            let x0 = (fx.floor() as usize).min(sample.width - 1);
+            let x1 = (x0 + 1).min(sample.width - 1);
+            let wx = (fx - x0 as f64) as f32;
+            let nx = (((x as f64 + 0.5) * sx) as usize).min(sample.width - 1);
+            let dst_x = if flip { out_w - 1 - ox } else { ox };
+            let dst = oy * out_w + dst_x;
+            for c in 0..3 {
+                let plane = &sample.image[c * in_pixels..(c + 1) * in_pixels];
+                let top_row =
+                    plane[y0 * sample.width + x0] * (1.0 - wx) + plane[y0 * sample.width + x1] * wx;
+                let bottom_row =
+                    plane[y1 * sample.width + x0] * (1.0 - wx) + plane[y1 * sample.width + x1] * wx;
+                image[c * out_pixels + dst] = top_row * (1.0 - wy) + bottom_row * wy;
+            }
+            labels[dst] = sample.labels[ny * sample.width + nx];
+        }
+    }
+    Sample {
+        image,
+        labels,
+        height: out_h,
+        width: out_w,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ramp(h: usize, w: usize) -> Sample {
+        let pixels = h * w;
+        let mut image = vec![0f32; 3 * pixels];
+        let mut labels = vec![0u32; pixels];
+        for y in 0..h {
+            for x in 0..w {
+                for c in 0..3 {
+                    image[c * pixels + y * w + x] = (x + 10 * y + 100 * c) as f32;
+                }
+                labels[y * w + x] = (x + 10 * y) as u32;
+            }
+        }
+        Sample {
+            image,
+            labels,
+            height: h,
+            width: w,
+        }
+    }
+
+    #[test]
+    fn identity_when_disabled() {
+        let s = ramp(4, 5);
+        let out = augment(&s, &AugmentConfig::none(), 255, &mut SplitMix64::new(1));
+        assert_eq!(out, s);
+    }
+
+    #[test]
+    fn flip_mirrors_image_and_labels() {
+        let s = ramp(3, 4);
+        let cfg = AugmentConfig {
+            flip_probability: 1.0,
+            ..AugmentConfig::none()
+        };
+        let out = augment(&s, &cfg, 255, &mut SplitMix64::new(1));
+        for y in 0..3 {
+            for x in 0..4 {
+                assert_eq!(out.labels[y * 4 + x], s.labels[y * 4 + (3 - x)]);
+                assert_eq!(out.image[12 + y * 4 + x], s.image[12 + y * 4 + (3 - x)]);
+            }
+        }
+    }
+
+    #[test]
+    fn upscale_by_two_repeats_labels_and_pads_with_ignore() {
+        let s = ramp(2, 2);
+        // Scale exactly 2, crop 5x5 > 4x4 scaled: the crop sits at (0, 0) and the rest is padding.
+        let cfg = AugmentConfig {
+            min_scale: 2.0,
+            max_scale: 2.0,
+            flip_probability: 0.0,
+            crop: Some((5, 5)),
+        };
+        let out = augment(&s, &cfg, 255, &mut SplitMix64::new(3));
+        assert_eq!(out.labels[0], 0);
+        assert_eq!(out.labels[1], 0);
+        assert_eq!(out.labels[2], 1);
+        assert_eq!(out.labels[2 * 5 + 3], 11);
+        assert_eq!(out.labels[4], 255);
+        assert_eq!(out.labels[4 * 5], 255);
+        // Bilinear at scaled pixel 1 -> source x = 0.25: 0.75 * 0 + 0.25 * 1.
+        assert!((out.image[1] - 0.25).abs() < 1e-6);
+    }
+
+    #[test]
+    fn same_seed_same_result() {
+        let s = ramp(8, 8);
+        let cfg = AugmentConfig {
+            crop: Some((5, 6)),
+            ..AugmentConfig::default()
+        };
+        let a = augment(&s, &cfg, 255, &mut SplitMix64::new(9));
+        let b = augment(&s, &cfg, 255, &mut SplitMix64::new(9));
+        assert_eq!(a, b);
+        assert_eq!((a.height, a.width), (5, 6));
+    }
+}

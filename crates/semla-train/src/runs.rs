@@ -1,0 +1,159 @@
+//! The two training runs semla offers: a whole segmenter (every weight a
+//! variable) and a LoRA adapter on a frozen segmenter.
+
+use candle_core::{Device, Var};
+use candle_nn::VarMap;
+use semla_models::segmenter::Segmenter;
+
+use crate::data::SampleSource;
+use crate::error::{Result, TrainError};
+use crate::lora::LoraTrainee;
+use crate::trainer::{Progress, Session, TrainConfig, TrainSummary, Trainee, train};
+
+/// The variables of `varmap` sorted by name (a stable order for the
+/// optimizer and checkpoints).
+pub fn varmap_params(varmap: &VarMap) -> Result<Vec<(String, Var)>> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| TrainError::Config("the variable map's lock is poisoned".into()))?;
+    let mut params: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(params)
+}
+
+/// Trains every weight of `model`, which must have been built over `varmap`
+/// (so that its weights are the map's variables).
+pub fn train_base(
+    model: &dyn Segmenter,
+    varmap: &VarMap,
+    device: &Device,
+    source: &dyn SampleSource,
+    config: &TrainConfig,
+    session: &Session<'_>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<TrainSummary> {
+    check_classes(model, source)?;
+    let trainee = Trainee {
+        params: varmap_params(varmap)?,
+        forward: Box::new(|images| model.forward(images, &semla_adapters::Adaptation::none())),
+        normalization: model.normalization(),
+        device: device.clone(),
+    };
+    train(&trainee, source, config, session, progress)
+}
+
+/// Trains the factors of `lora` on the frozen `base`; nothing of the base
+/// changes (its weights are plain tensors, and only `lora`'s variables reach
+/// the optimizer).
+pub fn train_adapter(
+    base: &dyn Segmenter,
+    lora: &LoraTrainee,
+    device: &Device,
+    source: &dyn SampleSource,
+    config: &TrainConfig,
+    session: &Session<'_>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<TrainSummary> {
+    check_classes(base, source)?;
+    let trainee = adapter_trainee(base, lora, device);
+    train(&trainee, source, config, session, progress)
+}
+
+/// The [`Trainee`] of adapter training (also used by gradient checks and benchmarks).
+pub fn adapter_trainee<'a>(
+    base: &'a dyn Segmenter,
+    lora: &'a LoraTrainee,
+    device: &Device,
+) -> Trainee<'a> {
+    Trainee {
+        params: lora.params(),
+        forward: Box::new(move |images| base.forward(images, lora.adaptation())),
+        normalization: base.normalization(),
+        device: device.clone(),
+    }
+}
+
+/// The mean of `model.embed` over up to `limit` samples of `source` (at their
+/// own size): the domain prototype `[D]` stored beside an adapter.
+pub fn mean_embedding(
+    model: &dyn Segmenter,
+    source: &dyn SampleSource,
+    limit: usize,
+    device: &Device,
+) -> Result<Vec<f32>> {
+    let norm = model.normalization();
+    let count = limit.min(source.len());
+    if count == 0 {
+        return Err(TrainError::Config(
+            "no sample to compute a prototype from".into(),
+        ));
+    }
+    let mut sum: Option<Vec<f64>> = None;
+    for index in 0..count {
+        let sample = source.sample(index)?;
+        sample.check(&source.describe(index))?;
+        let pixels = sample.height * sample.width;
+        let mut image = Vec::with_capacity(3 * pixels);
+        for (c, plane) in sample.image.chunks_exact(pixels).enumerate() {
+            image.extend(plane.iter().map(|v| (v - norm.mean[c]) / norm.std[c]));
+        }
+        let image =
+            candle_core::Tensor::from_vec(image, (1, 3, sample.height, sample.width), device)?;
+        let e: Vec<f32> = model.embed(&image)?.flatten_all()?.to_vec1()?;
+        let acc = sum.get_or_insert_with(|| vec![0.0; e.len()]);
+        for (a, v) in acc.iter_mut().zip(&e) {
+            *a += *v as f64;
+        }
+    }
+    let acc = sum.unwrap_or_default();
+    Ok(acc.iter().map(|v| (v / count as f64) as f32).collect())
+}
+
+fn check_classes(model: &dyn Segmenter, source: &dyn SampleSource) -> Result<()> {
+    if source.num_classes() > model.num_classes() {
+        return Err(TrainError::Config(format!(
+            "the data has {} classes but the model predicts {}",
+            source.num_classes(),
+            model.num_classes()
+        )));
+    }
+    Ok(())
+}
+
+/// Makes a freshly initialised `varmap` reproducible from `seed`.
+///
+/// candle's CPU random generator cannot be seeded, so the initial values a
+/// `VarMap` draws differ from run to run. This redraws every non-constant
+/// variable from a seeded normal distribution with the mean and standard
+/// deviation it was just initialised with (keeping each layer's intended
+/// scale); constant-initialised variables (biases, norms) are left as they are.
+pub fn reseed_varmap(varmap: &VarMap, seed: u64) -> Result<()> {
+    for (index, (_, var)) in varmap_params(varmap)?.into_iter().enumerate() {
+        let values: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
+        let n = values.len() as f64;
+        let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var_sum = values
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>();
+        let std = (var_sum / n).sqrt();
+        if std == 0.0 {
+            continue;
+        }
+        let mut rng = crate::rng::SplitMix64::for_step(seed, index as u64, 0x1417);
+        let fresh: Vec<f32> = (0..values.len())
+            .map(|_| {
+                // Box-Muller transform.
+                let u1 = rng.next_f64().max(f64::MIN_POSITIVE);
+                let u2 = rng.next_f64();
+                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                (mean + std * z) as f32
+            })
+            .collect();
+        let t = candle_core::Tensor::from_vec(fresh, var.dims(), var.device())?
+            .to_dtype(var.dtype())?;
+        var.set(&t)?;
+    }
+    Ok(())
+}
