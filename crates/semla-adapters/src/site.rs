@@ -234,10 +234,8 @@ impl AdaptedLinear {
         let in_features = dims[dims.len() - 1];
         let rows = x.elem_count() / in_features.max(1);
         let x2 = x.reshape((rows, in_features))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
-        if let Some(bias) = &self.bias {
-            y = y.broadcast_add(bias)?;
-        }
+        // Frozen path: during adapter training only `x` gets a gradient (see `frozen`).
+        let y = crate::frozen::linear(&x2, &self.weight, self.bias.as_ref())?;
         let out = y.dim(1)?;
         let mut out_dims = dims;
         if let Some(last) = out_dims.last_mut() {
@@ -351,10 +349,8 @@ impl AdaptedConv2d {
     /// `adaptation` applied per image.
     pub fn forward(&self, x: &Tensor, adaptation: &Adaptation) -> Result<Tensor> {
         let g = self.geometry;
-        let mut y = x.conv2d(&self.weight, g.padding, g.stride, g.dilation, 1)?;
-        if let Some(bias) = &self.bias {
-            y = y.broadcast_add(&bias.reshape((1, (), 1, 1))?)?;
-        }
+        // Frozen path: during adapter training only `x` gets a gradient (see `frozen`).
+        let y = crate::frozen::conv2d(x, &self.weight, self.bias.as_ref(), g.padding, g.stride, g.dilation, 1)?;
         match adaptation.get(&self.path) {
             None => Ok(y),
             Some(site) => {

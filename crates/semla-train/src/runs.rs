@@ -121,34 +121,32 @@ fn check_classes(model: &dyn Segmenter, source: &dyn SampleSource) -> Result<()>
     Ok(())
 }
 
-/// Makes a freshly initialised `varmap` reproducible from `seed`.
+/// Makes the freshly initialised variables of `varmap` reproducible from `seed`.
 ///
 /// candle's CPU random generator cannot be seeded, so the initial values a
-/// `VarMap` draws differ from run to run. This redraws every non-constant
-/// variable from a seeded normal distribution with the mean and standard
-/// deviation it was just initialised with (keeping each layer's intended
-/// scale); constant-initialised variables (biases, norms) are left as they are.
-pub fn reseed_varmap(varmap: &VarMap, seed: u64) -> Result<()> {
-    for (index, (_, var)) in varmap_params(varmap)?.into_iter().enumerate() {
-        let values: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
-        let n = values.len() as f64;
-        let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var_sum = values
-            .iter()
-            .map(|&v| (v as f64 - mean).powi(2))
-            .sum::<f64>();
-        let std = (var_sum / n).sqrt();
-        if std == 0.0 {
+/// `VarMap` draws differ from run to run. This redraws every variable of rank
+/// 2 or more whose name is not in `keep` (pretrained weights loaded before the
+/// model was built) from a seeded Kaiming-normal distribution (fan-in mode,
+/// ReLU gain: `std = sqrt(2 / fan_in)`, the models' own default). Vectors
+/// (biases, norm scales) are initialised to constants and stay as they are.
+pub fn reseed_varmap(
+    varmap: &VarMap,
+    seed: u64,
+    keep: &std::collections::HashSet<String>,
+) -> Result<()> {
+    for (index, (name, var)) in varmap_params(varmap)?.into_iter().enumerate() {
+        if keep.contains(&name) || var.rank() < 2 {
             continue;
         }
+        let fan_in: usize = var.dims()[1..].iter().product();
+        let std = (2.0 / fan_in.max(1) as f64).sqrt();
         let mut rng = crate::rng::SplitMix64::for_step(seed, index as u64, 0x1417);
-        let fresh: Vec<f32> = (0..values.len())
+        let fresh: Vec<f32> = (0..var.elem_count())
             .map(|_| {
                 // Box-Muller transform.
                 let u1 = rng.next_f64().max(f64::MIN_POSITIVE);
                 let u2 = rng.next_f64();
-                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-                (mean + std * z) as f32
+                (std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
             })
             .collect();
         let t = candle_core::Tensor::from_vec(fresh, var.dims(), var.device())?

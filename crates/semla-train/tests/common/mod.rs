@@ -77,7 +77,7 @@ pub fn trainable_tiny(width: usize, seed: u64) -> (Box<dyn Segmenter>, VarMap) {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let model = tiny_config(width).build(&vb).unwrap();
-    semla_train::runs::reseed_varmap(&varmap, seed).unwrap();
+    semla_train::runs::reseed_varmap(&varmap, seed, &Default::default()).unwrap();
     (model, varmap)
 }
 
