@@ -4,10 +4,36 @@
 //!
 //! - [`site`]: adapter sites in a model ([`site::AdaptedLinear`], [`site::AdaptedConv2d`])
 //!   and the run-time, per-image factored form of a mixture ([`site::Adaptation`]).
+//! - [`config`]: PEFT's `adapter_config.json` ([`LoraConfig`]), with `rank_pattern` /
+//!   `alpha_pattern` matched as PEFT does.
+//! - [`adapter`]: an adapter in memory ([`Adapter`], [`LoraSite`]), validation against a model.
+//! - [`peft`]: PEFT folders ([`peft::load_adapter`], [`peft::save_adapter`]).
+//! - [`library`]: SemLA's `loradb` library with prototypes ([`AdapterLibrary`]).
+//! - [`npz`]: NumPy `.npz` float arrays.
+//! - [`fusion`]: PEFT's `cat`, `linear` and `svd` merges ([`fusion::merge`]).
+//! - [`apply`]: a mixture applied factored per image ([`Adaptation::from_adapters`]) or
+//!   merged into base weights ([`apply::merge_into`]).
+//! - [`linalg`]: the small f64 QR / SVD behind `svd` fusion.
 //!
 //! Tensor shapes follow PEFT: Linear `A [r, in]`, `B [out, r]`; Conv2d
 //! `A [r, in, k, k]`, `B [out, r, 1, 1]`.
 
+pub mod adapter;
+pub mod apply;
+pub mod config;
+pub mod error;
+pub mod frozen;
+mod fsutil;
+pub mod fusion;
+pub mod library;
+pub mod linalg;
+pub mod npz;
+pub mod peft;
 pub mod site;
 
-pub use site::{AdaptedConv2d, AdaptedLinear, Adaptation, FactoredSite, SiteInfo, SiteKind};
+pub use adapter::{Adapter, LoraSite, SiteShape};
+pub use config::{LoraConfig, TargetModules};
+pub use error::{AdapterError, Result};
+pub use fusion::{Combination, merge};
+pub use library::{AdapterLibrary, LibraryEntry};
+pub use site::{Adaptation, AdaptedConv2d, AdaptedLinear, FactoredSite, SiteInfo, SiteKind};

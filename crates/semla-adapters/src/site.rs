@@ -87,7 +87,10 @@ impl FactoredSite {
         };
         let device = first.0.device().clone();
         let dtype = first.0.dtype();
-        let ranks: Vec<usize> = parts.iter().map(|(a, _, _)| a.dim(0)).collect::<Result<_>>()?;
+        let ranks: Vec<usize> = parts
+            .iter()
+            .map(|(a, _, _)| a.dim(0))
+            .collect::<Result<_>>()?;
         let total_rank: usize = ranks.iter().sum();
         let mut coeff = Vec::with_capacity(weights.len() * total_rank);
         for row in weights {
@@ -102,7 +105,8 @@ impl FactoredSite {
                 coeff.extend(std::iter::repeat_n((w * s) as f32, r));
             }
         }
-        let coeff = Tensor::from_vec(coeff, (weights.len(), total_rank), &device)?.to_dtype(dtype)?;
+        let coeff =
+            Tensor::from_vec(coeff, (weights.len(), total_rank), &device)?.to_dtype(dtype)?;
         let a = Tensor::cat(&parts.iter().map(|(a, _, _)| *a).collect::<Vec<_>>(), 0)?;
         let b = Tensor::cat(&parts.iter().map(|(_, b, _)| *b).collect::<Vec<_>>(), 1)?;
         Ok(Self { a, b, coeff })
@@ -118,7 +122,10 @@ impl FactoredSite {
         let a_dims = self.a.dims().to_vec();
         let a2 = self.a.reshape((rank, ()))?; // [R, in*k*k]
         let out = self.b.dim(0)?;
-        let b2 = self.b.reshape((out, rank))?.broadcast_mul(&coeff.unsqueeze(0)?)?;
+        let b2 = self
+            .b
+            .reshape((out, rank))?
+            .broadcast_mul(&coeff.unsqueeze(0)?)?;
         let delta = b2.matmul(&a2)?; // [out, in*k*k]
         let mut shape = a_dims;
         shape[0] = out;
@@ -174,7 +181,11 @@ pub struct AdaptedLinear {
 impl AdaptedLinear {
     /// A layer at module path `path` with weight `[out, in]` and optional bias `[out]`.
     pub fn new(path: impl Into<String>, weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { path: path.into(), weight, bias }
+        Self {
+            path: path.into(),
+            weight,
+            bias,
+        }
     }
 
     /// Loads `<prefix>.weight` (and `<prefix>.bias` when `with_bias`) from a
@@ -188,7 +199,11 @@ impl AdaptedLinear {
     ) -> Result<Self> {
         let vb = vb.pp(prefix);
         let weight = vb.get((out_features, in_features), "weight")?;
-        let bias = if with_bias { Some(vb.get(out_features, "bias")?) } else { None };
+        let bias = if with_bias {
+            Some(vb.get(out_features, "bias")?)
+        } else {
+            None
+        };
         Ok(Self::new(prefix, weight, bias))
     }
 
@@ -224,7 +239,12 @@ impl AdaptedLinear {
     /// Description of the site.
     pub fn info(&self) -> SiteInfo {
         let (out_features, in_features) = self.weight.dims2().unwrap_or((0, 0));
-        SiteInfo { path: self.path.clone(), kind: SiteKind::Linear, in_features, out_features }
+        SiteInfo {
+            path: self.path.clone(),
+            kind: SiteKind::Linear,
+            in_features,
+            out_features,
+        }
     }
 
     /// `x`: `[N, ..., in]` -> `[N, ..., out]`, with the site's update from
@@ -296,8 +316,18 @@ impl AdaptedConv2d {
         if k != k2 {
             candle_core::bail!("only square kernels are supported, got {k}x{k2}")
         }
-        let geometry = Conv2dGeometry { kernel_size: k, stride, padding, dilation };
-        Ok(Self { path: path.into(), weight, bias, geometry })
+        let geometry = Conv2dGeometry {
+            kernel_size: k,
+            stride,
+            padding,
+            dilation,
+        };
+        Ok(Self {
+            path: path.into(),
+            weight,
+            bias,
+            geometry,
+        })
     }
 
     /// The module path of this site.
@@ -350,12 +380,24 @@ impl AdaptedConv2d {
     pub fn forward(&self, x: &Tensor, adaptation: &Adaptation) -> Result<Tensor> {
         let g = self.geometry;
         // Frozen path: during adapter training only `x` gets a gradient (see `frozen`).
-        let y = crate::frozen::conv2d(x, &self.weight, self.bias.as_ref(), g.padding, g.stride, g.dilation, 1)?;
+        let y = crate::frozen::conv2d(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            g.padding,
+            g.stride,
+            g.dilation,
+            1,
+        )?;
         match adaptation.get(&self.path) {
             None => Ok(y),
             Some(site) => {
                 let h = x.conv2d(&site.a, g.padding, g.stride, g.dilation, 1)?; // [N, R, H', W']
-                let coeff = site.coeff.to_dtype(h.dtype())?.unsqueeze(D::Minus1)?.unsqueeze(D::Minus1)?;
+                let coeff = site
+                    .coeff
+                    .to_dtype(h.dtype())?
+                    .unsqueeze(D::Minus1)?
+                    .unsqueeze(D::Minus1)?;
                 let h = h.broadcast_mul(&coeff)?;
                 let delta = h.conv2d(&site.b, 0, 1, 1, 1)?;
                 y + delta
@@ -366,5 +408,9 @@ impl AdaptedConv2d {
 
 /// Converts a tensor to f32 if it is not already (site factors are stored in f32).
 pub fn as_f32(t: &Tensor) -> Result<Tensor> {
-    if t.dtype() == DType::F32 { Ok(t.clone()) } else { t.to_dtype(DType::F32) }
+    if t.dtype() == DType::F32 {
+        Ok(t.clone())
+    } else {
+        t.to_dtype(DType::F32)
+    }
 }

@@ -1,0 +1,317 @@
+//! Small dense `f64` linear algebra for SVD fusion (candle has no SVD):
+//! Householder QR, one-sided Jacobi SVD, and the SVD of a low-rank product
+//! `B diag(c) A` computed without ever forming the product.
+
+// Index loops read better than iterator chains in this matrix code.
+#![allow(clippy::needless_range_loop)]
+
+/// A dense row-major `f64` matrix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Matrix {
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+    /// `rows * cols` values, row-major.
+    pub data: Vec<f64>,
+}
+
+impl Matrix {
+    /// A `rows x cols` zero matrix.
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
+    }
+
+    /// Wraps row-major data (`data.len()` must be `rows * cols`).
+    pub fn from_rows(rows: usize, cols: usize, data: Vec<f64>) -> Self {
+        debug_assert_eq!(data.len(), rows * cols);
+        Self { rows, cols, data }
+    }
+
+    /// Element `(i, j)`.
+    #[inline]
+    pub fn at(&self, i: usize, j: usize) -> f64 {
+        self.data[i * self.cols + j]
+    }
+
+    /// Mutable element `(i, j)`.
+    #[inline]
+    pub fn at_mut(&mut self, i: usize, j: usize) -> &mut f64 {
+        &mut self.data[i * self.cols + j]
+    }
+
+    /// The transpose.
+    pub fn transpose(&self) -> Self {
+        let mut t = Self::zeros(self.cols, self.rows);
+        for i in 0..self.rows {
+            for j in 0..self.cols {
+                *t.at_mut(j, i) = self.at(i, j);
+            }
+        }
+        t
+    }
+
+    /// `self @ other`.
+    pub fn matmul(&self, other: &Self) -> Self {
+        assert_eq!(self.cols, other.rows, "matmul shape mismatch");
+        let mut out = Self::zeros(self.rows, other.cols);
+        for i in 0..self.rows {
+            let out_row = &mut out.data[i * other.cols..(i + 1) * other.cols];
+            for k in 0..self.cols {
+                let a = self.data[i * self.cols + k];
+                if a == 0.0 {
+                    continue;
+                }
+                let b_row = &other.data[k * other.cols..(k + 1) * other.cols];
+                for (o, b) in out_row.iter_mut().zip(b_row) {
+                    *o += a * b;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Thin Householder QR of an `m x n` matrix: `Q` `[m, k]` with orthonormal
+/// columns and upper-trapezoidal `R` `[k, n]`, `k = min(m, n)`, `M = Q R`.
+pub fn qr(m: &Matrix) -> (Matrix, Matrix) {
+    let (rows, cols) = (m.rows, m.cols);
+    let k = rows.min(cols);
+    let mut r = m.clone();
+    let mut reflectors: Vec<Vec<f64>> = Vec::with_capacity(k);
+    for j in 0..k {
+        // Householder vector for column j below the diagonal.
+        let mut v: Vec<f64> = (j..rows).map(|i| r.at(i, j)).collect();
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            reflectors.push(Vec::new());
+            continue;
+        }
+        let alpha = if v[0] >= 0.0 { -norm } else { norm };
+        v[0] -= alpha;
+        let vnorm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if vnorm == 0.0 {
+            reflectors.push(Vec::new());
+            continue;
+        }
+        for x in &mut v {
+            *x /= vnorm;
+        }
+        // R <- (I - 2 v v^T) R on rows j.., columns j..
+        for c in j..cols {
+            let dot: f64 = (j..rows).map(|i| v[i - j] * r.at(i, c)).sum();
+            for i in j..rows {
+                *r.at_mut(i, c) -= 2.0 * v[i - j] * dot;
+            }
+        }
+        reflectors.push(v);
+    }
+    // Q = H_0 H_1 ... H_{k-1} applied to the first k columns of the identity.
+    let mut q = Matrix::zeros(rows, k);
+    for i in 0..k {
+        *q.at_mut(i, i) = 1.0;
+    }
+    for j in (0..k).rev() {
+        let v = &reflectors[j];
+        if v.is_empty() {
+            continue;
+        }
+        for c in 0..k {
+            let dot: f64 = (j..rows).map(|i| v[i - j] * q.at(i, c)).sum();
+            for i in j..rows {
+                *q.at_mut(i, c) -= 2.0 * v[i - j] * dot;
+            }
+        }
+    }
+    let mut r_thin = Matrix::zeros(k, cols);
+    for i in 0..k {
+        for j in i..cols {
+            *r_thin.at_mut(i, j) = r.at(i, j);
+        }
+    }
+    (q, r_thin)
+}
+
+/// Thin SVD of an `m x n` matrix by one-sided Jacobi rotations:
+/// `M = U diag(S) V^T` with `U` `[m, k]`, `S` `[k]` descending, `V` `[n, k]`,
+/// `k = min(m, n)`. Accurate to a few ulps relative to the largest singular
+/// value; meant for small matrices (the core of a low-rank product).
+pub fn svd(m: &Matrix) -> (Matrix, Vec<f64>, Matrix) {
+    if m.rows < m.cols {
+        let (u, s, v) = svd(&m.transpose());
+        return (v, s, u);
+    }
+    let (rows, n) = (m.rows, m.cols);
+    // Work on columns: cols[j] is column j of the matrix being orthogonalised.
+    let mut cols: Vec<Vec<f64>> = (0..n)
+        .map(|j| (0..rows).map(|i| m.at(i, j)).collect())
+        .collect();
+    let mut v: Vec<Vec<f64>> = (0..n)
+        .map(|j| (0..n).map(|i| f64::from(u8::from(i == j))).collect())
+        .collect();
+    let eps = 1e-15;
+    for _sweep in 0..60 {
+        let mut rotated = false;
+        for p in 0..n {
+            for q in p + 1..n {
+                let alpha: f64 = cols[p].iter().map(|x| x * x).sum();
+                let beta: f64 = cols[q].iter().map(|x| x * x).sum();
+                let gamma: f64 = cols[p].iter().zip(&cols[q]).map(|(x, y)| x * y).sum();
+                if gamma == 0.0 || gamma.abs() <= eps * (alpha * beta).sqrt() {
+                    continue;
+                }
+                rotated = true;
+                let zeta = (beta - alpha) / (2.0 * gamma);
+                let t = zeta.signum() / (zeta.abs() + (1.0 + zeta * zeta).sqrt());
+                let c = 1.0 / (1.0 + t * t).sqrt();
+                let s = c * t;
+                for vecs in [&mut cols, &mut v] {
+                    let (left, right) = vecs.split_at_mut(q);
+                    for (x, y) in left[p].iter_mut().zip(right[0].iter_mut()) {
+                        let (xp, yq) = (*x, *y);
+                        *x = c * xp - s * yq;
+                        *y = s * xp + c * yq;
+                    }
+                }
+            }
+        }
+        if !rotated {
+            break;
+        }
+    }
+    let mut order: Vec<(usize, f64)> = cols
+        .iter()
+        .enumerate()
+        .map(|(j, c)| (j, c.iter().map(|x| x * x).sum::<f64>().sqrt()))
+        .collect();
+    order.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut u = Matrix::zeros(rows, n);
+    let mut vm = Matrix::zeros(n, n);
+    let mut s = Vec::with_capacity(n);
+    for (k, &(j, sigma)) in order.iter().enumerate() {
+        s.push(sigma);
+        for i in 0..rows {
+            *u.at_mut(i, k) = if sigma > 0.0 { cols[j][i] / sigma } else { 0.0 };
+        }
+        for i in 0..n {
+            *vm.at_mut(i, k) = v[j][i];
+        }
+    }
+    (u, s, vm)
+}
+
+/// SVD of the low-rank product `M = B diag(c) A` with `B` `[m, R]`, `c` `[R]`,
+/// `A` `[R, n]`, never forming `M`: `B = Qb Rb`, `A^T = Qa Ra`, then the SVD
+/// of the small core `Rb diag(c) Ra^T` gives `M = (Qb U) S (Qa V)^T`.
+/// Returns `U` `[m, k]`, `S` `[k]` (descending), `Vt` `[k, n]`,
+/// `k = min(m, n, R)`. Cost `O((m + n) R^2 + R^3)`.
+pub fn low_rank_svd(b: &Matrix, c: &[f64], a: &Matrix) -> (Matrix, Vec<f64>, Matrix) {
+    assert_eq!(b.cols, c.len());
+    assert_eq!(a.rows, c.len());
+    let (qb, rb) = qr(b); // [m, kb], [kb, R]
+    let (qa, ra) = qr(&a.transpose()); // [n, ka], [ka, R]
+    let mut rb_c = rb;
+    for i in 0..rb_c.rows {
+        for (j, cj) in c.iter().enumerate() {
+            *rb_c.at_mut(i, j) *= cj;
+        }
+    }
+    let core = rb_c.matmul(&ra.transpose()); // [kb, ka]
+    let (u, s, v) = svd(&core);
+    let k = s.len();
+    let u_full = qb.matmul(&u); // [m, k]
+    let v_full = qa.matmul(&v); // [n, k]
+    debug_assert_eq!(u_full.cols, k);
+    (u_full, s, v_full.transpose())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(rows: usize, cols: usize, seed: u64) -> Matrix {
+        // Small deterministic generator, independent of the rand crate's versions.
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let data = (0..rows * cols)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+            })
+            .collect();
+        Matrix::from_rows(rows, cols, data)
+    }
+
+    fn max_diff(a: &Matrix, b: &Matrix) -> f64 {
+        a.data
+            .iter()
+            .zip(&b.data)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    }
+
+    fn scale_cols(m: &Matrix, s: &[f64]) -> Matrix {
+        let mut out = m.clone();
+        for i in 0..m.rows {
+            for j in 0..m.cols {
+                *out.at_mut(i, j) *= s[j];
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn qr_reconstructs_and_is_orthonormal() {
+        for (r, c) in [(7, 3), (3, 7), (5, 5)] {
+            let m = random(r, c, 1);
+            let (q, rr) = qr(&m);
+            assert!(max_diff(&q.matmul(&rr), &m) < 1e-12);
+            let qtq = q.transpose().matmul(&q);
+            for i in 0..qtq.rows {
+                for j in 0..qtq.cols {
+                    let e = if i == j { 1.0 } else { 0.0 };
+                    assert!((qtq.at(i, j) - e).abs() < 1e-12);
+                }
+            }
+            for i in 0..rr.rows {
+                for j in 0..i.min(rr.cols) {
+                    assert_eq!(rr.at(i, j), 0.0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn svd_of_known_matrix() {
+        // [[3, 0], [4, 5]] has singular values sqrt(45) and sqrt(5).
+        let m = Matrix::from_rows(2, 2, vec![3.0, 0.0, 4.0, 5.0]);
+        let (u, s, v) = svd(&m);
+        assert!((s[0] - 45f64.sqrt()).abs() < 1e-12 && (s[1] - 5f64.sqrt()).abs() < 1e-12);
+        assert!(max_diff(&scale_cols(&u, &s).matmul(&v.transpose()), &m) < 1e-12);
+    }
+
+    #[test]
+    fn low_rank_svd_matches_dense_product() {
+        for (m, r, n) in [(10, 16, 27), (12, 3, 10), (5, 8, 40)] {
+            let b = random(m, r, 2);
+            let a = random(r, n, 3);
+            let c: Vec<f64> = (0..r).map(|i| (i as f64) - 2.5).collect();
+            let dense = scale_cols(&b, &c).matmul(&a);
+            let (u, s, vt) = low_rank_svd(&b, &c, &a);
+            assert!(s.windows(2).all(|w| w[0] >= w[1]));
+            assert!(max_diff(&scale_cols(&u, &s).matmul(&vt), &dense) < 1e-10);
+            // Same singular values as the dense SVD.
+            let (_, s_dense, _) = svd(&dense);
+            for (x, y) in s.iter().zip(&s_dense) {
+                assert!((x - y).abs() < 1e-10, "{x} vs {y}");
+            }
+        }
+    }
+}
