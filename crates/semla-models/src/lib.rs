@@ -6,4 +6,5 @@
 //!
 //! - [`segmenter`]: the [`segmenter::Segmenter`] interface the rest of the system uses.
 
+pub mod clip;
 pub mod segmenter;

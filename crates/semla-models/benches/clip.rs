@@ -1,0 +1,198 @@
+//! CLIP ViT-B/16 image forward at 224 px, batch 1: ours against PyTorch eager.
+//!
+//! `cargo bench -p semla-models --bench clip` runs our model (random weights,
+//! standard ViT-B/16 config) with fused kernels, with composed (training)
+//! kernels, and with a per-image mixture of 5 rank-8 LoRA adapters on q, v,
+//! fc1, fc2 (the factored path), then runs `tools/reference/clip_bench.py`
+//! (PyTorch, same config, same thread count) and prints the ratio.
+//!
+//! Environment: `CLIP_BENCH_THREADS` (default 2; sets `RAYON_NUM_THREADS`
+//! unless already set), `CLIP_BENCH_ITERS` (default 10), `CLIP_BENCH_PYTHON`
+//! (default `python3`; set to an empty string to skip PyTorch).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use semla_adapters::{Adaptation, FactoredSite};
+use semla_models::clip::{ClipConfig, ClipModel, Kernels};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Random vision-tower weights with the checkpoint's names and shapes.
+fn random_vit_b16(
+    cfg: &ClipConfig,
+    device: &Device,
+) -> candle_core::Result<HashMap<String, Tensor>> {
+    let v = &cfg.vision_config;
+    let d = v.hidden_size;
+    let g = v.grid_size();
+    let mut t = HashMap::new();
+    let mut put = |name: String, shape: &[usize], std: f64| -> candle_core::Result<()> {
+        t.insert(name, Tensor::randn(0f32, std as f32, shape, device)?);
+        Ok(())
+    };
+    put("vision_model.embeddings.class_embedding".into(), &[d], 0.02)?;
+    put(
+        "vision_model.embeddings.patch_embedding.weight".into(),
+        &[d, 3, v.patch_size, v.patch_size],
+        0.02,
+    )?;
+    put(
+        "vision_model.embeddings.position_embedding.weight".into(),
+        &[g * g + 1, d],
+        0.02,
+    )?;
+    for ln in ["vision_model.pre_layrnorm", "vision_model.post_layernorm"] {
+        put(format!("{ln}.weight"), &[d], 1.0)?;
+        put(format!("{ln}.bias"), &[d], 0.02)?;
+    }
+    for i in 0..v.num_hidden_layers {
+        let p = format!("vision_model.encoder.layers.{i}");
+        for ln in ["layer_norm1", "layer_norm2"] {
+            put(format!("{p}.{ln}.weight"), &[d], 1.0)?;
+            put(format!("{p}.{ln}.bias"), &[d], 0.02)?;
+        }
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            put(format!("{p}.self_attn.{proj}.weight"), &[d, d], 0.02)?;
+            put(format!("{p}.self_attn.{proj}.bias"), &[d], 0.02)?;
+        }
+        put(
+            format!("{p}.mlp.fc1.weight"),
+            &[v.intermediate_size, d],
+            0.02,
+        )?;
+        put(format!("{p}.mlp.fc1.bias"), &[v.intermediate_size], 0.02)?;
+        put(
+            format!("{p}.mlp.fc2.weight"),
+            &[d, v.intermediate_size],
+            0.02,
+        )?;
+        put(format!("{p}.mlp.fc2.bias"), &[d], 0.02)?;
+    }
+    put(
+        "visual_projection.weight".into(),
+        &[cfg.projection_dim, d],
+        0.02,
+    )?;
+    Ok(t)
+}
+
+fn time_it(
+    iters: usize,
+    mut f: impl FnMut() -> candle_core::Result<Tensor>,
+) -> candle_core::Result<(f64, f64)> {
+    for _ in 0..2 {
+        f()?;
+    }
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t0 = Instant::now();
+        f()?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], times[0]))
+}
+
+fn main() -> candle_core::Result<()> {
+    let threads = env_usize("CLIP_BENCH_THREADS", 2);
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // SAFETY: no other thread exists yet; rayon reads this when its pool starts.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    }
+    let iters = env_usize("CLIP_BENCH_ITERS", 10).max(1);
+    let device = Device::Cpu;
+    let cfg = ClipConfig::vit_b16();
+    let vb = VarBuilder::from_tensors(random_vit_b16(&cfg, &device)?, DType::F32, &device);
+    let mut model = ClipModel::new(&vb, &cfg)?;
+    let pixels = Tensor::randn(0f32, 1.0, (1, 3, 224, 224), &device)?;
+    let none = Adaptation::none();
+
+    let (fused, fused_min) = time_it(iters, || model.get_image_features(&pixels, &none))?;
+    println!(
+        "ours (fused kernels):      median {fused:.4} s, min {fused_min:.4} s ({iters} iters, {threads} threads)"
+    );
+
+    // 5 rank-8 adapters on q, v, fc1, fc2 of every layer, mixed per image.
+    let mut mixture = Adaptation::none();
+    for site in model.sites() {
+        let name = site.path.rsplit('.').next().unwrap_or("");
+        if !site.path.starts_with("vision_model.encoder")
+            || !["q_proj", "v_proj", "fc1", "fc2"].contains(&name)
+        {
+            continue;
+        }
+        let factors: Vec<(Tensor, Tensor)> = (0..5)
+            .map(|_| {
+                Ok((
+                    Tensor::randn(0f32, 0.02, (8, site.in_features), &device)?,
+                    Tensor::randn(0f32, 0.02, (site.out_features, 8), &device)?,
+                ))
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let parts: Vec<(&Tensor, &Tensor, f64)> =
+            factors.iter().map(|(a, b)| (a, b, 2.0)).collect();
+        mixture.insert(
+            site.path.clone(),
+            FactoredSite::stack(&parts, &[vec![0.4, 0.3, 0.15, 0.1, 0.05]])?,
+        );
+    }
+    let (mixed, _) = time_it(iters, || model.get_image_features(&pixels, &mixture))?;
+    println!(
+        "ours + 5 LoRA (factored):  median {mixed:.4} s ({:.2}x the plain forward)",
+        mixed / fused
+    );
+
+    model.set_kernels(Kernels::Composed);
+    let (composed, _) = time_it(iters, || model.get_image_features(&pixels, &none))?;
+    println!("ours (composed kernels):   median {composed:.4} s");
+
+    let python = std::env::var("CLIP_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    if python.is_empty() {
+        return Ok(());
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let script = root.join("tools/reference/clip_bench.py");
+    let output = Command::new(&python)
+        .arg(&script)
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "--iters",
+            &iters.to_string(),
+        ])
+        .output();
+    match output {
+        Ok(out) if out.status.success() => {
+            let line = String::from_utf8_lossy(&out.stdout);
+            let parsed: Option<f64> = serde_json::from_str::<serde_json::Value>(line.trim())
+                .ok()
+                .and_then(|v| v.get("median_s").and_then(|m| m.as_f64()));
+            match parsed {
+                Some(torch) => {
+                    println!("PyTorch eager:             median {torch:.4} s");
+                    println!(
+                        "ratio ours/PyTorch:        {:.2} (below 1 means faster)",
+                        fused / torch
+                    );
+                }
+                None => println!("PyTorch baseline printed no result: {line}"),
+            }
+        }
+        Ok(out) => println!(
+            "PyTorch baseline failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => println!("PyTorch baseline not run ({python}: {e})"),
+    }
+    Ok(())
+}

@@ -1,0 +1,877 @@
+//! CLIP's vision and text transformers in the Hugging Face `CLIPModel`
+//! layout, with an adapter site on every Linear (and on the patch embedding).
+//!
+//! Module paths equal checkpoint key paths: `vision_model.embeddings.patch_embedding`,
+//! `vision_model.encoder.layers.{i}.self_attn.{q,k,v,out}_proj`,
+//! `vision_model.encoder.layers.{i}.mlp.fc{1,2}`, the same under `text_model.`,
+//! and `visual_projection` / `text_projection`.
+//!
+//! Two kernel sets ([`Kernels`]): fused layer norm, softmax and activation for
+//! inference (no backward pass: candle's fused ops silently cut gradients),
+//! and composed ops that backpropagate, for adapter training.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{D, DType, Device, Module, Tensor};
+use candle_nn::VarBuilder;
+use semla_adapters::{Adaptation, AdaptedConv2d, AdaptedLinear, SiteInfo};
+
+use super::ClipError;
+use super::config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
+
+type Result<T> = candle_core::Result<T>;
+
+/// Which implementation of layer norm, softmax and activations to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// Fused single-pass kernels without a backward pass: inference only.
+    #[default]
+    Fused,
+    /// Composed tensor ops that backpropagate: use when training adapters.
+    Composed,
+}
+
+/// A layer norm over the last dimension (`weight`, `bias`: `[D]`).
+#[derive(Clone, Debug)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(vb: &VarBuilder, prefix: &str, size: usize, eps: f64) -> Result<Self> {
+        let vb = vb.pp(prefix);
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            bias: vb.get(size, "bias")?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        match kernels {
+            Kernels::Fused => {
+                candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
+            }
+            Kernels::Composed => {
+                candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
+            }
+        }
+    }
+}
+
+fn softmax_last_dim(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    match kernels {
+        Kernels::Fused => candle_nn::ops::softmax_last_dim(x),
+        Kernels::Composed => candle_nn::ops::softmax(x, D::Minus1),
+    }
+}
+
+/// `quick_gelu(x) = x * sigmoid(1.702 x)` in one pass (inference only).
+struct QuickGelu;
+
+impl candle_core::CustomOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "quick-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            candle_core::bail!("quick-gelu: only f32 is supported")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("quick-gelu: input must be contiguous")
+        };
+        let out: Vec<f32> = data[start..end]
+            .iter()
+            .map(|&v| v / (1.0 + (-1.702 * v).exp()))
+            .collect();
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+fn activation(x: &Tensor, act: Activation, kernels: Kernels) -> Result<Tensor> {
+    match act {
+        Activation::QuickGelu => match kernels {
+            Kernels::Fused if x.dtype() == DType::F32 && x.is_contiguous() => {
+                x.apply_op1_no_bwd(&QuickGelu)
+            }
+            _ => x.mul(&candle_nn::ops::sigmoid(&x.affine(1.702, 0.0)?)?),
+        },
+        Activation::Gelu => x.gelu_erf(),
+        Activation::GeluTanh => x.gelu(),
+    }
+}
+
+/// Multi-head self-attention: `q_proj`, `k_proj`, `v_proj`, `out_proj`.
+#[derive(Clone, Debug)]
+struct Attention {
+    q_proj: AdaptedLinear,
+    k_proj: AdaptedLinear,
+    v_proj: AdaptedLinear,
+    out_proj: AdaptedLinear,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(vb: &VarBuilder, prefix: &str, hidden: usize, num_heads: usize) -> Result<Self> {
+        let site =
+            |name: &str| AdaptedLinear::load(vb, &format!("{prefix}.{name}"), hidden, hidden, true);
+        Ok(Self {
+            q_proj: site("q_proj")?,
+            k_proj: site("k_proj")?,
+            v_proj: site("v_proj")?,
+            out_proj: site("out_proj")?,
+            num_heads,
+            head_dim: hidden / num_heads,
+        })
+    }
+
+    /// `x`: `[N, L, D]`; `mask`: additive `[L, L]` (causal text mask) or none.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        adaptation: &Adaptation,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let (n, l, d) = x.dims3()?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let heads = |t: Tensor| -> Result<Tensor> {
+            // [N, L, D] -> [N, H, L, d]
+            t.reshape((n, l, self.num_heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = heads((self.q_proj.forward(x, adaptation)? * scale)?)?;
+        let k = heads(self.k_proj.forward(x, adaptation)?)?;
+        let v = heads(self.v_proj.forward(x, adaptation)?)?;
+        let mut scores = q.matmul(&k.t()?)?; // [N, H, L, L]
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let probs = softmax_last_dim(&scores, kernels)?;
+        let out = probs.matmul(&v)?; // [N, H, L, d]
+        let out = out.transpose(1, 2)?.reshape((n, l, d))?;
+        self.out_proj.forward(&out, adaptation)
+    }
+
+    fn sites(&self) -> [&AdaptedLinear; 4] {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.out_proj]
+    }
+}
+
+/// The MLP: `fc1`, activation, `fc2`.
+#[derive(Clone, Debug)]
+struct Mlp {
+    fc1: AdaptedLinear,
+    fc2: AdaptedLinear,
+    act: Activation,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor, adaptation: &Adaptation, kernels: Kernels) -> Result<Tensor> {
+        let h = self.fc1.forward(x, adaptation)?;
+        let h = activation(&h, self.act, kernels)?;
+        self.fc2.forward(&h, adaptation)
+    }
+}
+
+/// One pre-norm transformer block.
+#[derive(Clone, Debug)]
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    self_attn: Attention,
+    layer_norm2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl EncoderLayer {
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        adaptation: &Adaptation,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let h = self.layer_norm1.forward(x, kernels)?;
+        let x = (x + self.self_attn.forward(&h, mask, adaptation, kernels)?)?;
+        let h = self.layer_norm2.forward(&x, kernels)?;
+        x + self.mlp.forward(&h, adaptation, kernels)?
+    }
+}
+
+/// The stack of encoder layers.
+#[derive(Clone, Debug)]
+struct Encoder {
+    layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    #[allow(clippy::too_many_arguments)]
+    fn load(
+        vb: &VarBuilder,
+        prefix: &str,
+        num_layers: usize,
+        hidden: usize,
+        intermediate: usize,
+        num_heads: usize,
+        act: Activation,
+        eps: f64,
+    ) -> Result<Self> {
+        let mut layers = Vec::with_capacity(num_layers);
+        for i in 0..num_layers {
+            let p = format!("{prefix}.layers.{i}");
+            layers.push(EncoderLayer {
+                layer_norm1: LayerNorm::load(vb, &format!("{p}.layer_norm1"), hidden, eps)?,
+                self_attn: Attention::load(vb, &format!("{p}.self_attn"), hidden, num_heads)?,
+                layer_norm2: LayerNorm::load(vb, &format!("{p}.layer_norm2"), hidden, eps)?,
+                mlp: Mlp {
+                    fc1: AdaptedLinear::load(
+                        vb,
+                        &format!("{p}.mlp.fc1"),
+                        hidden,
+                        intermediate,
+                        true,
+                    )?,
+                    fc2: AdaptedLinear::load(
+                        vb,
+                        &format!("{p}.mlp.fc2"),
+                        intermediate,
+                        hidden,
+                        true,
+                    )?,
+                    act,
+                },
+            });
+        }
+        Ok(Self { layers })
+    }
+
+    fn sites(&self) -> Vec<&AdaptedLinear> {
+        let mut out = Vec::new();
+        for layer in &self.layers {
+            out.extend(layer.self_attn.sites());
+            out.push(&layer.mlp.fc1);
+            out.push(&layer.mlp.fc2);
+        }
+        out
+    }
+}
+
+/// The vision transformer (`vision_model.*`).
+#[derive(Clone, Debug)]
+struct VisionTransformer {
+    cfg: ClipVisionConfig,
+    /// `[D]`
+    class_embedding: Tensor,
+    patch_embedding: AdaptedConv2d,
+    /// `[1 + G*G, D]`
+    position_embedding: Tensor,
+    pre_layrnorm: LayerNorm,
+    encoder: Encoder,
+    post_layernorm: LayerNorm,
+}
+
+/// The output of the vision tower for a batch.
+#[derive(Clone, Debug)]
+pub struct VisionOutput {
+    /// Last hidden state `[N, 1 + h*w, D_v]`: the class token, then the
+    /// patch tokens in row-major grid order (not layer-normed).
+    pub last_hidden_state: Tensor,
+    /// Patch grid height `h` (`H / patch_size`).
+    pub grid_height: usize,
+    /// Patch grid width `w` (`W / patch_size`).
+    pub grid_width: usize,
+}
+
+impl VisionOutput {
+    /// The patch tokens of the last layer, `[N, h*w, D_v]`.
+    pub fn patch_tokens(&self) -> Result<Tensor> {
+        let l = self.last_hidden_state.dim(1)?;
+        self.last_hidden_state.narrow(1, 1, l - 1)?.contiguous()
+    }
+}
+
+/// Which dense (per-patch) tokens [`ClipModel::dense_tokens`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenseTokens {
+    /// Last hidden state of every patch: `[N, h*w, D_v]`.
+    LastHidden,
+    /// `post_layernorm` applied to every patch token: `[N, h*w, D_v]`.
+    PostLayerNorm,
+    /// `visual_projection(post_layernorm(.))` of every patch token, in the
+    /// joint embedding space like [`ClipModel::get_image_features`]: `[N, h*w, E]`.
+    Projected,
+}
+
+impl VisionTransformer {
+    fn load(vb: &VarBuilder, cfg: &ClipVisionConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let p = cfg.patch_size;
+        let grid = cfg.grid_size();
+        let emb = vb.pp("vision_model.embeddings");
+        let patch_weight = emb.get((d, cfg.num_channels, p, p), "patch_embedding.weight")?;
+        let patch_embedding = AdaptedConv2d::new(
+            "vision_model.embeddings.patch_embedding",
+            patch_weight,
+            None,
+            p,
+            0,
+            1,
+        )?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            class_embedding: emb.get(d, "class_embedding")?,
+            patch_embedding,
+            position_embedding: emb.get((grid * grid + 1, d), "position_embedding.weight")?,
+            pre_layrnorm: LayerNorm::load(vb, "vision_model.pre_layrnorm", d, cfg.layer_norm_eps)?,
+            encoder: Encoder::load(
+                vb,
+                "vision_model.encoder",
+                cfg.num_hidden_layers,
+                d,
+                cfg.intermediate_size,
+                cfg.num_attention_heads,
+                cfg.hidden_act,
+                cfg.layer_norm_eps,
+            )?,
+            post_layernorm: LayerNorm::load(
+                vb,
+                "vision_model.post_layernorm",
+                d,
+                cfg.layer_norm_eps,
+            )?,
+        })
+    }
+
+    /// Position embeddings for a `gh x gw` grid: `[1 + gh*gw, D]`.
+    fn position_embeddings(&self, gh: usize, gw: usize) -> Result<Tensor> {
+        let g = self.cfg.grid_size();
+        // Like transformers: no interpolation at the native square grid.
+        if gh == g && gw == g {
+            return Ok(self.position_embedding.clone());
+        }
+        let d = self.cfg.hidden_size;
+        let cls = self.position_embedding.narrow(0, 0, 1)?;
+        let grid = self.position_embedding.narrow(0, 1, g * g)?; // [G*G, D]
+        let patches = bicubic_resize_grid(&grid, g, g, gh, gw)?; // [gh*gw, D]
+        let out = Tensor::cat(&[&cls, &patches], 0)?;
+        debug_assert_eq!(out.dims(), &[1 + gh * gw, d]);
+        Ok(out)
+    }
+
+    fn forward(
+        &self,
+        pixels: &Tensor,
+        adaptation: &Adaptation,
+        kernels: Kernels,
+    ) -> Result<VisionOutput> {
+        let (n, _, _, _) = pixels.dims4()?;
+        let d = self.cfg.hidden_size;
+        let patches = self.patch_embedding.forward(pixels, adaptation)?; // [N, D, gh, gw]
+        let (_, _, gh, gw) = patches.dims4()?;
+        let patches = patches.flatten_from(2)?.transpose(1, 2)?; // [N, gh*gw, D]
+        let cls = self
+            .class_embedding
+            .reshape((1, 1, d))?
+            .broadcast_as((n, 1, d))?
+            .to_dtype(patches.dtype())?;
+        let x = Tensor::cat(&[&cls, &patches], 1)?;
+        let x = x.broadcast_add(&self.position_embeddings(gh, gw)?.unsqueeze(0)?)?;
+        let mut x = self.pre_layrnorm.forward(&x, kernels)?;
+        for layer in &self.encoder.layers {
+            x = layer.forward(&x, None, adaptation, kernels)?;
+        }
+        Ok(VisionOutput {
+            last_hidden_state: x,
+            grid_height: gh,
+            grid_width: gw,
+        })
+    }
+}
+
+/// Bicubic resize of a row-major `[gh*gw, D]` grid of vectors, as PyTorch's
+/// `F.interpolate(mode="bicubic", align_corners=False)` (cubic coefficient
+/// `A = -0.75`, source index `scale * (dst + 0.5) - 0.5`, border taps clamped):
+/// what transformers' `interpolate_pos_encoding` does. Computed in f64.
+fn bicubic_resize_grid(
+    grid: &Tensor,
+    gh: usize,
+    gw: usize,
+    oh: usize,
+    ow: usize,
+) -> Result<Tensor> {
+    let d = grid.dim(1)?;
+    let src: Vec<f32> = grid.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let taps = |in_size: usize, out_size: usize| -> Vec<([usize; 4], [f64; 4])> {
+        const A: f64 = -0.75;
+        let cc1 = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+        let cc2 = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+        // PyTorch computes the scale in float (accscalar) as in / out.
+        let scale = in_size as f64 / out_size as f64;
+        (0..out_size)
+            .map(|o| {
+                let real = scale * (o as f64 + 0.5) - 0.5;
+                let floor = real.floor();
+                let t = real - floor;
+                let i0 = floor as i64;
+                let clamp = |i: i64| i.clamp(0, in_size as i64 - 1) as usize;
+                (
+                    [clamp(i0 - 1), clamp(i0), clamp(i0 + 1), clamp(i0 + 2)],
+                    [cc2(t + 1.0), cc1(t), cc1(1.0 - t), cc2(2.0 - t)],
+                )
+            })
+            .collect()
+    };
+    let ty = taps(gh, oh);
+    let tx = taps(gw, ow);
+    let mut out = vec![0f32; oh * ow * d];
+    let mut acc = vec![0f64; d];
+    for (oy, (iy, wy)) in ty.iter().enumerate() {
+        for (ox, (ix, wx)) in tx.iter().enumerate() {
+            acc.iter_mut().for_each(|a| *a = 0.0);
+            for (yy, &wyy) in iy.iter().zip(wy) {
+                for (xx, &wxx) in ix.iter().zip(wx) {
+                    let w = wyy * wxx;
+                    let row = &src[(yy * gw + xx) * d..(yy * gw + xx + 1) * d];
+                    for (a, &v) in acc.iter_mut().zip(row) {
+                        *a += w * v as f64;
+                    }
+                }
+            }
+            let dst = &mut out[(oy * ow + ox) * d..(oy * ow + ox + 1) * d];
+            for (o, &a) in dst.iter_mut().zip(&acc) {
+                *o = a as f32;
+            }
+        }
+    }
+    Tensor::from_vec(out, (oh * ow, d), grid.device())?.to_dtype(grid.dtype())
+}
+
+/// The text transformer (`text_model.*`).
+#[derive(Clone, Debug)]
+struct TextTransformer {
+    cfg: ClipTextConfig,
+    /// `[V, D]`
+    token_embedding: Tensor,
+    /// `[max_positions, D]`
+    position_embedding: Tensor,
+    encoder: Encoder,
+    final_layer_norm: LayerNorm,
+}
+
+impl TextTransformer {
+    fn load(vb: &VarBuilder, cfg: &ClipTextConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let emb = vb.pp("text_model.embeddings");
+        Ok(Self {
+            cfg: cfg.clone(),
+            token_embedding: emb.get((cfg.vocab_size, d), "token_embedding.weight")?,
+            position_embedding: emb.get(
+                (cfg.max_position_embeddings, d),
+                "position_embedding.weight",
+            )?,
+            encoder: Encoder::load(
+                vb,
+                "text_model.encoder",
+                cfg.num_hidden_layers,
+                d,
+                cfg.intermediate_size,
+                cfg.num_attention_heads,
+                cfg.hidden_act,
+                cfg.layer_norm_eps,
+            )?,
+            final_layer_norm: LayerNorm::load(
+                vb,
+                "text_model.final_layer_norm",
+                d,
+                cfg.layer_norm_eps,
+            )?,
+        })
+    }
+
+    /// `ids`: `[N, L]` -> final-layer-normed hidden states `[N, L, D]`.
+    /// Attention is causal, so tokens after the end of text (padding) never
+    /// influence the pooled token.
+    fn forward(&self, ids: &Tensor, adaptation: &Adaptation, kernels: Kernels) -> Result<Tensor> {
+        let (n, l) = ids.dims2()?;
+        let d = self.cfg.hidden_size;
+        let tokens = self
+            .token_embedding
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((n, l, d))?;
+        let positions = self.position_embedding.narrow(0, 0, l)?;
+        let mut x = tokens.broadcast_add(&positions.unsqueeze(0)?)?;
+        let mask: Vec<f32> = (0..l)
+            .flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (l, l), x.device())?.to_dtype(x.dtype())?;
+        for layer in &self.encoder.layers {
+            x = layer.forward(&x, Some(&mask), adaptation, kernels)?;
+        }
+        self.final_layer_norm.forward(&x, kernels)
+    }
+
+    /// The pooled position of each sequence, as transformers 4.46: with
+    /// `eos_token_id == 2` (legacy configs) the position of the largest id,
+    /// otherwise the first position holding `eos_token_id` (0 if none).
+    fn pool_positions(&self, ids: &[Vec<u32>]) -> Vec<u32> {
+        let eos = self.cfg.eos_token_id.unwrap_or(2);
+        ids.iter()
+            .map(|row| {
+                if eos == 2 {
+                    // torch.argmax returns the first maximum.
+                    let max = row.iter().copied().max().unwrap_or(0);
+                    row.iter().position(|&v| v == max).unwrap_or(0) as u32
+                } else {
+                    row.iter().position(|&v| v == eos).unwrap_or(0) as u32
+                }
+            })
+            .collect()
+    }
+}
+
+/// CLIP: vision tower, optional text tower and projections.
+#[derive(Clone, Debug)]
+pub struct ClipModel {
+    config: ClipConfig,
+    vision: VisionTransformer,
+    text: Option<TextTransformer>,
+    /// `[E, D_v]`, bias-free.
+    visual_projection: Option<AdaptedLinear>,
+    /// `[E, D_t]`, bias-free.
+    text_projection: Option<AdaptedLinear>,
+    /// Scalar `logit_scale` (log of the temperature inverse).
+    logit_scale: f64,
+    kernels: Kernels,
+}
+
+impl ClipModel {
+    /// Builds the model from a var builder positioned at the checkpoint root.
+    /// The text tower and the projections are loaded when the checkpoint has
+    /// them (a `CLIPVisionModel` checkpoint has neither).
+    pub fn new(vb: &VarBuilder, config: &ClipConfig) -> Result<Self> {
+        let vision = VisionTransformer::load(vb, &config.vision_config)?;
+        let text = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
+            Some(TextTransformer::load(vb, &config.text_config)?)
+        } else {
+            None
+        };
+        let e = config.projection_dim;
+        let visual_projection = if vb.contains_tensor("visual_projection.weight") {
+            Some(AdaptedLinear::load(
+                vb,
+                "visual_projection",
+                config.vision_config.hidden_size,
+                e,
+                false,
+            )?)
+        } else {
+            None
+        };
+        let text_projection = if text.is_some() && vb.contains_tensor("text_projection.weight") {
+            Some(AdaptedLinear::load(
+                vb,
+                "text_projection",
+                config.text_config.hidden_size,
+                e,
+                false,
+            )?)
+        } else {
+            None
+        };
+        let logit_scale = if vb.contains_tensor("logit_scale") {
+            vb.get((), "logit_scale")?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?
+        } else {
+            config.logit_scale_init_value
+        };
+        Ok(Self {
+            config: config.clone(),
+            vision,
+            text,
+            visual_projection,
+            text_projection,
+            logit_scale,
+            kernels: Kernels::Fused,
+        })
+    }
+
+    /// Loads `config.json` and `model.safetensors` (or the shards listed in
+    /// `model.safetensors.index.json`) from a Hugging Face model folder.
+    /// Weights of any float dtype are converted to f32.
+    pub fn from_dir(dir: &Path, device: &Device) -> std::result::Result<Self, ClipError> {
+        let config = ClipConfig::from_file(&dir.join("config.json"))?;
+        let files = safetensors_files(dir)?;
+        let mut tensors = HashMap::new();
+        for file in &files {
+            let loaded = candle_core::safetensors::load(file, device).map_err(|source| {
+                ClipError::Weights {
+                    path: file.clone(),
+                    source,
+                }
+            })?;
+            tensors.extend(loaded);
+        }
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        Self::new(&vb, &config).map_err(|source| ClipError::Weights {
+            path: dir.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClipConfig {
+        &self.config
+    }
+
+    /// The kernels in use.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// Selects fused (inference) or composed (training) kernels.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
+    }
+
+    /// `logit_scale` of the checkpoint (multiply by its exponential to get logits).
+    pub fn logit_scale(&self) -> f64 {
+        self.logit_scale
+    }
+
+    /// Whether the checkpoint has a text tower.
+    pub fn has_text_model(&self) -> bool {
+        self.text.is_some()
+    }
+
+    /// Every adapter site, vision tower first, in checkpoint order.
+    pub fn sites(&self) -> Vec<SiteInfo> {
+        let mut out = vec![self.vision.patch_embedding.info()];
+        out.extend(
+            self.vision
+                .encoder
+                .sites()
+                .into_iter()
+                .map(AdaptedLinear::info),
+        );
+        if let Some(p) = &self.visual_projection {
+            out.push(p.info());
+        }
+        if let Some(text) = &self.text {
+            out.extend(text.encoder.sites().into_iter().map(AdaptedLinear::info));
+        }
+        if let Some(p) = &self.text_projection {
+            out.push(p.info());
+        }
+        out
+    }
+
+    fn check_pixels(&self, pixels: &Tensor) -> Result<()> {
+        let cfg = &self.config.vision_config;
+        let dims = pixels.dims();
+        if dims.len() != 4
+            || dims[1] != cfg.num_channels
+            || dims[2] < cfg.patch_size
+            || dims[3] < cfg.patch_size
+        {
+            candle_core::bail!(
+                "CLIP vision input must be [N, {}, H, W] with H, W >= {}, got {:?}",
+                cfg.num_channels,
+                cfg.patch_size,
+                dims
+            )
+        }
+        Ok(())
+    }
+
+    /// Runs the vision tower. `pixels`: `[N, C, H, W]` preprocessed images.
+    /// Any `H, W` of at least one patch works: at other than the native grid
+    /// the position embeddings are interpolated bicubically (transformers'
+    /// `interpolate_pos_encoding=True`); pixels beyond a whole patch are ignored.
+    pub fn vision_forward(&self, pixels: &Tensor, adaptation: &Adaptation) -> Result<VisionOutput> {
+        self.check_pixels(pixels)?;
+        self.vision.forward(pixels, adaptation, self.kernels)
+    }
+
+    /// `post_layernorm` of the class token: `[N, D_v]` (transformers' `pooler_output`).
+    pub fn pooled_output(&self, out: &VisionOutput) -> Result<Tensor> {
+        let cls = out
+            .last_hidden_state
+            .narrow(1, 0, 1)?
+            .squeeze(1)?
+            .contiguous()?;
+        self.vision.post_layernorm.forward(&cls, self.kernels)
+    }
+
+    fn visual_projection(&self) -> Result<&AdaptedLinear> {
+        self.visual_projection.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("this CLIP checkpoint has no visual_projection".into())
+        })
+    }
+
+    /// `CLIPModel.get_image_features`: `visual_projection(post_layernorm(CLS))`,
+    /// `[N, E]`, not normalised. `pixels`: `[N, C, H, W]`.
+    pub fn get_image_features(&self, pixels: &Tensor, adaptation: &Adaptation) -> Result<Tensor> {
+        let out = self.vision_forward(pixels, adaptation)?;
+        self.image_features_from(&out, adaptation)
+    }
+
+    /// Image features from an already computed vision output: `[N, E]`.
+    pub fn image_features_from(
+        &self,
+        out: &VisionOutput,
+        adaptation: &Adaptation,
+    ) -> Result<Tensor> {
+        let pooled = self.pooled_output(out)?;
+        self.visual_projection()?.forward(&pooled, adaptation)
+    }
+
+    /// Dense patch tokens from a vision output (see [`DenseTokens`] for the shapes).
+    pub fn dense_tokens(
+        &self,
+        out: &VisionOutput,
+        kind: DenseTokens,
+        adaptation: &Adaptation,
+    ) -> Result<Tensor> {
+        let patches = out.patch_tokens()?;
+        match kind {
+            DenseTokens::LastHidden => Ok(patches),
+            DenseTokens::PostLayerNorm => {
+                self.vision.post_layernorm.forward(&patches, self.kernels)
+            }
+            DenseTokens::Projected => {
+                let normed = self.vision.post_layernorm.forward(&patches, self.kernels)?;
+                self.visual_projection()?.forward(&normed, adaptation)
+            }
+        }
+    }
+
+    /// Dense tokens as a feature map `[N, C, h, w]` (for segmentation heads).
+    pub fn dense_feature_map(
+        &self,
+        out: &VisionOutput,
+        kind: DenseTokens,
+        adaptation: &Adaptation,
+    ) -> Result<Tensor> {
+        let tokens = self.dense_tokens(out, kind, adaptation)?; // [N, h*w, C]
+        let (n, _, c) = tokens.dims3()?;
+        tokens
+            .transpose(1, 2)?
+            .reshape((n, c, out.grid_height, out.grid_width))
+    }
+
+    fn text_tower(&self) -> Result<&TextTransformer> {
+        self.text
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("this CLIP checkpoint has no text model".into()))
+    }
+
+    fn check_ids(&self, ids: &Tensor) -> Result<Vec<Vec<u32>>> {
+        let text = self.text_tower()?;
+        let (_, l) = ids.dims2()?;
+        if l == 0 || l > text.cfg.max_position_embeddings {
+            candle_core::bail!(
+                "CLIP text input has {l} tokens, the model takes 1 to {}",
+                text.cfg.max_position_embeddings
+            )
+        }
+        let rows = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        if let Some(bad) = rows
+            .iter()
+            .flatten()
+            .find(|&&v| v as usize >= text.cfg.vocab_size)
+        {
+            candle_core::bail!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                text.cfg.vocab_size
+            )
+        }
+        Ok(rows)
+    }
+
+    /// Final-layer-normed text hidden states `[N, L, D_t]` for token ids `[N, L]` (u32).
+    pub fn text_forward(&self, ids: &Tensor, adaptation: &Adaptation) -> Result<Tensor> {
+        self.check_ids(ids)?;
+        self.text_tower()?
+            .forward(&ids.to_dtype(DType::U32)?, adaptation, self.kernels)
+    }
+
+    /// `CLIPModel.get_text_features`: `text_projection` of the hidden state at
+    /// the end-of-text token, `[N, E]`, not normalised. `ids`: `[N, L]` (u32),
+    /// e.g. from [`super::ClipTokenizer::encode_context`].
+    pub fn get_text_features(&self, ids: &Tensor, adaptation: &Adaptation) -> Result<Tensor> {
+        let rows = self.check_ids(ids)?;
+        let text = self.text_tower()?;
+        let hidden = text.forward(&ids.to_dtype(DType::U32)?, adaptation, self.kernels)?; // [N, L, D]
+        let (n, l, d) = hidden.dims3()?;
+        let flat: Vec<u32> = text
+            .pool_positions(&rows)
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| i as u32 * l as u32 + p)
+            .collect();
+        let index = Tensor::from_vec(flat, n, hidden.device())?;
+        let pooled = hidden.reshape((n * l, d))?.index_select(&index, 0)?; // [N, D]
+        let projection = self.text_projection.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("this CLIP checkpoint has no text_projection".into())
+        })?;
+        projection.forward(&pooled, adaptation)
+    }
+}
+
+impl Module for ClipModel {
+    /// Image features without adaptation: `[N, C, H, W]` -> `[N, E]`.
+    fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.get_image_features(pixels, &Adaptation::none())
+    }
+}
+
+/// The safetensors files of a model folder: `model.safetensors`, or the
+/// shards named by `model.safetensors.index.json`.
+fn safetensors_files(dir: &Path) -> std::result::Result<Vec<PathBuf>, ClipError> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if !index.is_file() {
+        return Err(ClipError::Config {
+            path: dir.to_path_buf(),
+            message: "no model.safetensors or model.safetensors.index.json in this folder".into(),
+        });
+    }
+    let text = std::fs::read_to_string(&index).map_err(|source| ClipError::Io {
+        path: index.clone(),
+        source,
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| ClipError::Json {
+            path: index.clone(),
+            source,
+        })?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| ClipError::Config {
+            path: index.clone(),
+            message: "no weight_map object".into(),
+        })?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for shard in map.values().filter_map(|v| v.as_str()) {
+        let path = dir.join(shard);
+        if !files.contains(&path) {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""PyTorch eager baseline for `cargo bench -p semla-models --bench clip`.
+
+CLIP ViT-B/16 (transformers' CLIPModel, standard config, random weights), image
+features at 224 px, batch 1, on --threads CPU threads. Prints one JSON line:
+{"median_s": ..., "min_s": ..., "iters": ..., "threads": ...}.
+"""
+
+import argparse
+import json
+import time
+
+import torch
+from transformers import CLIPConfig, CLIPModel
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = CLIPConfig(vision_config=dict(patch_size=16))
+    model = CLIPModel(cfg).eval()
+    px = torch.randn(1, 3, 224, 224)
+    times = []
+    with torch.inference_mode():
+        for i in range(args.warmup + args.iters):
+            t0 = time.perf_counter()
+            model.get_image_features(pixel_values=px)
+            dt = time.perf_counter() - t0
+            if i >= args.warmup:
+                times.append(dt)
+    times.sort()
+    print(json.dumps({"median_s": times[len(times) // 2], "min_s": times[0], "iters": args.iters,
+                      "threads": args.threads}))
+
+
+if __name__ == "__main__":
+    main()
