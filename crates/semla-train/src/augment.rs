@@ -62,12 +62,31 @@ pub fn augment(
     let left = rng.below(scaled_w.saturating_sub(out_w) + 1);
     let flip = rng.next_f64() < config.flip_probability;
 
+    resample(
+        sample,
+        (scaled_h, scaled_w),
+        (out_h, out_w),
+        (top, left),
+        flip,
+        ignore,
+    )
+}
+
+/// Resamples `sample` to `scaled` size (bilinear image with pixel centres
+/// aligned, nearest labels), keeps the `out`-sized window at `offset` of it
+/// (padding with 0 and `ignore` outside), and mirrors it horizontally if `flip`.
+fn resample(
+    sample: &Sample,
+    (scaled_h, scaled_w): (usize, usize),
+    (out_h, out_w): (usize, usize),
+    (top, left): (usize, usize),
+    flip: bool,
+    ignore: u32,
+) -> Sample {
     let in_pixels = sample.height * sample.width;
     let out_pixels = out_h * out_w;
     let mut image = vec![0f32; 3 * out_pixels];
     let mut labels = vec![ignore; out_pixels];
-    // Scale from output (scaled) coordinates back to input coordinates,
-    // pixel centres aligned (align_corners = false).
     let sy = sample.height as f64 / scaled_h as f64;
     let sx = sample.width as f64 / scaled_w as f64;
     for oy in 0..out_h {
@@ -109,6 +128,18 @@ pub fn augment(
         height: out_h,
         width: out_w,
     }
+}
+
+/// `sample` scaled to exactly `height x width` (bilinear image, nearest labels).
+pub fn resize(sample: &Sample, height: usize, width: usize, ignore: u32) -> Sample {
+    resample(
+        sample,
+        (height, width),
+        (height, width),
+        (0, 0),
+        false,
+        ignore,
+    )
 }
 
 #[cfg(test)]
@@ -177,6 +208,15 @@ mod tests {
         assert_eq!(out.labels[4 * 5], 255);
         // Bilinear at scaled pixel 1 -> source x = 0.25: 0.75 * 0 + 0.25 * 1.
         assert!((out.image[1] - 0.25).abs() < 1e-6);
+    }
+
+    #[test]
+    fn resize_halves_by_averaging_neighbours() {
+        let s = ramp(4, 4);
+        let out = resize(&s, 2, 2, 255);
+        // Output pixel (0, 0) samples source (0.5, 0.5): mean of the 2x2 block.
+        assert!((out.image[0] - (0.0 + 1.0 + 10.0 + 11.0) / 4.0).abs() < 1e-5);
+        assert_eq!(out.labels, vec![11, 13, 31, 33]);
     }
 
     #[test]

@@ -125,3 +125,104 @@ impl SampleSource for InMemorySource {
         self.num_classes
     }
 }
+
+/// The (image, label) pairs of one split of a `semla-data` domain, read from
+/// disk on demand, optionally resized to a fixed size.
+#[derive(Clone, Debug)]
+pub struct DomainSource {
+    domain: semla_data::domains::Domain,
+    pairs: Vec<semla_data::domains::Sample>,
+    resize: Option<(usize, usize)>,
+}
+
+impl DomainSource {
+    /// The pairs of `split` of `domain`; `resize` = `(height, width)` scales
+    /// every sample to that size (bilinear image, nearest labels).
+    pub fn new(
+        domain: semla_data::domains::Domain,
+        split: semla_data::domains::Split,
+        resize: Option<(usize, usize)>,
+    ) -> Result<Self> {
+        let pairs = domain.pairs(split).map_err(|e| crate::TrainError::Sample {
+            sample: format!("domain {} ({split})", domain.name),
+            message: e.to_string(),
+        })?;
+        if pairs.is_empty() {
+            return Err(crate::TrainError::Sample {
+                sample: format!("domain {} ({split})", domain.name),
+                message: format!(
+                    "has no image/label pairs; expected layout: {}",
+                    domain.layout.describe()
+                ),
+            });
+        }
+        Ok(Self {
+            domain,
+            pairs,
+            resize,
+        })
+    }
+
+    /// The domain.
+    pub fn domain(&self) -> &semla_data::domains::Domain {
+        &self.domain
+    }
+}
+
+impl SampleSource for DomainSource {
+    fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    fn sample(&self, index: usize) -> Result<Sample> {
+        let Some(pair) = self.pairs.get(index) else {
+            return Err(crate::TrainError::Sample {
+                sample: format!("#{index}"),
+                message: format!("index out of range ({} samples)", self.pairs.len()),
+            });
+        };
+        let err = |e: semla_data::domains::DomainError| crate::TrainError::Sample {
+            sample: pair.image.display().to_string(),
+            message: e.to_string(),
+        };
+        let image = self.domain.load_image(pair).map_err(err)?;
+        let labels = self.domain.load_label(pair).map_err(err)?;
+        if (labels.width, labels.height) != image.dimensions() {
+            return Err(crate::TrainError::Sample {
+                sample: pair.label.display().to_string(),
+                message: format!(
+                    "label map is {}x{} but the image {} is {}x{}",
+                    labels.width,
+                    labels.height,
+                    pair.image.display(),
+                    image.width(),
+                    image.height()
+                ),
+            });
+        }
+        let (w, h) = (image.width() as usize, image.height() as usize);
+        let labels = labels.values.iter().map(|&v| v as u32).collect();
+        let sample = Sample::from_rgb8(image.as_raw(), labels, h, w);
+        Ok(match self.resize {
+            Some((rh, rw)) if (rh, rw) != (h, w) => {
+                crate::augment::resize(&sample, rh, rw, self.ignore_label())
+            }
+            _ => sample,
+        })
+    }
+
+    fn ignore_label(&self) -> u32 {
+        self.domain.ignore_value as u32
+    }
+
+    fn num_classes(&self) -> usize {
+        self.domain.num_classes()
+    }
+
+    fn describe(&self, index: usize) -> String {
+        self.pairs
+            .get(index)
+            .map(|p| p.image.display().to_string())
+            .unwrap_or_else(|| format!("#{index}"))
+    }
+}

@@ -5,6 +5,7 @@ mod common;
 
 use candle_core::Device;
 use semla_adapters::Adaptation;
+use semla_metrics::Definition;
 use semla_train::augment::AugmentConfig;
 use semla_train::evaluate::evaluate;
 use semla_train::lora::{LoraSettings, LoraTrainee};
@@ -146,6 +147,7 @@ fn adapter_recovers_a_domain_shift() {
         base.as_ref(),
         &Adaptation::none(),
         &shifted_test,
+        Definition::Detectron2,
         None,
         &dev,
         &mut |_, _| {},
@@ -172,6 +174,7 @@ fn adapter_recovers_a_domain_shift() {
         base.as_ref(),
         lora.adaptation(),
         &shifted_test,
+        Definition::Detectron2,
         None,
         &dev,
         &mut |_, _| {},
@@ -179,12 +182,13 @@ fn adapter_recovers_a_domain_shift() {
     .unwrap();
     eprintln!(
         "shifted domain mIoU: base {:.3}, with adapter {:.3}",
-        base_score.miou, adapted.miou
+        base_score.miou(),
+        adapted.miou()
     );
     assert!(
-        adapted.miou > base_score.miou + 0.05,
+        adapted.miou() > base_score.miou() + 0.05,
         "{} vs {}",
-        adapted.miou,
-        base_score.miou
+        adapted.miou(),
+        base_score.miou()
     );
 }
