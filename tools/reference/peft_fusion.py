@@ -127,11 +127,13 @@ def generate():
     # peft writes the first ("default"-like) adapter in a subfolder only when its
     # name is not "default"; all of ours have names, so each has its own folder.
     rng = np.random.default_rng(3)
+    prototypes = {}
     for i, name in enumerate(names[:3]):
         proto = rng.standard_normal((1, PROTOTYPE_DIM)).astype(np.float32)
         path = os.path.join(LIBRARY, name, f"{name}_statistics.npz")
         # SemLA writes np.savez; also cover np.savez_compressed.
         (np.savez_compressed if i == 1 else np.savez)(path, train_average_embedding=proto)
+        prototypes[name] = torch.from_numpy(proto)
     # delta_plain has no prototype on purpose.
 
     # The same adapter as an old-style pickle (adapter_model.bin).
@@ -143,6 +145,8 @@ def generate():
 
     x = fixed_input()
     expected = {"input": x}
+    for name, proto in prototypes.items():
+        expected[f"prototype.{name}"] = proto
     base = base_model()
     for k, v in base.state_dict().items():
         expected[f"base.{k}"] = v

@@ -287,8 +287,8 @@ pub fn save_adapter(dir: &Path, adapter: &Adapter) -> Result<()> {
     let bytes = safetensors::tensor::serialize(views, metadata)
         .map_err(|e| AdapterError::invalid(&file, format!("cannot serialise: {e}")))?;
     write_atomic(&file, &bytes)?;
-    let mut text = adapter.config.to_json_string();
-    text.push('\n');
+    // Like peft: 2-space indent, sorted keys, no trailing newline.
+    let text = adapter.config.to_json_string();
     write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
 }
 
