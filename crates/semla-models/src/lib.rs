@@ -7,4 +7,7 @@
 //! - [`segmenter`]: the [`segmenter::Segmenter`] interface the rest of the system uses.
 
 pub mod clip;
+pub mod efficientnet;
+pub mod lraspp;
 pub mod segmenter;
+pub mod tiny;

@@ -1,9 +1,21 @@
 //! The interface every segmentation model offers to the rest of semla
 //! (retrieval, fusion, training, evaluation), so that a new backbone (CAT-Seg,
 //! ...) can be added without changing its callers.
+//!
+//! A trained segmenter is stored as a model folder `M/` holding `config.json`
+//! (a [`SegmenterConfig`], tagged by `"kind"`) and `model.safetensors` (the
+//! [`Segmenter::named_tensors`]); [`save_segmenter`] writes one and
+//! [`load_segmenter`] reads any kind back.
 
-use candle_core::{Result, Tensor};
-use semla_adapters::{Adaptation, SiteInfo};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+use semla_adapters::{Adaptation, AdaptedConv2d, SiteInfo};
+
+use crate::efficientnet::{EfficientLiteSeg, EfficientLiteSegConfig};
+use crate::tiny::{TinySeg, TinySegConfig};
 
 /// Per-channel normalisation applied to RGB values scaled to `[0, 1]`.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -16,8 +28,10 @@ pub struct Normalization {
 
 impl Normalization {
     /// ImageNet statistics (torchvision convention).
-    pub const IMAGENET: Self =
-        Self { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+    pub const IMAGENET: Self = Self {
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+    };
 }
 
 /// A semantic segmentation model with adapter sites.
@@ -48,4 +62,192 @@ pub trait Segmenter: Send + Sync {
 
     /// Every weight of the model as `(checkpoint key, tensor)`, for saving.
     fn named_tensors(&self) -> Vec<(String, Tensor)>;
+
+    /// The configuration that rebuilds this model (the `config.json` of its folder).
+    fn config(&self) -> SegmenterConfig;
+}
+
+/// Configuration of any segmenter kind, as stored in a model folder's
+/// `config.json`: `{"kind": "efficientnet-lite0-lraspp", "num_classes": 11, ...}`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind")]
+pub enum SegmenterConfig {
+    /// [`EfficientLiteSeg`]: EfficientNet-Lite0 + LR-ASPP.
+    #[serde(rename = "efficientnet-lite0-lraspp")]
+    EfficientLite0(EfficientLiteSegConfig),
+    /// [`TinySeg`]: a few convolutions, for tests and demos.
+    #[serde(rename = "tiny")]
+    Tiny(TinySegConfig),
+}
+
+impl SegmenterConfig {
+    /// Number of output classes.
+    pub fn num_classes(&self) -> usize {
+        match self {
+            Self::EfficientLite0(c) => c.num_classes,
+            Self::Tiny(c) => c.num_classes,
+        }
+    }
+
+    /// Class names (may be empty).
+    pub fn class_names(&self) -> &[String] {
+        match self {
+            Self::EfficientLite0(c) => &c.class_names,
+            Self::Tiny(c) => &c.class_names,
+        }
+    }
+
+    /// Builds the model of this configuration from `vb` (frozen tensors or a `VarMap`).
+    pub fn build(&self, vb: &VarBuilder) -> Result<Box<dyn Segmenter>> {
+        Ok(match self {
+            Self::EfficientLite0(c) => Box::new(EfficientLiteSeg::new(vb, c)?),
+            Self::Tiny(c) => Box::new(TinySeg::new(vb, c)?),
+        })
+    }
+}
+
+/// File name of the configuration in a model folder.
+pub const CONFIG_FILE: &str = "config.json";
+/// File name of the weights in a model folder.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// Errors of reading or writing a model folder.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelDirError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// `config.json` is not a valid segmenter configuration.
+    #[error("{path}: invalid segmenter configuration: {source}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// The weights are unreadable or do not fit the configuration.
+    #[error("{path}: {source}")]
+    Weights {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (missing tensor, shape mismatch, corrupt file, ...).
+        source: candle_core::Error,
+    },
+}
+
+/// Reads `dir/config.json`.
+pub fn read_segmenter_config(dir: &Path) -> std::result::Result<SegmenterConfig, ModelDirError> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|source| ModelDirError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| ModelDirError::Config { path, source })
+}
+
+/// Loads a model folder (`config.json` + `model.safetensors`) as frozen tensors
+/// and builds the segmenter its `kind` names.
+pub fn load_segmenter(
+    dir: &Path,
+    device: &Device,
+) -> std::result::Result<Box<dyn Segmenter>, ModelDirError> {
+    let config = read_segmenter_config(dir)?;
+    let path = dir.join(WEIGHTS_FILE);
+    if !path.is_file() {
+        return Err(ModelDirError::Io {
+            path,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "model weights not found"),
+        });
+    }
+    let tensors =
+        candle_core::safetensors::load(&path, device).map_err(|source| ModelDirError::Weights {
+            path: path.clone(),
+            source,
+        })?;
+    let tensors: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, v)| v.to_dtype(DType::F32).map(|v| (k, v)))
+        .collect::<Result<_>>()
+        .map_err(|source| ModelDirError::Weights {
+            path: path.clone(),
+            source,
+        })?;
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    config
+        .build(&vb)
+        .map_err(|source| ModelDirError::Weights { path, source })
+}
+
+/// Writes `model` as a model folder `dir` (created if needed): `config.json`
+/// and `model.safetensors`, each written to a temporary file and renamed.
+pub fn save_segmenter(model: &dyn Segmenter, dir: &Path) -> std::result::Result<(), ModelDirError> {
+    std::fs::create_dir_all(dir).map_err(|source| ModelDirError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let weights = dir.join(WEIGHTS_FILE);
+    let tmp = dir.join(format!(".{WEIGHTS_FILE}.tmp"));
+    let tensors: HashMap<String, Tensor> = model.named_tensors().into_iter().collect();
+    candle_core::safetensors::save(&tensors, &tmp).map_err(|source| ModelDirError::Weights {
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, &weights).map_err(|source| ModelDirError::Io {
+        path: weights.clone(),
+        source,
+    })?;
+
+    let config = dir.join(CONFIG_FILE);
+    let tmp = dir.join(format!(".{CONFIG_FILE}.tmp"));
+    let text =
+        serde_json::to_string_pretty(&model.config()).map_err(|source| ModelDirError::Config {
+            path: config.clone(),
+            source,
+        })?;
+    std::fs::write(&tmp, text).map_err(|source| ModelDirError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, &config).map_err(|source| ModelDirError::Io {
+        path: config,
+        source,
+    })
+}
+
+/// Adds `delta` to the weight of the site at `path` among `sites`
+/// (shared by the models' [`Segmenter::merge_delta`]).
+pub(crate) fn merge_into_sites(
+    sites: Vec<&mut AdaptedConv2d>,
+    path: &str,
+    delta: &Tensor,
+) -> Result<()> {
+    for site in sites {
+        if site.path() == path {
+            let merged = (site.weight() + delta.to_dtype(site.weight().dtype())?)?;
+            return site.set_weight(merged);
+        }
+    }
+    candle_core::bail!("the model has no adapter site `{path}`")
+}
+
+/// An RGB image as a normalised tensor `[1, 3, H, W]` (values scaled to `[0, 1]`
+/// then normalised with `norm`).
+pub fn rgb_to_tensor(
+    img: &image::RgbImage,
+    norm: Normalization,
+    device: &Device,
+) -> Result<Tensor> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut data = vec![0f32; 3 * h * w];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            data[c * h * w + i] = (px[c] as f32 / 255.0 - norm.mean[c]) / norm.std[c];
+        }
+    }
+    Tensor::from_vec(data, (1, 3, h, w), device)
 }
