@@ -163,9 +163,9 @@ pub fn encode_npy(shape: &[usize], data: &[f32]) -> Vec<u8> {
     out
 }
 
-/// Writes float32 arrays `(name, shape, data)` to a plain (stored, like
-/// `np.savez`) `.npz` archive at `path`, atomically.
-pub fn write_npz(path: &Path, arrays: &[(&str, &[usize], &[f32])]) -> Result<()> {
+/// Encodes float32 arrays `(name, shape, data)` as a plain (stored, like
+/// `np.savez`) `.npz` archive; `path` only names the file in errors.
+pub fn encode_npz(path: &Path, arrays: &[(&str, &[usize], &[f32])]) -> Result<Vec<u8>> {
     let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
     let options =
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
@@ -185,11 +185,16 @@ pub fn write_npz(path: &Path, arrays: &[(&str, &[usize], &[f32])]) -> Result<()>
         zip.write_all(&encode_npy(shape, data))
             .map_err(|e| AdapterError::io(path, e))?;
     }
-    let bytes = zip
+    Ok(zip
         .finish()
         .map_err(|e| AdapterError::invalid(path, format!("cannot finish zip archive: {e}")))?
-        .into_inner();
-    write_atomic(path, &bytes)
+        .into_inner())
+}
+
+/// Writes float32 arrays `(name, shape, data)` to a plain `.npz` archive at
+/// `path` (see [`encode_npz`]), atomically.
+pub fn write_npz(path: &Path, arrays: &[(&str, &[usize], &[f32])]) -> Result<()> {
+    write_atomic(path, &encode_npz(path, arrays)?)
 }
 
 #[cfg(test)]
