@@ -27,6 +27,7 @@ pub mod optim;
 pub mod rng;
 pub mod runs;
 pub mod schedule;
+pub mod soma;
 pub mod trainer;
 
 pub use error::TrainError;
