@@ -343,7 +343,7 @@ fn bad_weights_are_errors() {
             .unwrap_err()
             .to_string();
         assert!(err.contains(needle), "{weights:?}: {err}");
-        let err = Adaptation::from_adapters(&[&a, &b], &[weights.clone()])
+        let err = Adaptation::from_adapters(&[&a, &b], std::slice::from_ref(&weights))
             .unwrap_err()
             .to_string();
         assert!(err.contains(needle), "{weights:?}: {err}");
