@@ -155,3 +155,24 @@ pub fn reseed_varmap(
     }
     Ok(())
 }
+
+/// A segmenter of `config` whose every weight is a variable of the returned
+/// map, ready for [`train_base`]. With `pretrained`, the map starts from
+/// those variables (e.g. [`semla_models::efficientnet::pretrained_varmap`])
+/// and only the weights the model adds are initialised, from `seed`.
+pub fn build_trainable(
+    config: &semla_models::segmenter::SegmenterConfig,
+    pretrained: Option<VarMap>,
+    seed: u64,
+    device: &Device,
+) -> Result<(Box<dyn Segmenter>, VarMap)> {
+    let varmap = pretrained.unwrap_or_else(VarMap::new);
+    let keep: std::collections::HashSet<String> = varmap_params(&varmap)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, device);
+    let model = config.build(&vb)?;
+    reseed_varmap(&varmap, seed, &keep)?;
+    Ok((model, varmap))
+}

@@ -64,7 +64,8 @@ use crate::error::{Result, TrainError};
 use crate::lora::{LoraSettings, LoraTrainee, is_targeted};
 use crate::runs::adapter_trainee;
 use crate::trainer::{
-    CheckpointPaths, Progress, Session, TrainConfig, TrainSummary, save_tensors_atomic, train,
+    CheckpointPaths, Progress, Session, TrainConfig, TrainSummary, Trainee, save_tensors_atomic,
+    train,
 };
 
 /// How to initialise an adapter before training.
@@ -439,10 +440,8 @@ pub fn storage_config(rank: usize, scale: f64, paths: Vec<String>) -> LoraConfig
     config
 }
 
-/// Trains a SoMA adapter on `source` with the shared trainer. With `decay`,
-/// AdamW's constant decay is replaced by the annealed one (applied after each
-/// step, see the module docs); checkpoints written during the run are
-/// rewritten after the decay so that a resumed run matches an uninterrupted one.
+/// Trains a SoMA adapter on `source` with the shared trainer; `decay` as in
+/// [`train_annealed`] (`None`: AdamW's constant decay of `config`).
 pub fn train_soma(
     soma: &SomaTrainee,
     device: &Device,
@@ -460,12 +459,28 @@ pub fn train_soma(
         )));
     }
     let trainee = adapter_trainee(soma.model(), soma.lora(), device);
+    train_annealed(&trainee, source, config, decay, session, progress)
+}
+
+/// Runs the shared trainer on `trainee`. With `decay`, AdamW's constant decay
+/// is replaced by the annealed one, applied to every trainable tensor after
+/// each step (see the module docs); checkpoints written during the run are
+/// rewritten after the decay so that a resumed run matches an uninterrupted
+/// one. Without it, this is [`train`].
+pub fn train_annealed(
+    trainee: &Trainee<'_>,
+    source: &dyn SampleSource,
+    config: &TrainConfig,
+    decay: Option<WeightDecayAnneal>,
+    session: &Session<'_>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<TrainSummary> {
     let Some(decay) = decay else {
-        return train(&trainee, source, config, session, progress);
+        return train(trainee, source, config, session, progress);
     };
     let mut run_config = config.clone();
     run_config.optimizer.weight_decay = 0.0;
-    let params = soma.lora().params();
+    let params = trainee.params.clone();
     let end_step = session.stop_at.unwrap_or(config.steps).min(config.steps);
     let mut failure: Option<TrainError> = None;
     let mut hook = |p: &Progress| {
@@ -476,7 +491,7 @@ pub fn train_soma(
         }
         progress(p);
     };
-    let summary = train(&trainee, source, &run_config, session, &mut hook)?;
+    let summary = train(trainee, source, &run_config, session, &mut hook)?;
     match failure {
         Some(e) => Err(e),
         None => Ok(summary),

@@ -1,0 +1,122 @@
+//! `semla eval`: mIoU of a model (optionally with one adapter of a library)
+//! on a domain split.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use candle_core::Device;
+use semla_adapters::{Adaptation, AdapterLibrary, apply::check_adapters_fit};
+use semla_data::domains::{EvaluatorKind, Split};
+use semla_metrics::Definition;
+use semla_models::segmenter::load_segmenter;
+use semla_train::evaluate::{EvalReport, evaluate};
+
+use super::Context;
+use super::adapter_train::split_library_path;
+use super::train::{DataOptions, parse_size};
+
+/// Arguments of `semla eval`.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Model folder (`config.json`, `model.safetensors`).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Apply one adapter of a library: `LIBRARY/NAME`.
+    #[arg(long, value_name = "LIB/NAME")]
+    pub adapter: Option<PathBuf>,
+    /// Domain name (e.g. `camvid/0001TP`).
+    #[arg(long, value_name = "D")]
+    pub domain: String,
+    /// Dataset root (default: `$DETECTRON2_DATASETS`).
+    #[arg(long, value_name = "DIR")]
+    pub data_root: Option<PathBuf>,
+    /// Split to evaluate.
+    #[arg(long, default_value = "val", value_name = "SPLIT")]
+    pub split: Split,
+    /// Resize every image to HEIGHTxWIDTH before the model (labels too).
+    #[arg(long, value_name = "HxW", value_parser = parse_size)]
+    pub resize: Option<(usize, usize)>,
+    /// Evaluate only the first N images.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// mIoU definition (default: the domain's official evaluator).
+    #[arg(long, value_name = "DEF")]
+    pub definition: Option<Definition>,
+}
+
+/// Loads `LIB/NAME` as the adaptation of a single adapter with weight 1.
+pub fn single_adapter(
+    path: &std::path::Path,
+    model_sites: &[semla_adapters::SiteInfo],
+) -> anyhow::Result<Adaptation> {
+    let (library_dir, name) = split_library_path(path)?;
+    let library = AdapterLibrary::open(&library_dir)?;
+    let adapter = library.load(&name)?;
+    check_adapters_fit(&[&adapter], model_sites)?;
+    Ok(semla_adapters::apply::adaptation_for(
+        &[&adapter],
+        &[vec![1.0]],
+    )?)
+}
+
+/// Evaluates the model, adapter and data these arguments name.
+pub fn evaluate_args(args: &EvalArgs) -> anyhow::Result<EvalReport> {
+    let device = Device::Cpu;
+    let model = load_segmenter(&args.model, &device)?;
+    let adaptation = match &args.adapter {
+        Some(path) => single_adapter(path, &model.sites())?,
+        None => Adaptation::none(),
+    };
+    let data = DataOptions {
+        domain: args.domain.clone(),
+        data_root: args.data_root.clone(),
+        split: args.split,
+        resize: args.resize,
+    };
+    let source = data.source()?;
+    let definition = args.definition.unwrap_or(match source.domain().evaluator {
+        EvaluatorKind::CityscapesScript => Definition::Cityscapes,
+        EvaluatorKind::Detectron2 => Definition::Detectron2,
+    });
+    let total = args
+        .limit
+        .unwrap_or(usize::MAX)
+        .min(semla_train::data::SampleSource::len(&source));
+    let bar = indicatif::ProgressBar::new(total as u64);
+    let report = evaluate(
+        model.as_ref(),
+        &adaptation,
+        &source,
+        definition,
+        args.limit,
+        &device,
+        &mut |done, _| bar.set_position(done as u64),
+    )
+    .with_context(|| format!("evaluating on {} ({})", args.domain, args.split))?;
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+/// Runs `semla eval`.
+pub fn run(args: EvalArgs, ctx: &Context) -> anyhow::Result<()> {
+    let report = evaluate_args(&args)?;
+    if ctx.json {
+        return ctx.print_json(&serde_json::json!({
+            "model": args.model,
+            "adapter": args.adapter,
+            "domain": args.domain,
+            "split": args.split,
+            "images": report.images,
+            "miou": report.scores.mean_iou,
+            "scores": report.scores,
+        }));
+    }
+    println!(
+        "mIoU {:.2} % on {} ({}, {} images)",
+        100.0 * report.miou(),
+        args.domain,
+        args.split,
+        report.images
+    );
+    Ok(())
+}
