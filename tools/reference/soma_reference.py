@@ -24,6 +24,12 @@ Writes `crates/semla-train/tests/fixtures/soma/soma_reference.safetensors`:
    rank and alpha in the metadata.
 
 Run from the repository root:  python3 tools/reference/soma_reference.py
+
+Check mode (no fixture written): `--check-bake BASE_DIR ADAPTER_DIR BAKED_DIR`
+loads a semla-written adapter folder with `peft.PeftModel.from_pretrained` onto
+the adapted layers of a semla model folder (`model.safetensors`), merges it with
+`merge_and_unload`, and compares every merged weight with the model folder that
+`semla adapter bake` wrote (max |diff| must be < 1e-5).
 """
 
 import json
@@ -163,7 +169,48 @@ def peft_check(gen, tensors, meta):
           f"output vs trained SoMA model max |diff| = {err:.2e}")
 
 
+def check_bake(base_dir, adapter_dir, baked_dir):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    base = load_file(os.path.join(base_dir, "model.safetensors"))
+    baked = load_file(os.path.join(baked_dir, "model.safetensors"))
+    with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
+        targets = json.load(f)["target_modules"]
+    root = torch.nn.Module()
+    for path in targets:
+        w = base[f"{path}.weight"]
+        if w.dim() == 4:
+            layer = torch.nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], bias=False)
+        else:
+            layer = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+        layer.weight.data = w.clone()
+        parent = root
+        parts = path.split(".")
+        for part in parts[:-1]:
+            if not hasattr(parent, part):
+                parent.add_module(part, torch.nn.Module())
+            parent = getattr(parent, part)
+        parent.add_module(parts[-1], layer)
+    model = PeftModel.from_pretrained(root, adapter_dir).eval()
+    merged = model.merge_and_unload()
+    worst = 0.0
+    for path in targets:
+        got = merged.get_submodule(path).weight.detach()
+        err = (got - baked[f"{path}.weight"]).abs().max().item()
+        change = (got - base[f"{path}.weight"]).abs().max().item()
+        print(f"{path}: PEFT merge vs semla bake max |diff| {err:.2e} (adapter changes the weight by up to {change:.2e})")
+        worst = max(worst, err)
+    assert worst < 1e-5, worst
+    print(f"OK: {len(targets)} sites, worst {worst:.2e}")
+
+
 def main():
+    import sys
+
+    if len(sys.argv) == 5 and sys.argv[1] == "--check-bake":
+        check_bake(*sys.argv[2:])
+        return
     gen = torch.Generator().manual_seed(20251122)
     tensors, meta = {}, {}
     svd_cases(gen, tensors, meta)

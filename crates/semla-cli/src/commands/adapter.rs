@@ -22,7 +22,11 @@ pub enum AdapterCommand {
     /// Fuse weighted adapters of a library into one PEFT-format adapter folder.
     Merge(MergeArgs),
     /// Train a LoRA adapter on a frozen base model.
-    Train(super::adapter_train::AdapterTrainArgs),
+    Train(Box<super::adapter_train::AdapterTrainArgs>),
+    /// Merge an adapter into a model's base weights and write a full model folder.
+    Bake(super::adapter_tools::BakeArgs),
+    /// The best rank-R adapter (truncated SVD of the weight difference) of a fine-tuned model.
+    Extract(super::adapter_tools::ExtractArgs),
 }
 
 /// Arguments of `semla adapter merge`.
@@ -95,7 +99,9 @@ struct WeightedName<'a> {
 pub fn run(args: AdapterArgs, ctx: &Context) -> anyhow::Result<()> {
     match args.command {
         AdapterCommand::Merge(args) => run_merge(args, ctx),
-        AdapterCommand::Train(args) => super::adapter_train::run(args, ctx),
+        AdapterCommand::Train(args) => super::adapter_train::run(*args, ctx),
+        AdapterCommand::Bake(args) => super::adapter_tools::run_bake(args, ctx),
+        AdapterCommand::Extract(args) => super::adapter_tools::run_extract(args, ctx),
     }
 }
 
