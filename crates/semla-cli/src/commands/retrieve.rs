@@ -1,0 +1,272 @@
+//! `semla library retrieve`: which adapters of a library SemLA would fuse for
+//! one query embedding, and with which weights.
+//!
+//! Prototypes are the `train_average_embedding` arrays of the library's
+//! `<name>/<name>_statistics.npz` files. Candidates are, in source order,
+//! the names of `--sources` (an official `source_domains.yaml` or JSON list)
+//! or else every adapter of the library sorted by name; source order breaks
+//! ties. Settings come from `--config` (an official `semla_config.yaml`),
+//! overridden by the flags; without either, the official defaults apply
+//! (euclidean, top-k 5, temperature 0.05).
+//!
+//! The query is a precomputed embedding (`--embedding`) or an image embedded
+//! here (`--image` with `--embedder`): `clip:DIR` is SemLA's embedder
+//! (`CLIPModel.get_image_features` after `CLIPImageProcessor`, not
+//! normalised), `backbone:DIR` is a segmenter folder's pooled backbone
+//! embedding of the whole image at its own size, normalised as the model
+//! expects (as the library's backbone prototypes are computed). The
+//! embedder must be the one the library's prototypes were computed with.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{Context as _, bail};
+use candle_core::Device;
+use semla_adapters::{Adaptation, AdapterLibrary};
+use semla_models::clip::{ClipModel, ImageProcessor};
+use semla_retrieval::{
+    Prototype, PrototypeSet, RetrievalParams, Selection, SemlaConfig, SimilarityMeasure,
+    read_domain_list,
+};
+use serde::Serialize;
+
+use super::Context;
+
+/// Arguments of `semla library retrieve`.
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("query").required(true).args(["embedding", "image"])))]
+pub struct RetrieveArgs {
+    /// Adapter library folder (`<name>/adapter_config.json`,
+    /// `<name>/<name>_statistics.npz`, ...).
+    #[arg(long, value_name = "DIR")]
+    pub library: PathBuf,
+    /// Query embedding: a `.npy` float32/float64 array of shape `(D,)` or `(1, D)`.
+    #[arg(long, value_name = "FILE")]
+    pub embedding: Option<PathBuf>,
+    /// Query image (PNG or JPEG), embedded with `--embedder`.
+    #[arg(long, value_name = "FILE", requires = "embedder")]
+    pub image: Option<PathBuf>,
+    /// How `--image` is embedded: `clip:DIR` (a Hugging Face CLIP folder,
+    /// SemLA's embedder) or `backbone:DIR` (a segmenter model folder).
+    #[arg(long, value_name = "KIND:DIR", requires = "image")]
+    pub embedder: Option<Embedder>,
+    /// Candidate adapters in source order (`source_domains.yaml` or a JSON
+    /// list); default: every adapter of the library, sorted by name.
+    #[arg(long, value_name = "FILE")]
+    pub sources: Option<PathBuf>,
+    /// SemLA settings (`semla_config.yaml` or JSON); the flags below override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Number of adapters to keep (default 5; larger than the candidates keeps all).
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Softmax temperature, >= 0 (default 0.05; 0 is replaced by 1e-6 as officially).
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f64>,
+    /// Similarity measure: euclidean (1 / distance) or cosine (default euclidean).
+    #[arg(long, value_name = "MEASURE")]
+    pub similarity: Option<SimilarityMeasure>,
+    /// Leave an adapter out (e.g. the target domain's own); repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub exclude: Vec<String>,
+}
+
+/// The JSON report of a retrieval.
+#[derive(Serialize)]
+struct RetrieveReport<'a> {
+    library: &'a Path,
+    query: &'a Path,
+    embedder: Option<String>,
+    dimension: usize,
+    similarity: SimilarityMeasure,
+    top_k: usize,
+    temperature: f64,
+    excluded: &'a [String],
+    candidates: usize,
+    selections: &'a [Selection],
+}
+
+/// Runs `semla library retrieve`.
+pub fn run(args: RetrieveArgs, ctx: &Context) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => SemlaConfig::from_path(path)?,
+        None => SemlaConfig::default(),
+    };
+    let mut params: RetrievalParams = config.retrieval_params();
+    if let Some(k) = args.top_k {
+        params.top_k = k;
+    }
+    if let Some(t) = args.temperature {
+        params.temperature = t;
+    }
+    if let Some(measure) = args.similarity {
+        params.similarity = measure;
+    }
+    params.validate()?;
+
+    let (query_path, query) = match (&args.embedding, &args.image, &args.embedder) {
+        (Some(path), _, _) => (path.clone(), read_query(path)?),
+        (None, Some(image), Some(embedder)) => (image.clone(), embedder.embed(image)?),
+        _ => bail!("give --embedding FILE, or --image FILE with --embedder KIND:DIR"),
+    };
+    let prototypes = load_prototypes(&args.library, args.sources.as_deref())?;
+    let exclude: Vec<&str> = args.exclude.iter().map(String::as_str).collect();
+    let candidates = prototypes.candidates(&exclude)?.len();
+    let selections = prototypes
+        .retrieve(&query, &params, &exclude)
+        .with_context(|| {
+            format!(
+                "retrieving for {} from {}",
+                query_path.display(),
+                args.library.display()
+            )
+        })?;
+
+    if ctx.json {
+        return ctx.print_json(&RetrieveReport {
+            library: &args.library,
+            query: &query_path,
+            embedder: args.embedder.as_ref().map(Embedder::to_string),
+            dimension: query.len(),
+            similarity: params.similarity,
+            top_k: params.top_k,
+            temperature: params.temperature,
+            excluded: &args.exclude,
+            candidates,
+            selections: &selections,
+        });
+    }
+    println!(
+        "{} of {candidates} candidate(s), {} similarity, temperature {}:",
+        selections.len(),
+        params.similarity,
+        params.temperature
+    );
+    let width = selections
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    println!(
+        "{:>4}  {:<width$}  {:>14}  {:>14}  {:>10}",
+        "rank", "name", "distance", "similarity", "weight"
+    );
+    for (rank, s) in selections.iter().enumerate() {
+        println!(
+            "{:>4}  {:<width$}  {:>14.6e}  {:>14.6e}  {:>10.6}",
+            rank + 1,
+            s.name,
+            s.distance,
+            s.similarity,
+            s.weight
+        );
+    }
+    Ok(())
+}
+
+/// The prototypes of the library's adapters, in source order: the names of
+/// `sources` if given (each must be in the library), else the library's
+/// sorted names. Every candidate must have a prototype file.
+pub fn load_prototypes(library: &Path, sources: Option<&Path>) -> anyhow::Result<PrototypeSet> {
+    let lib = AdapterLibrary::open(library)
+        .with_context(|| format!("opening the adapter library {}", library.display()))?;
+    let names: Vec<String> = match sources {
+        Some(path) => read_domain_list(path)?,
+        None => lib.names().into_iter().map(str::to_string).collect(),
+    };
+    if names.is_empty() {
+        bail!("the adapter library {} holds no adapter", library.display());
+    }
+    let mut prototypes = Vec::with_capacity(names.len());
+    for name in names {
+        let embedding = lib
+            .prototype(&name)
+            .with_context(|| format!("reading the prototype of adapter '{name}'"))?;
+        prototypes.push(Prototype::new(name, embedding));
+    }
+    Ok(PrototypeSet::new(prototypes)?)
+}
+
+/// Reads a query embedding `.npy` (float32 or float64, shape `(D,)` or `(1, D)`).
+pub fn read_query(path: &Path) -> anyhow::Result<Vec<f32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let array = semla_adapters::npz::parse_npy(&bytes)
+        .map_err(|message| anyhow::anyhow!("{}: {message}", path.display()))?;
+    match array.shape.as_slice() {
+        [d] | [1, d] if *d > 0 => Ok(array.data),
+        shape => bail!(
+            "{}: the embedding has shape {shape:?}, expected (D,) or (1, D)",
+            path.display()
+        ),
+    }
+}
+
+/// How a query image is embedded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Embedder {
+    /// `clip:DIR`: a Hugging Face `CLIPModel` folder (`config.json`,
+    /// `model.safetensors`, optional `preprocessor_config.json`).
+    Clip(PathBuf),
+    /// `backbone:DIR`: a segmenter model folder (`config.json`,
+    /// `model.safetensors`).
+    Backbone(PathBuf),
+}
+
+impl FromStr for Embedder {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.split_once(':') {
+            Some(("clip", dir)) if !dir.is_empty() => Ok(Self::Clip(PathBuf::from(dir))),
+            Some(("backbone", dir)) if !dir.is_empty() => Ok(Self::Backbone(PathBuf::from(dir))),
+            _ => Err(format!(
+                "'{text}' is not an embedder: expected clip:DIR or backbone:DIR"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Embedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Clip(dir) => write!(f, "clip:{}", dir.display()),
+            Self::Backbone(dir) => write!(f, "backbone:{}", dir.display()),
+        }
+    }
+}
+
+impl Embedder {
+    /// The embedding `[D]` of the image at `path`.
+    pub fn embed(&self, path: &Path) -> anyhow::Result<Vec<f32>> {
+        let device = Device::Cpu;
+        let features = match self {
+            Self::Clip(dir) => {
+                let model = ClipModel::from_dir(dir, &device)
+                    .with_context(|| format!("loading CLIP model from {}", dir.display()))?;
+                let processor_config = dir.join("preprocessor_config.json");
+                let processor = if processor_config.is_file() {
+                    ImageProcessor::from_file(&processor_config)?
+                } else {
+                    ImageProcessor::default()
+                };
+                let pixels = processor.preprocess_file(path)?.unsqueeze(0)?;
+                model.get_image_features(&pixels, &Adaptation::none())?
+            }
+            Self::Backbone(dir) => {
+                let model = semla_models::segmenter::load_segmenter(dir, &device)
+                    .with_context(|| format!("loading the segmenter from {}", dir.display()))?;
+                let image = semla_models::clip::preprocess::load_rgb(path)?;
+                let pixels =
+                    semla_models::segmenter::rgb_to_tensor(&image, model.normalization(), &device)?;
+                model.embed(&pixels)?
+            }
+        };
+        let values: Vec<f32> = features
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()
+            .with_context(|| format!("embedding {}", path.display()))?;
+        Ok(values)
+    }
+}
