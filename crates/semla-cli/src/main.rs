@@ -21,6 +21,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // Keep one line per command family, sorted; each helper module owns its arguments.
+    /// CLIP: tokenizer, image and text features of a Hugging Face CLIPModel folder.
+    Clip(commands::clip::ClipArgs),
     /// Domains and label maps: statistics, coloured views.
     Data(commands::data::DataArgs),
     /// mIoU and accuracies of predicted label maps against ground truth.
@@ -38,6 +40,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let ctx = commands::Context { json: cli.json };
     let result: anyhow::Result<()> = match cli.command {
+        Command::Clip(args) => commands::clip::run(args, &ctx),
         Command::Data(args) => commands::data::run(args, &ctx),
         Command::Metrics(args) => commands::metrics::run(args, &ctx),
     };

@@ -1,6 +1,7 @@
 //! One module per command family. Each exposes a clap `Args`/`Subcommand`
 //! type and a `run(args, &Context) -> anyhow::Result<()>`.
 
+pub mod clip;
 pub mod data;
 pub mod metrics;
 

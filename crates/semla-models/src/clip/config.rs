@@ -185,9 +185,9 @@ impl ClipConfig {
 
     /// Parses a `config.json`.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self, ClipError> {
-        let cfg: Self = serde_json::from_str(text).map_err(|source| ClipError::Json {
+        let cfg: Self = serde_json::from_str(text).map_err(|cause| ClipError::Json {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         cfg.validate(path)?;
         Ok(cfg)
@@ -195,9 +195,9 @@ impl ClipConfig {
 
     /// Reads and checks a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, ClipError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ClipError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| ClipError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Self::from_json_str(&text, path)
     }

@@ -28,20 +28,20 @@ pub use tokenizer::{ClipTokenizer, Padding};
 #[derive(Debug, thiserror::Error)]
 pub enum ClipError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (shown in the message, so not chained as a source).
+        cause: std::io::Error,
     },
     /// A JSON file is not valid JSON or does not have the expected fields.
-    #[error("{path}: invalid JSON: {source}")]
+    #[error("{path}: invalid JSON: {cause}")]
     Json {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: serde_json::Error,
+        /// The underlying error (shown in the message, so not chained as a source).
+        cause: serde_json::Error,
     },
     /// A configuration value is out of range or unsupported.
     #[error("{path}: {message}")]
@@ -52,12 +52,12 @@ pub enum ClipError {
         message: String,
     },
     /// The weights do not fit the configuration (missing tensor, wrong shape, ...).
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Weights {
         /// The weights file or folder.
         path: PathBuf,
-        /// The underlying error.
-        source: candle_core::Error,
+        /// The underlying error (shown in the message, so not chained as a source).
+        cause: candle_core::Error,
     },
     /// An image could not be decoded or is unusable.
     #[error("{path}: {message}")]

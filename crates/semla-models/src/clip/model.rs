@@ -110,28 +110,83 @@ fn activation(x: &Tensor, act: Activation, kernels: Kernels) -> Result<Tensor> {
 }
 
 /// Multi-head self-attention: `q_proj`, `k_proj`, `v_proj`, `out_proj`.
+///
+/// The q, k and v weights live in one `[3D, D]` tensor (and one `[3D]` bias);
+/// the three sites hold views of its row blocks, so no weight is stored
+/// twice. When no adapter touches q, k or v, one matmul computes all three;
+/// otherwise each site runs on its own with its update.
 #[derive(Clone, Debug)]
 struct Attention {
     q_proj: AdaptedLinear,
     k_proj: AdaptedLinear,
     v_proj: AdaptedLinear,
     out_proj: AdaptedLinear,
+    /// `[3D, D]`: q, k, v weights stacked.
+    qkv_weight: Tensor,
+    /// `[3D]`
+    qkv_bias: Tensor,
     num_heads: usize,
     head_dim: usize,
 }
 
 impl Attention {
     fn load(vb: &VarBuilder, prefix: &str, hidden: usize, num_heads: usize) -> Result<Self> {
-        let site =
-            |name: &str| AdaptedLinear::load(vb, &format!("{prefix}.{name}"), hidden, hidden, true);
+        let (mut weights, mut biases) = (Vec::with_capacity(3), Vec::with_capacity(3));
+        for name in ["q_proj", "k_proj", "v_proj"] {
+            let site = vb.pp(format!("{prefix}.{name}"));
+            weights.push(site.get((hidden, hidden), "weight")?);
+            biases.push(site.get(hidden, "bias")?);
+        }
+        let qkv_weight = Tensor::cat(&weights, 0)?;
+        let qkv_bias = Tensor::cat(&biases, 0)?;
+        drop((weights, biases));
+        let view = |i: usize, name: &str| -> Result<AdaptedLinear> {
+            Ok(AdaptedLinear::new(
+                format!("{prefix}.{name}"),
+                qkv_weight.narrow(0, i * hidden, hidden)?,
+                Some(qkv_bias.narrow(0, i * hidden, hidden)?),
+            ))
+        };
         Ok(Self {
-            q_proj: site("q_proj")?,
-            k_proj: site("k_proj")?,
-            v_proj: site("v_proj")?,
-            out_proj: site("out_proj")?,
+            q_proj: view(0, "q_proj")?,
+            k_proj: view(1, "k_proj")?,
+            v_proj: view(2, "v_proj")?,
+            out_proj: AdaptedLinear::load(vb, &format!("{prefix}.out_proj"), hidden, hidden, true)?,
+            qkv_weight,
+            qkv_bias,
             num_heads,
             head_dim: hidden / num_heads,
         })
+    }
+
+    /// q, k, v as `[N, H, L, d]` each (q not yet scaled).
+    fn project_qkv(&self, x: &Tensor, adaptation: &Adaptation) -> Result<(Tensor, Tensor, Tensor)> {
+        let (n, l, d) = x.dims3()?;
+        let (h, hd) = (self.num_heads, self.head_dim);
+        let adapted = [&self.q_proj, &self.k_proj, &self.v_proj]
+            .iter()
+            .any(|site| adaptation.get(site.path()).is_some());
+        if adapted {
+            let heads = |t: Tensor| -> Result<Tensor> {
+                // [N, L, D] -> [N, H, L, d]
+                t.reshape((n, l, h, hd))?.transpose(1, 2)?.contiguous()
+            };
+            return Ok((
+                heads(self.q_proj.forward(x, adaptation)?)?,
+                heads(self.k_proj.forward(x, adaptation)?)?,
+                heads(self.v_proj.forward(x, adaptation)?)?,
+            ));
+        }
+        let y = x
+            .reshape((n * l, d))?
+            .matmul(&self.qkv_weight.t()?)?
+            .broadcast_add(&self.qkv_bias)?; // [N*L, 3D]
+        // [N, L, 3, H, d] -> [3, N, H, L, d] in one copy.
+        let y = y
+            .reshape((n, l, 3, h, hd))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        Ok((y.get(0)?, y.get(1)?, y.get(2)?))
     }
 
     /// `x`: `[N, L, D]`; `mask`: additive `[L, L]` (causal text mask) or none.
@@ -144,15 +199,8 @@ impl Attention {
     ) -> Result<Tensor> {
         let (n, l, d) = x.dims3()?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let heads = |t: Tensor| -> Result<Tensor> {
-            // [N, L, D] -> [N, H, L, d]
-            t.reshape((n, l, self.num_heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = heads((self.q_proj.forward(x, adaptation)? * scale)?)?;
-        let k = heads(self.k_proj.forward(x, adaptation)?)?;
-        let v = heads(self.v_proj.forward(x, adaptation)?)?;
+        let (q, k, v) = self.project_qkv(x, adaptation)?;
+        let q = (q * scale)?;
         let mut scores = q.matmul(&k.t()?)?; // [N, H, L, L]
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
@@ -614,18 +662,18 @@ impl ClipModel {
         let files = safetensors_files(dir)?;
         let mut tensors = HashMap::new();
         for file in &files {
-            let loaded = candle_core::safetensors::load(file, device).map_err(|source| {
+            let loaded = candle_core::safetensors::load(file, device).map_err(|cause| {
                 ClipError::Weights {
                     path: file.clone(),
-                    source,
+                    cause,
                 }
             })?;
             tensors.extend(loaded);
         }
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        Self::new(&vb, &config).map_err(|source| ClipError::Weights {
+        Self::new(&vb, &config).map_err(|cause| ClipError::Weights {
             path: dir.to_path_buf(),
-            source,
+            cause,
         })
     }
 
@@ -850,14 +898,14 @@ fn safetensors_files(dir: &Path) -> std::result::Result<Vec<PathBuf>, ClipError>
             message: "no model.safetensors or model.safetensors.index.json in this folder".into(),
         });
     }
-    let text = std::fs::read_to_string(&index).map_err(|source| ClipError::Io {
+    let text = std::fs::read_to_string(&index).map_err(|cause| ClipError::Io {
         path: index.clone(),
-        source,
+        cause,
     })?;
     let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|source| ClipError::Json {
+        serde_json::from_str(&text).map_err(|cause| ClipError::Json {
             path: index.clone(),
-            source,
+            cause,
         })?;
     let map = value
         .get("weight_map")

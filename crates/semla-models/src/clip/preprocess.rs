@@ -99,13 +99,13 @@ impl ImageProcessor {
 
     /// Reads a `preprocessor_config.json`; absent fields keep CLIP's defaults.
     pub fn from_file(path: &Path) -> Result<Self, ClipError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ClipError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| ClipError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| ClipError::Json {
+        let value: Value = serde_json::from_str(&text).map_err(|cause| ClipError::Json {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Self::from_json(&value, path)
     }
@@ -301,14 +301,14 @@ impl ImageProcessor {
 /// Opens an image file as 8-bit RGB.
 pub fn load_rgb(path: &Path) -> Result<image::RgbImage, ClipError> {
     let reader = image::ImageReader::open(path)
-        .map_err(|source| ClipError::Io {
+        .map_err(|cause| ClipError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?
         .with_guessed_format()
-        .map_err(|source| ClipError::Io {
+        .map_err(|cause| ClipError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
     let img = reader.decode().map_err(|e| ClipError::Image {
         path: path.to_path_buf(),
