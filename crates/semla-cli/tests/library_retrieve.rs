@@ -461,3 +461,51 @@ fn image_with_backbone_embedder_matches_the_embedding_path() {
     let err = retrieve_error(&["--library", lib, "--image", image.to_str().unwrap()]);
     assert!(err.contains("--embedder"), "{err}");
 }
+
+#[test]
+fn image_with_clip_embedder_retrieves_by_transformers_features() {
+    // The tiny CLIP fixture of semla-models, with the features transformers
+    // computed for its two photos (rows 0 and 1 of `image_features`).
+    let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("../semla-models/tests/fixtures/clip");
+    let outputs: Value =
+        serde_json::from_str(&std::fs::read_to_string(clip.join("tiny/outputs.json")).unwrap())
+            .unwrap();
+    let row = |i: usize| -> Vec<f32> {
+        outputs["image_features"][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let (a, b) = (row(0), row(1));
+    let between = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| f64::from(x - y).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let dir = tempfile::tempdir().unwrap();
+    let library = write_library(dir.path(), &[("photo-a", Some(&a)), ("photo-b", Some(&b))]);
+    let embedder = format!("clip:{}", clip.join("tiny").display());
+    let report = retrieve_json(&[
+        "--library",
+        library.to_str().unwrap(),
+        "--image",
+        clip.join("photo_b.png").to_str().unwrap(),
+        "--embedder",
+        &embedder,
+        "--temperature",
+        "1",
+    ]);
+    assert_eq!(report["dimension"], 16);
+    let picks = selections(&report);
+    assert_eq!(picks[0].0, "photo-b");
+    assert!(picks[0].1 < 1e-3, "{picks:?}");
+    assert_eq!(picks[1].0, "photo-a");
+    assert!(
+        (picks[1].1 - between).abs() < 1e-3,
+        "{picks:?} vs {between}"
+    );
+    assert!(picks[0].2 > 0.999, "{picks:?}");
+}
