@@ -127,7 +127,17 @@ fn conv2d_input_grad(
 ) -> Result<Tensor> {
     let in_h = x.dim(2)?;
     let in_w = x.dim(3)?;
-    let (_, _, k_h, k_w) = weight.dims4()?;
+    let (out_c, in_per_group, k_h, k_w) = weight.dims4()?;
+    if (k_h, k_w, stride, padding, groups) == (1, 1, 1, 0, 1) {
+        // A pointwise convolution is a matmul over channels; candle's
+        // transposed convolution is far slower for it.
+        let n = grad.dim(0)?;
+        let grad3 = grad.reshape((n, out_c, in_h * in_w))?;
+        let w_t = weight.reshape((out_c, in_per_group))?.t()?.contiguous()?;
+        return w_t
+            .broadcast_matmul(&grad3)?
+            .reshape((n, in_per_group, in_h, in_w));
+    }
     let grad_h = grad.dim(2)?;
     let grad_w = grad.dim(3)?;
     // A transposed convolution maps the output size back to
@@ -308,6 +318,7 @@ mod tests {
             (4, 6, 3, 1, 2, 1, 1, 8, 8),
             (4, 6, 3, 1, 2, 1, 1, 9, 10),
             (3, 5, 1, 0, 1, 1, 1, 7, 5),
+            (3, 5, 1, 0, 1, 1, 1, 6, 6),
             (6, 6, 3, 1, 2, 1, 6, 10, 10),
             (6, 6, 5, 2, 2, 1, 6, 11, 8),
             (4, 4, 3, 2, 1, 2, 2, 9, 10),

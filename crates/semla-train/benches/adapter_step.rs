@@ -75,10 +75,15 @@ fn main() {
     for (name, config) in models {
         let base = frozen(&config);
         let b = batch(4, 96, 128, 11);
-        semla_adapters::frozen::set_enabled(false);
-        let plain = time_steps(base.as_ref(), &b, steps);
-        semla_adapters::frozen::set_enabled(true);
-        let with_op = time_steps(base.as_ref(), &b, steps);
+        // Alternate the two settings so that warm-up and allocator effects
+        // do not favour either; keep the best of two rounds of each.
+        let (mut plain, mut with_op) = (f64::MAX, f64::MAX);
+        for _ in 0..2 {
+            semla_adapters::frozen::set_enabled(false);
+            plain = plain.min(time_steps(base.as_ref(), &b, steps));
+            semla_adapters::frozen::set_enabled(true);
+            with_op = with_op.min(time_steps(base.as_ref(), &b, steps));
+        }
         println!(
             "{name:30} plain candle ops {:7.1} ms   frozen op {:7.1} ms   speed-up {:.2}x",
             plain * 1e3,
