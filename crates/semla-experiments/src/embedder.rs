@@ -1,0 +1,353 @@
+//! Image embedders for retrieval: what turns an image into the vector that is
+//! compared with the domain prototypes.
+//!
+//! - `clip:DIR` ([`Embedder::Clip`]): the official embedder, a Hugging Face
+//!   `CLIPModel` folder; `get_image_features` (projected CLS token, not
+//!   normalised) after `CLIPImageProcessor` preprocessing.
+//! - `backbone` ([`Embedder::Backbone`]): the segmenter's own pooled base
+//!   features ([`Segmenter::embed`]), on the image exactly as the segmenter sees it.
+//!
+//! Every embedder has an identity ([`Embedder::id`]) that changes with its
+//! weights, so a library can refuse queries from another embedder.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use semla_adapters::Adaptation;
+use semla_models::clip::{ClipModel, ImageProcessor};
+use semla_models::segmenter::Segmenter;
+use semla_train::data::Sample;
+
+use crate::error::{ExperimentError, Result};
+
+/// An embedder as named on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EmbedderSpec {
+    /// `clip:DIR`: a Hugging Face `CLIPModel` folder.
+    Clip(PathBuf),
+    /// `backbone` or `backbone:MODEL_DIR`: the segmenter's pooled features
+    /// (of `MODEL_DIR`, else of the model the command runs).
+    Backbone(Option<PathBuf>),
+}
+
+impl std::str::FromStr for EmbedderSpec {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        if s == "backbone" {
+            return Ok(Self::Backbone(None));
+        }
+        if let Some(dir) = s.strip_prefix("backbone:") {
+            return Ok(Self::Backbone(Some(PathBuf::from(dir))));
+        }
+        if let Some(dir) = s.strip_prefix("clip:")
+            && !dir.is_empty()
+        {
+            return Ok(Self::Clip(PathBuf::from(dir)));
+        }
+        Err(format!(
+            "unknown embedder `{s}` (expected clip:DIR, backbone or backbone:MODEL_DIR)"
+        ))
+    }
+}
+
+impl std::fmt::Display for EmbedderSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Clip(dir) => write!(f, "clip:{}", dir.display()),
+            Self::Backbone(None) => f.write_str("backbone"),
+            Self::Backbone(Some(dir)) => write!(f, "backbone:{}", dir.display()),
+        }
+    }
+}
+
+/// The official CLIP embedder.
+pub struct ClipEmbedder {
+    model: ClipModel,
+    processor: ImageProcessor,
+    id: String,
+    dir: PathBuf,
+}
+
+impl ClipEmbedder {
+    /// Loads a `CLIPModel` folder (`config.json`, `model.safetensors`,
+    /// optional `preprocessor_config.json`).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let model = ClipModel::from_dir(dir, device)?;
+        let processor_file = dir.join("preprocessor_config.json");
+        let processor = if processor_file.is_file() {
+            ImageProcessor::from_file(&processor_file)?
+        } else {
+            let size = model.config().vision_config.image_size;
+            ImageProcessor::with_size(size)
+        };
+        let id = format!("clip:{:016x}", folder_fingerprint(dir)?);
+        Ok(Self {
+            model,
+            processor,
+            id,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The model folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// An image embedder (see the module documentation). `'m` borrows the
+/// segmenter of the backbone embedder.
+pub enum Embedder<'m> {
+    /// CLIP `get_image_features`.
+    Clip(Box<ClipEmbedder>),
+    /// The segmenter's own pooled features.
+    Backbone {
+        /// The segmenter.
+        model: &'m dyn Segmenter,
+        /// Its identity (a fingerprint of its weights).
+        id: String,
+    },
+}
+
+impl<'m> Embedder<'m> {
+    /// The backbone embedder of `model`.
+    pub fn backbone(model: &'m dyn Segmenter) -> Result<Self> {
+        let id = format!("backbone:{:016x}", model_fingerprint(model)?);
+        Ok(Self::Backbone { model, id })
+    }
+
+    /// The CLIP embedder of a model folder.
+    pub fn clip(dir: &Path, device: &Device) -> Result<Self> {
+        Ok(Self::Clip(Box::new(ClipEmbedder::load(dir, device)?)))
+    }
+
+    /// `clip` or `backbone`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Clip(_) => "clip",
+            Self::Backbone { .. } => "backbone",
+        }
+    }
+
+    /// The identity recorded with a library's prototypes: the kind and a
+    /// fingerprint of the weights (`backbone:0123abcd...`).
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Clip(c) => &c.id,
+            Self::Backbone { id, .. } => id,
+        }
+    }
+
+    /// Embeds a batch of samples (`[3, H, W]` RGB in `[0, 1]` each, as the
+    /// segmenter sees them), one vector `[D]` per sample.
+    ///
+    /// The backbone embeds the samples normalised for the segmenter (all
+    /// samples must then have one size); CLIP quantises each sample back to
+    /// 8 bits (exact for unresized images) and applies its own preprocessing.
+    pub fn embed_samples(&self, samples: &[&Sample], device: &Device) -> Result<Vec<Vec<f32>>> {
+        if samples.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Self::Backbone { model, .. } => {
+                let batch = normalized_batch(samples, model.normalization(), device)?;
+                rows(&model.embed(&batch)?)
+            }
+            Self::Clip(clip) => {
+                let mut pixels = Vec::with_capacity(samples.len());
+                for sample in samples {
+                    let rgb = sample_to_rgb8(sample);
+                    pixels.push(clip.processor.preprocess_rgb(
+                        &rgb,
+                        sample.height,
+                        sample.width,
+                    )?);
+                }
+                let pixels = Tensor::stack(&pixels, 0)?.to_device(device)?;
+                rows(
+                    &clip
+                        .model
+                        .get_image_features(&pixels, &Adaptation::none())?,
+                )
+            }
+        }
+    }
+
+    /// Embeds an image file as the official code does for CLIP (the file
+    /// itself, PIL-style RGB conversion); the backbone embeds the decoded
+    /// image at its own size.
+    pub fn embed_file(&self, path: &Path, device: &Device) -> Result<Vec<f32>> {
+        match self {
+            Self::Clip(clip) => {
+                let pixels = clip.processor.preprocess_file(path)?.unsqueeze(0)?;
+                let pixels = pixels.to_device(device)?;
+                let mut out = rows(
+                    &clip
+                        .model
+                        .get_image_features(&pixels, &Adaptation::none())?,
+                )?;
+                out.pop()
+                    .ok_or_else(|| ExperimentError::Invalid("CLIP returned no feature".into()))
+            }
+            Self::Backbone { .. } => {
+                let img = semla_data::labels::read_rgb(path)
+                    .map_err(|e| ExperimentError::Invalid(format!("{}: {e}", path.display())))?;
+                let (w, h) = (img.width() as usize, img.height() as usize);
+                let sample = Sample::from_rgb8(img.as_raw(), vec![0; w * h], h, w);
+                let mut out = self.embed_samples(&[&sample], device)?;
+                out.pop().ok_or_else(|| {
+                    ExperimentError::Invalid("the backbone returned no feature".into())
+                })
+            }
+        }
+    }
+}
+
+/// Samples `[3, H, W]` in `[0, 1]` as one normalised batch `[N, 3, H, W]`.
+/// Every sample must have the size of the first.
+pub fn normalized_batch(
+    samples: &[&Sample],
+    norm: semla_models::segmenter::Normalization,
+    device: &Device,
+) -> Result<Tensor> {
+    let Some(first) = samples.first() else {
+        return Err(ExperimentError::Invalid("empty batch".into()));
+    };
+    let (h, w) = (first.height, first.width);
+    let pixels = h * w;
+    let mut data = Vec::with_capacity(samples.len() * 3 * pixels);
+    for (n, sample) in samples.iter().enumerate() {
+        if (sample.height, sample.width) != (h, w) || sample.image.len() != 3 * pixels {
+            return Err(ExperimentError::Invalid(format!(
+                "batch image {n} is {}x{}, the first is {h}x{w}",
+                sample.height, sample.width
+            )));
+        }
+        for (c, plane) in sample.image.chunks_exact(pixels).enumerate() {
+            data.extend(plane.iter().map(|v| (v - norm.mean[c]) / norm.std[c]));
+        }
+    }
+    Ok(Tensor::from_vec(data, (samples.len(), 3, h, w), device)?)
+}
+
+/// A sample's image as interleaved 8-bit RGB (`round(v * 255)`).
+pub fn sample_to_rgb8(sample: &Sample) -> Vec<u8> {
+    let pixels = sample.height * sample.width;
+    let mut rgb = vec![0u8; 3 * pixels];
+    for c in 0..3 {
+        for (p, v) in sample.image[c * pixels..(c + 1) * pixels]
+            .iter()
+            .enumerate()
+        {
+            rgb[3 * p + c] = (v * 255.0).round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    rgb
+}
+
+fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
+    let t = t.to_dtype(DType::F32)?;
+    let (n, _) = t.dims2()?;
+    let t = t.to_device(&Device::Cpu)?;
+    (0..n).map(|i| Ok(t.get(i)?.to_vec1::<f32>()?)).collect()
+}
+
+/// FNV-1a, 64 bits.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A fingerprint of every weight of a segmenter (names, shapes and values).
+pub fn model_fingerprint(model: &dyn Segmenter) -> Result<u64> {
+    let mut tensors = model.named_tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut hash = Fnv::new();
+    for (name, tensor) in tensors {
+        hash.write(name.as_bytes());
+        for d in tensor.dims() {
+            hash.write(&(*d as u64).to_le_bytes());
+        }
+        let values: Vec<f32> = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        for v in values {
+            hash.write(&v.to_le_bytes());
+        }
+    }
+    Ok(hash.0)
+}
+
+/// A fingerprint of a model folder: `config.json`, and for each weights file
+/// its name, size and first and last MiB (cheap for multi-GB checkpoints).
+pub fn folder_fingerprint(dir: &Path) -> Result<u64> {
+    let mut hash = Fnv::new();
+    let config = dir.join("config.json");
+    let text = std::fs::read(&config).map_err(|e| ExperimentError::io(&config, e))?;
+    hash.write(&text);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| ExperimentError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    const CHUNK: u64 = 1 << 20;
+    for file in files {
+        let mut f = std::fs::File::open(&file).map_err(|e| ExperimentError::io(&file, e))?;
+        let len = f
+            .metadata()
+            .map_err(|e| ExperimentError::io(&file, e))?
+            .len();
+        hash.write(
+            file.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
+        hash.write(&len.to_le_bytes());
+        let mut buf = Vec::new();
+        (&mut f)
+            .take(CHUNK)
+            .read_to_end(&mut buf)
+            .map_err(|e| ExperimentError::io(&file, e))?;
+        if len > 2 * CHUNK {
+            use std::io::Seek as _;
+            f.seek(std::io::SeekFrom::Start(len - CHUNK))
+                .map_err(|e| ExperimentError::io(&file, e))?;
+            f.take(CHUNK)
+                .read_to_end(&mut buf)
+                .map_err(|e| ExperimentError::io(&file, e))?;
+        }
+        hash.write(&buf);
+    }
+    Ok(hash.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_print_back() {
+        for text in ["backbone", "backbone:models/base", "clip:weights/clip"] {
+            let spec: EmbedderSpec = text.parse().unwrap();
+            assert_eq!(spec.to_string(), text);
+        }
+        assert!("clip:".parse::<EmbedderSpec>().is_err());
+        assert!("resnet".parse::<EmbedderSpec>().is_err());
+    }
+
+    #[test]
+    fn rgb8_round_trip_is_exact() {
+        let rgb: Vec<u8> = (0..2 * 3 * 3).map(|i| (i * 14) as u8).collect();
+        let sample = Sample::from_rgb8(&rgb, vec![0; 6], 2, 3);
+        assert_eq!(sample_to_rgb8(&sample), rgb);
+    }
+}

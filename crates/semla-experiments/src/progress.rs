@@ -1,0 +1,26 @@
+//! Progress reporting without a terminal dependency: the engine reports
+//! stages and counts, the binary draws them (indicatif bars on stderr).
+
+/// Receives the progress of long operations.
+pub trait Progress {
+    /// A new stage with `total` steps begins (`label` says what it does).
+    fn begin(&mut self, label: &str, total: u64);
+    /// `done` steps of the current stage are finished.
+    fn set(&mut self, done: u64);
+    /// Updates the message of the current stage (a loss, a score).
+    fn message(&mut self, _text: &str) {}
+    /// The current stage is finished.
+    fn end(&mut self);
+    /// A line of text to show the user without breaking the bars.
+    fn note(&mut self, _text: &str) {}
+}
+
+/// Reports nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn begin(&mut self, _label: &str, _total: u64) {}
+    fn set(&mut self, _done: u64) {}
+    fn end(&mut self) {}
+}
