@@ -192,3 +192,75 @@ fn adapter_recovers_a_domain_shift() {
         base_score.miou()
     );
 }
+
+/// The same checks on the EfficientNet-Lite0 segmenter (random weights, a
+/// small input), with LoRA on all of its 1x1 convolution sites.
+#[test]
+fn efficientnet_adapter_training_keeps_the_base_frozen() {
+    use semla_models::efficientnet::EfficientLiteSegConfig;
+    use semla_models::segmenter::SegmenterConfig;
+    let config = SegmenterConfig::EfficientLite0(EfficientLiteSegConfig::new(4));
+    let (trained, _varmap) =
+        semla_train::runs::build_trainable(&config, None, 4, &Device::Cpu).unwrap();
+    let base = common::frozen_copy(trained.as_ref());
+    let before = common::weight_bits(base.as_ref());
+    let sites = base.sites();
+    assert!(sites.len() > 20, "only {} sites", sites.len());
+    let settings = LoraSettings {
+        rank: 2,
+        alpha: 4.0,
+        ..Default::default()
+    };
+    let lora = LoraTrainee::new(&sites, &settings, 1, &Device::Cpu).unwrap();
+    let source = common::toy_task(4, 64, 9, [0.0; 3]);
+    let mut train_config = TrainConfig::new(2, 1, 1e-3);
+    train_config.augment = AugmentConfig::none();
+    train_adapter(
+        base.as_ref(),
+        &lora,
+        &Device::Cpu,
+        &source,
+        &train_config,
+        &Session::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let trainee = adapter_trainee(base.as_ref(), &lora, &Device::Cpu);
+    let batch = make_batch(
+        &source,
+        &train_config,
+        &trainee.normalization,
+        5,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (_, grads) = loss_and_gradients(&trainee, &batch, common::IGNORE).unwrap();
+    for (name, var) in lora.params() {
+        let norm = grad_norm(&grads, var.as_tensor()).unwrap_or(0.0);
+        assert!(
+            norm > 0.0 && norm.is_finite(),
+            "{name} has gradient norm {norm}"
+        );
+    }
+    // The adapter sites' frozen weights take the input-only backward.
+    let site_weights: std::collections::HashSet<String> = sites
+        .iter()
+        .flat_map(|s| [format!("{}.weight", s.path), format!("{}.bias", s.path)])
+        .collect();
+    let mut other_with_gradient = 0;
+    for (name, t) in base.named_tensors() {
+        if grads.get(&t).is_some() {
+            assert!(
+                !site_weights.contains(&name),
+                "frozen site weight {name} got a gradient"
+            );
+            other_with_gradient += 1;
+        }
+    }
+    eprintln!("frozen non-site tensors with a stored gradient: {other_with_gradient}");
+    assert_eq!(
+        common::weight_bits(base.as_ref()),
+        before,
+        "a frozen weight changed"
+    );
+}
