@@ -8,7 +8,11 @@ mod commands;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "semla", version, about = "Semantic library adaptation: LoRA retrieval and fusion for segmentation under domain shift")]
+#[command(
+    name = "semla",
+    version,
+    about = "Semantic library adaptation: LoRA retrieval and fusion for segmentation under domain shift"
+)]
 struct Cli {
     /// Print machine-readable JSON on stdout instead of human-readable text.
     #[arg(long, global = true)]
@@ -21,12 +25,24 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     // Keep one line per command family, sorted; each helper module owns its arguments.
+    /// LoRA adapters: merge weighted adapters of a library, train one.
+    Adapter(commands::adapter::AdapterArgs),
     /// CLIP: tokenizer, image and text features of a Hugging Face CLIPModel folder.
     Clip(commands::clip::ClipArgs),
     /// Domains and label maps: statistics, coloured views.
     Data(commands::data::DataArgs),
+    /// SemLA end to end on the embedded synthetic world: table and HTML report.
+    Demo(commands::demo::DemoArgs),
+    /// mIoU of a model (optionally with one adapter) on a domain split.
+    Eval(commands::eval::EvalArgs),
+    /// Adapter libraries: list, show, retrieve adapters for an embedding.
+    Library(commands::library::LibraryArgs),
     /// mIoU and accuracies of predicted label maps against ground truth.
     Metrics(commands::metrics::MetricsArgs),
+    /// Segment images with SemLA: masks, overlays and the adapters used.
+    Segment(commands::segment::SegmentArgs),
+    /// Train a base segmenter (`semla train base`).
+    Train(commands::train::TrainArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,9 +56,15 @@ fn main() -> std::process::ExitCode {
         .init();
     let ctx = commands::Context { json: cli.json };
     let result: anyhow::Result<()> = match cli.command {
+        Command::Adapter(args) => commands::adapter::run(args, &ctx),
         Command::Clip(args) => commands::clip::run(args, &ctx),
         Command::Data(args) => commands::data::run(args, &ctx),
+        Command::Demo(args) => commands::demo::run(args, &ctx),
+        Command::Eval(args) => commands::eval::run(args, &ctx),
+        Command::Library(args) => commands::library::run(args, &ctx),
         Command::Metrics(args) => commands::metrics::run(args, &ctx),
+        Command::Segment(args) => commands::segment::run(args, &ctx),
+        Command::Train(args) => commands::train::run(args, &ctx),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

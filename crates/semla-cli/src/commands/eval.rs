@@ -25,8 +25,8 @@ pub struct EvalArgs {
     #[arg(long, value_name = "LIB/NAME")]
     pub adapter: Option<PathBuf>,
     /// Domain name (e.g. `camvid/0001TP`).
-    #[arg(long, value_name = "D")]
-    pub domain: String,
+    #[arg(long, value_name = "D", required_unless_present = "experiment")]
+    pub domain: Option<String>,
     /// Dataset root (default: `$DETECTRON2_DATASETS`).
     #[arg(long, value_name = "DIR")]
     pub data_root: Option<PathBuf>,
@@ -42,6 +42,9 @@ pub struct EvalArgs {
     /// mIoU definition (default: the domain's official evaluator).
     #[arg(long, value_name = "DEF")]
     pub definition: Option<Definition>,
+    /// SemLA's official experiments (`--experiment MODE`, see `semla_experiments::run`).
+    #[command(flatten)]
+    pub experiment: super::experiment::ExperimentOptions,
 }
 
 /// Loads `LIB/NAME` as the adaptation of a single adapter with weight 1.
@@ -67,8 +70,12 @@ pub fn evaluate_args(args: &EvalArgs) -> anyhow::Result<EvalReport> {
         Some(path) => single_adapter(path, &model.sites())?,
         None => Adaptation::none(),
     };
+    let domain = args
+        .domain
+        .clone()
+        .context("--domain is required (or run an --experiment)")?;
     let data = DataOptions {
-        domain: args.domain.clone(),
+        domain: domain.clone(),
         data_root: args.data_root.clone(),
         split: args.split,
         resize: args.resize,
@@ -92,13 +99,23 @@ pub fn evaluate_args(args: &EvalArgs) -> anyhow::Result<EvalReport> {
         &device,
         &mut |done, _| bar.set_position(done as u64),
     )
-    .with_context(|| format!("evaluating on {} ({})", args.domain, args.split))?;
+    .with_context(|| format!("evaluating on {domain} ({})", args.split))?;
     bar.finish_and_clear();
     Ok(report)
 }
 
 /// Runs `semla eval`.
 pub fn run(args: EvalArgs, ctx: &Context) -> anyhow::Result<()> {
+    if args.experiment.experiment.is_some() {
+        let common = super::experiment::EvalCommon {
+            model: &args.model,
+            data_root: args.data_root.as_deref(),
+            resize: args.resize,
+            limit: args.limit,
+            definition: args.definition,
+        };
+        return super::experiment::run(&args.experiment, &common, ctx);
+    }
     let report = evaluate_args(&args)?;
     if ctx.json {
         return ctx.print_json(&serde_json::json!({
@@ -114,7 +131,7 @@ pub fn run(args: EvalArgs, ctx: &Context) -> anyhow::Result<()> {
     println!(
         "mIoU {:.2} % on {} ({}, {} images)",
         100.0 * report.miou(),
-        args.domain,
+        args.domain.as_deref().unwrap_or_default(),
         args.split,
         report.images
     );

@@ -35,6 +35,8 @@ pub enum LibraryCommand {
     },
     /// Which adapters SemLA would fuse for a query embedding, with weights.
     Retrieve(super::retrieve::RetrieveArgs),
+    /// Compute and store the domain prototypes (mean embedding of each source's training images).
+    Embed(super::embed::EmbedArgs),
 }
 
 /// Summary of one adapter, as printed by `list` and `show`.
@@ -85,6 +87,7 @@ pub fn run(args: LibraryArgs, ctx: &Context) -> anyhow::Result<()> {
         LibraryCommand::List { library } => list(&library, ctx),
         LibraryCommand::Show { library, name } => show(&library, &name, ctx),
         LibraryCommand::Retrieve(args) => super::retrieve::run(args, ctx),
+        LibraryCommand::Embed(args) => super::embed::run(args, ctx),
     }
 }
 

@@ -1,9 +1,20 @@
 //! One module per command family. Each exposes a clap `Args`/`Subcommand`
 //! type and a `run(args, &Context) -> anyhow::Result<()>`.
 
+pub mod adapter;
+pub mod adapter_tools;
+pub mod adapter_train;
 pub mod clip;
 pub mod data;
+pub mod demo;
+pub mod embed;
+pub mod eval;
+pub mod experiment;
+pub mod library;
 pub mod metrics;
+pub mod retrieve;
+pub mod segment;
+pub mod train;
 
 /// Options shared by every command.
 #[derive(Clone, Copy, Debug)]
