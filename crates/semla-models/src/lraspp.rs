@@ -34,6 +34,40 @@ pub(crate) fn conv1x1(
     AdaptedConv2d::new(path, weight, Some(bias), 1, 0, 1)
 }
 
+/// Forward of a 1x1, stride-1, unpadded convolution site as matrix products:
+/// same result as [`AdaptedConv2d::forward`] (the base weight plus the
+/// site's factored update from `adaptation`), without candle's im2col copy,
+/// which made 1x1 convolutions about 8x slower than the matrix product.
+/// Other geometries fall back to [`AdaptedConv2d::forward`].
+///
+/// `x`: `[N, in, H, W]` -> `[N, out, H, W]`.
+pub fn pointwise(site: &AdaptedConv2d, x: &Tensor, adaptation: &Adaptation) -> Result<Tensor> {
+    let g = site.geometry();
+    if g.kernel_size != 1 || g.stride != 1 || g.padding != 0 {
+        return site.forward(x, adaptation);
+    }
+    let (n, cin, h, w) = x.dims4()?;
+    let x3 = x.contiguous()?.reshape((n, cin, h * w))?;
+    let weight = site.weight();
+    let cout = weight.dim(0)?;
+    let mut y = weight
+        .reshape((cout, cin))?
+        .broadcast_left(n)?
+        .matmul(&x3)?;
+    if let Some(bias) = site.bias() {
+        y = y.broadcast_add(&bias.reshape((1, cout, 1))?)?;
+    }
+    if let Some(update) = adaptation.get(site.path()) {
+        let rank = update.a.dim(0)?;
+        let a = update.a.reshape((rank, cin))?.broadcast_left(n)?;
+        let b = update.b.reshape((cout, rank))?.broadcast_left(n)?;
+        let coeff = update.coeff.to_dtype(x.dtype())?.unsqueeze(2)?; // [N|1, R, 1]
+        let hidden = a.matmul(&x3)?.broadcast_mul(&coeff)?; // [N, R, HW]
+        y = (y + b.matmul(&hidden)?)?;
+    }
+    y.reshape((n, cout, h, w))
+}
+
 /// Joins a module prefix and a name with a dot (no dot when the prefix is empty).
 pub(crate) fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
@@ -104,14 +138,14 @@ impl LrAspp {
 
     /// `low`: `[N, Cl, hl, wl]`, `high`: `[N, Ch, hh, wh]` -> logits `[N, C, hl, wl]`.
     pub fn forward(&self, low: &Tensor, high: &Tensor, adaptation: &Adaptation) -> Result<Tensor> {
-        let branch = self.cbr.forward(high, adaptation)?.relu()?;
+        let branch = pointwise(&self.cbr, high, adaptation)?.relu()?;
         let pooled = high.mean_keepdim(3)?.mean_keepdim(2)?;
-        let gate = sigmoid(&self.scale.forward(&pooled, adaptation)?)?;
+        let gate = sigmoid(&pointwise(&self.scale, &pooled, adaptation)?)?;
         let branch = branch.broadcast_mul(&gate)?;
         let (_, _, hl, wl) = low.dims4()?;
         let branch = resize_bilinear(&branch, hl, wl)?;
-        let high_logits = self.high_classifier.forward(&branch, adaptation)?;
-        self.low_classifier.forward(low, adaptation)? + high_logits
+        let high_logits = pointwise(&self.high_classifier, &branch, adaptation)?;
+        pointwise(&self.low_classifier, low, adaptation)? + high_logits
     }
 
     /// The four sites, in order.

@@ -106,6 +106,24 @@ impl SegmenterConfig {
     }
 }
 
+/// A segmenter of `config` with freshly initialised weights (Kaiming-normal
+/// convolutions, zero biases), held as frozen plain tensors: for benchmarks
+/// and tests that do not depend on trained weights.
+pub fn random_segmenter(config: &SegmenterConfig, device: &Device) -> Result<Box<dyn Segmenter>> {
+    let map = candle_nn::VarMap::new();
+    config.build(&VarBuilder::from_varmap(&map, DType::F32, device))?;
+    let tensors: HashMap<String, Tensor> = {
+        let data = map
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?;
+        data.iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect()
+    };
+    config.build(&VarBuilder::from_tensors(tensors, DType::F32, device))
+}
+
 /// File name of the configuration in a model folder.
 pub const CONFIG_FILE: &str = "config.json";
 /// File name of the weights in a model folder.

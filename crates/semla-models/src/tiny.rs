@@ -13,7 +13,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use semla_adapters::{Adaptation, AdaptedConv2d, SiteInfo};
 
-use crate::lraspp::{conv1x1, resize_bilinear};
+use crate::lraspp::{conv1x1, pointwise, resize_bilinear};
 use crate::segmenter::{Normalization, Segmenter, SegmenterConfig};
 
 /// Configuration of [`TinySeg`] (`"kind": "tiny"` in `config.json`).
@@ -105,7 +105,7 @@ impl TinySeg {
         let x = self.stem.forward(images)?;
         let quarter = self.down1.forward(&x)?;
         let eighth = self.down2.forward(&quarter)?;
-        let head = self.head.forward(&eighth, adaptation)?.relu()?;
+        let head = pointwise(&self.head, &eighth, adaptation)?.relu()?;
         Ok((quarter, head))
     }
 
@@ -127,8 +127,8 @@ impl Segmenter for TinySeg {
         let (_, _, h, w) = images.dims4()?;
         let (quarter, head) = self.features(images, adaptation)?;
         let (_, _, qh, qw) = quarter.dims4()?;
-        let coarse = resize_bilinear(&self.classifier.forward(&head, adaptation)?, qh, qw)?;
-        let logits = (self.skip.forward(&quarter, adaptation)? + coarse)?;
+        let coarse = resize_bilinear(&pointwise(&self.classifier, &head, adaptation)?, qh, qw)?;
+        let logits = (pointwise(&self.skip, &quarter, adaptation)? + coarse)?;
         resize_bilinear(&logits, h, w)
     }
 

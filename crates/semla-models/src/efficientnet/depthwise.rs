@@ -1,37 +1,59 @@
 //! Depthwise convolution as one custom op.
 //!
 //! candle's grouped convolution runs one convolution per group (672 of them
-//! for some EfficientNet blocks), which is far too slow; this op computes a
-//! depthwise convolution directly, in parallel over images x channels, and
-//! implements its backward (gradients of the input and of the kernel) so the
-//! backbone stays trainable.
+//! for some EfficientNet blocks), and its zero padding copies the tensor
+//! twice; this op computes a zero-padded depthwise convolution plus bias
+//! directly, in parallel over images x channels, and implements its backward
+//! (gradients of the input, the kernel and the bias) so the backbone stays
+//! trainable.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-/// Depthwise convolution without padding: `x` `[N, C, H, W]` (already padded),
-/// `kernel` `[C, 1, k, k]` -> `[N, C, (H - k) / s + 1, (W - k) / s + 1]`.
-pub fn depthwise_conv2d(x: &Tensor, kernel: &Tensor, stride: usize) -> Result<Tensor> {
+/// Zero padding on each side: `[top, bottom, left, right]`.
+pub type Padding = [usize; 4];
+
+/// Depthwise convolution with zero padding and bias:
+/// `x` `[N, C, H, W]`, `kernel` `[C, 1, k, k]`, `bias` `[C]` ->
+/// `[N, C, (H + top + bottom - k) / s + 1, (W + left + right - k) / s + 1]`.
+pub fn depthwise_conv2d(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    pad: Padding,
+) -> Result<Tensor> {
     let (_, c, h, w) = x.dims4()?;
     let (kc, one, k, k2) = kernel.dims4()?;
-    if kc != c || one != 1 || k != k2 {
+    if kc != c || one != 1 || k != k2 || bias.dims() != [c] {
         candle_core::bail!(
-            "depthwise_conv2d: kernel {:?} does not fit input {:?} (expected [{c}, 1, k, k])",
+            "depthwise_conv2d: kernel {:?} / bias {:?} do not fit input {:?} (expected [{c}, 1, k, k] and [{c}])",
             kernel.dims(),
+            bias.dims(),
             x.dims()
         )
     }
-    if h < k || w < k || stride == 0 {
-        candle_core::bail!("depthwise_conv2d: input {h}x{w} smaller than kernel {k} or stride 0")
+    if h + pad[0] + pad[1] < k
+        || w + pad[2] + pad[3] < k
+        || stride == 0
+        || pad.iter().any(|&p| p >= k)
+    {
+        candle_core::bail!(
+            "depthwise_conv2d: input {h}x{w} with padding {pad:?} does not fit kernel {k} / stride {stride}"
+        )
     }
-    if x.dtype() != DType::F32 || kernel.dtype() != DType::F32 {
+    if x.dtype() != DType::F32 || kernel.dtype() != DType::F32 || bias.dtype() != DType::F32 {
         candle_core::bail!("depthwise_conv2d: only f32 is supported")
     }
-    x.contiguous()?
-        .apply_op2(&kernel.contiguous()?, DepthwiseConv { stride })
+    x.contiguous()?.apply_op3(
+        &kernel.contiguous()?,
+        &bias.contiguous()?,
+        DepthwiseConv { stride, pad },
+    )
 }
 
 struct DepthwiseConv {
     stride: usize,
+    pad: Padding,
 }
 
 /// Geometry of one call, from the input and kernel shapes.
@@ -43,13 +65,17 @@ struct Geom {
     w: usize,
     k: usize,
     s: usize,
+    top: usize,
+    left: usize,
     oh: usize,
     ow: usize,
 }
 
 impl Geom {
-    fn new(x_dims: &[usize], k: usize, s: usize) -> Self {
+    fn new(x_dims: &[usize], k: usize, s: usize, pad: Padding) -> Self {
         let (n, c, h, w) = (x_dims[0], x_dims[1], x_dims[2], x_dims[3]);
+        let oh = (h + pad[0] + pad[1] - k) / s + 1;
+        let ow = (w + pad[2] + pad[3] - k) / s + 1;
         Self {
             n,
             c,
@@ -57,8 +83,44 @@ impl Geom {
             w,
             k,
             s,
-            oh: (h - k) / s + 1,
-            ow: (w - k) / s + 1,
+            top: pad[0],
+            left: pad[2],
+            oh,
+            ow,
+        }
+    }
+
+    /// Output positions `o` in `0..out` whose input `o * s + tap - pad` lies in `0..size`.
+    fn valid(&self, tap: usize, pad: usize, size: usize, out: usize) -> std::ops::Range<usize> {
+        let lo = if pad > tap {
+            (pad - tap).div_ceil(self.s)
+        } else {
+            0
+        };
+        let hi = if size + pad > tap {
+            ((size + pad - tap - 1) / self.s + 1).min(out)
+        } else {
+            0
+        };
+        lo..hi.max(lo)
+    }
+
+    /// Calls `f(oy, iy, ox_range, ix0)` for every output row of tap `(i, j)`,
+    /// with `ix0` the input column of the first output column of the range.
+    fn for_tap(
+        &self,
+        i: usize,
+        j: usize,
+        mut f: impl FnMut(usize, usize, std::ops::Range<usize>, usize),
+    ) {
+        let cols = self.valid(j, self.left, self.w, self.ow);
+        if cols.is_empty() {
+            return;
+        }
+        let ix0 = cols.start * self.s + j - self.left;
+        for oy in self.valid(i, self.top, self.h, self.oh) {
+            let iy = oy * self.s + i - self.top;
+            f(oy, iy, cols.clone(), ix0);
         }
     }
 }
@@ -67,13 +129,13 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
-        // `depthwise_conv2d` makes both operands contiguous before the op.
+        // `depthwise_conv2d` makes every operand contiguous before the op.
         None => candle_core::bail!("depthwise-conv2d: non-contiguous operand"),
     }
 }
 
-/// Runs `f(plane_index, plane_output)` over `planes` chunks of `out` of length
-/// `plane_len` each, on candle's number of threads.
+/// Runs `f(plane_index, plane_output)` over the chunks of `out` of length
+/// `plane_len`, on candle's number of threads.
 fn for_each_plane(out: &mut [f32], plane_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let threads = candle_core::utils::get_num_threads().max(1);
     let planes = out.len() / plane_len.max(1);
@@ -96,28 +158,29 @@ fn for_each_plane(out: &mut [f32], plane_len: usize, f: impl Fn(usize, &mut [f32
     });
 }
 
-fn forward(x: &[f32], kernel: &[f32], g: Geom) -> Vec<f32> {
+fn forward(x: &[f32], kernel: &[f32], bias: &[f32], g: Geom) -> Vec<f32> {
     let mut out = vec![0f32; g.n * g.c * g.oh * g.ow];
     for_each_plane(&mut out, g.oh * g.ow, |p, plane| {
         let ch = p % g.c;
+        plane.fill(bias[ch]);
         let xin = &x[p * g.h * g.w..(p + 1) * g.h * g.w];
         let ker = &kernel[ch * g.k * g.k..(ch + 1) * g.k * g.k];
         for i in 0..g.k {
             for j in 0..g.k {
                 let wv = ker[i * g.k + j];
-                for oy in 0..g.oh {
-                    let row = &xin[(oy * g.s + i) * g.w + j..];
-                    let orow = &mut plane[oy * g.ow..(oy + 1) * g.ow];
+                g.for_tap(i, j, |oy, iy, cols, ix0| {
+                    let orow = &mut plane[oy * g.ow + cols.start..oy * g.ow + cols.end];
+                    let row = &xin[iy * g.w + ix0..];
                     if g.s == 1 {
-                        for (o, &v) in orow.iter_mut().zip(&row[..g.ow]) {
+                        for (o, &v) in orow.iter_mut().zip(row) {
                             *o += wv * v;
                         }
                     } else {
-                        for (ox, o) in orow.iter_mut().enumerate() {
-                            *o += wv * row[ox * g.s];
+                        for (t, o) in orow.iter_mut().enumerate() {
+                            *o += wv * row[t * g.s];
                         }
                     }
-                }
+                });
             }
         }
     });
@@ -134,46 +197,49 @@ fn grad_input(grad: &[f32], kernel: &[f32], g: Geom) -> Vec<f32> {
         for i in 0..g.k {
             for j in 0..g.k {
                 let wv = ker[i * g.k + j];
-                for oy in 0..g.oh {
-                    let base = (oy * g.s + i) * g.w + j;
-                    let grow = &gp[oy * g.ow..(oy + 1) * g.ow];
-                    for (ox, &gv) in grow.iter().enumerate() {
-                        plane[base + ox * g.s] += wv * gv;
+                g.for_tap(i, j, |oy, iy, cols, ix0| {
+                    let grow = &gp[oy * g.ow + cols.start..oy * g.ow + cols.end];
+                    let base = iy * g.w + ix0;
+                    for (t, &gv) in grow.iter().enumerate() {
+                        plane[base + t * g.s] += wv * gv;
                     }
-                }
+                });
             }
         }
     });
     out
 }
 
-/// Gradient of the kernel: correlation of input and output gradient, summed over the batch.
-fn grad_kernel(grad: &[f32], x: &[f32], g: Geom) -> Vec<f32> {
-    let mut out = vec![0f32; g.c * g.k * g.k];
-    for_each_plane(&mut out, g.k * g.k, |ch, ker| {
+/// Gradient of the kernel (correlation of input and output gradient) and of
+/// the bias (sum of the output gradient), summed over the batch: `[C, k*k + 1]`.
+fn grad_kernel_bias(grad: &[f32], x: &[f32], g: Geom) -> Vec<f32> {
+    let kk = g.k * g.k;
+    let mut out = vec![0f32; g.c * (kk + 1)];
+    for_each_plane(&mut out, kk + 1, |ch, acc| {
         for n in 0..g.n {
             let p = n * g.c + ch;
             let xin = &x[p * g.h * g.w..(p + 1) * g.h * g.w];
             let gp = &grad[p * g.oh * g.ow..(p + 1) * g.oh * g.ow];
             for i in 0..g.k {
                 for j in 0..g.k {
-                    let mut acc = 0f32;
-                    for oy in 0..g.oh {
-                        let row = &xin[(oy * g.s + i) * g.w + j..];
-                        let grow = &gp[oy * g.ow..(oy + 1) * g.ow];
-                        for (ox, &gv) in grow.iter().enumerate() {
-                            acc += gv * row[ox * g.s];
+                    let mut sum = 0f32;
+                    g.for_tap(i, j, |oy, iy, cols, ix0| {
+                        let grow = &gp[oy * g.ow + cols.start..oy * g.ow + cols.end];
+                        let row = &xin[iy * g.w + ix0..];
+                        for (t, &gv) in grow.iter().enumerate() {
+                            sum += gv * row[t * g.s];
                         }
-                    }
-                    ker[i * g.k + j] += acc;
+                    });
+                    acc[i * g.k + j] += sum;
                 }
             }
+            acc[kk] += gp.iter().sum::<f32>();
         }
     });
     out
 }
 
-impl CustomOp2 for DepthwiseConv {
+impl CustomOp3 for DepthwiseConv {
     fn name(&self) -> &'static str {
         "depthwise-conv2d"
     }
@@ -184,11 +250,14 @@ impl CustomOp2 for DepthwiseConv {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1)?;
         let kernel = contiguous_f32(s2, l2)?;
-        let g = Geom::new(l1.dims(), l2.dims()[2], self.stride);
-        let out = forward(x, kernel, g);
+        let bias = contiguous_f32(s3, l3)?;
+        let g = Geom::new(l1.dims(), l2.dims()[2], self.stride, self.pad);
+        let out = forward(x, kernel, bias, g);
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c, g.oh, g.ow))))
     }
 
@@ -196,20 +265,23 @@ impl CustomOp2 for DepthwiseConv {
         &self,
         x: &Tensor,
         kernel: &Tensor,
+        bias: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = Geom::new(x.dims(), kernel.dim(2)?, self.stride);
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = Geom::new(x.dims(), kernel.dim(2)?, self.stride, self.pad);
         let grad_v = grad.flatten_all()?.to_vec1::<f32>()?;
         let kernel_v = kernel.flatten_all()?.to_vec1::<f32>()?;
         let x_v = x.flatten_all()?.to_vec1::<f32>()?;
         let gx = Tensor::from_vec(grad_input(&grad_v, &kernel_v, g), x.dims(), x.device())?;
-        let gk = Tensor::from_vec(
-            grad_kernel(&grad_v, &x_v, g),
-            kernel.dims(),
-            kernel.device(),
+        let kb = Tensor::from_vec(
+            grad_kernel_bias(&grad_v, &x_v, g),
+            (g.c, g.k * g.k + 1),
+            x.device(),
         )?;
-        Ok((Some(gx), Some(gk)))
+        let gk = kb.narrow(1, 0, g.k * g.k)?.reshape(kernel.dims())?;
+        let gb = kb.narrow(1, g.k * g.k, 1)?.reshape(bias.dims())?;
+        Ok((Some(gx), Some(gk), Some(gb)))
     }
 }
 
@@ -235,27 +307,52 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Against candle's grouped convolution on an explicitly padded input
+    /// (candle's own backward only handles strided sizes with (H - k) % s == 0).
     #[test]
     fn matches_candle_grouped_conv_forward_and_backward() {
-        // candle's own backward only handles strided sizes with (H - k) % s == 0
-        for (k, s, h, w) in [(3, 1, 7, 6), (3, 2, 9, 7), (5, 2, 9, 11), (5, 1, 6, 6)] {
+        for (k, s, h, w, pad) in [
+            (3, 1, 7, 6, [1, 1, 1, 1]),
+            (3, 2, 8, 6, [0, 1, 0, 1]),
+            (5, 2, 8, 10, [1, 2, 1, 2]),
+            (5, 2, 9, 11, [2, 2, 2, 2]),
+            (5, 1, 6, 6, [2, 2, 2, 2]),
+            (3, 1, 5, 5, [0, 0, 0, 0]),
+        ] {
             let c = 3;
             let x = Var::from_tensor(&random(&[2, c, h, w], 1)).unwrap();
             let ker = Var::from_tensor(&random(&[c, 1, k, k], 2)).unwrap();
-            let probe = random(&[2, c, (h - k) / s + 1, (w - k) / s + 1], 3);
+            let bias = Var::from_tensor(&random(&[c], 4)).unwrap();
 
-            let ours = depthwise_conv2d(x.as_tensor(), ker.as_tensor(), s).unwrap();
-            let theirs = x.as_tensor().conv2d(ker.as_tensor(), 0, s, 1, c).unwrap();
-            let diff = (&ours - &theirs)
+            let ours =
+                depthwise_conv2d(x.as_tensor(), ker.as_tensor(), bias.as_tensor(), s, pad).unwrap();
+            let padded = x
+                .pad_with_zeros(2, pad[0], pad[1])
                 .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
+                .pad_with_zeros(3, pad[2], pad[3])
                 .unwrap();
-            assert!(diff < 1e-5, "forward k={k} s={s}: {diff}");
+            let theirs = padded
+                .conv2d(ker.as_tensor(), 0, s, 1, c)
+                .unwrap()
+                .broadcast_add(&bias.reshape((1, c, 1, 1)).unwrap())
+                .unwrap();
+            assert!(
+                max_diff(&ours, &theirs) < 1e-5,
+                "forward k={k} s={s} pad={pad:?}"
+            );
 
+            let probe = random(ours.dims(), 3);
             let g1 = (ours * &probe)
                 .unwrap()
                 .sum_all()
@@ -268,18 +365,12 @@ mod tests {
                 .unwrap()
                 .backward()
                 .unwrap();
-            for v in [&x, &ker] {
-                let a = g1.get(v.as_tensor()).unwrap();
-                let b = g2.get(v.as_tensor()).unwrap();
-                let d = (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(d < 1e-5, "backward k={k} s={s}: {d}");
+            for v in [&x, &ker, &bias] {
+                let d = max_diff(
+                    g1.get(v.as_tensor()).unwrap(),
+                    g2.get(v.as_tensor()).unwrap(),
+                );
+                assert!(d < 1e-5, "backward k={k} s={s} pad={pad:?}: {d}");
             }
         }
     }

@@ -35,7 +35,7 @@ use semla_adapters::{Adaptation, AdaptedConv2d, SiteInfo};
 pub use depthwise::depthwise_conv2d;
 pub use pth::read_state_dict;
 
-use crate::lraspp::LrAspp;
+use crate::lraspp::{LrAspp, pointwise};
 use crate::segmenter::{Normalization, Segmenter, SegmenterConfig};
 
 /// BatchNorm epsilon of the original package (`batch_norm_epsilon=1e-3`).
@@ -95,11 +95,16 @@ pub fn block_specs() -> Vec<BlockSpec> {
     out
 }
 
-/// Pads `x` `[N, C, H, W]` like TensorFlow "SAME" for kernel `k` and stride `s`.
+/// Total TensorFlow "SAME" padding of one axis of size `i` for kernel `k`, stride `s`.
+fn same_padding(i: usize, k: usize, s: usize) -> usize {
+    ((i.div_ceil(s).max(1) - 1) * s + k).saturating_sub(i)
+}
+
+/// Pads `x` `[N, C, H, W]` like TensorFlow "SAME" for kernel `k` and stride `s`
+/// (the odd pixel goes to the bottom/right).
 fn pad_same(x: &Tensor, k: usize, s: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
-    let total = |i: usize| ((i.div_ceil(s) - 1) * s + k).saturating_sub(i);
-    let (ph, pw) = (total(h), total(w));
+    let (ph, pw) = (same_padding(h, k, s), same_padding(w, k, s));
     let x = if ph > 0 {
         x.pad_with_zeros(2, ph / 2, ph - ph / 2)?
     } else {
@@ -130,13 +135,18 @@ struct SameConv {
 impl SameConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let k = self.weight.dim(2)?;
+        if self.depthwise {
+            let (_, _, h, w) = x.dims4()?;
+            let (ph, pw) = (
+                same_padding(h, k, self.stride),
+                same_padding(w, k, self.stride),
+            );
+            let pad = [ph / 2, ph - ph / 2, pw / 2, pw - pw / 2];
+            return depthwise_conv2d(x, &self.weight, &self.bias, self.stride, pad);
+        }
         let x = pad_same(x, k, self.stride)?;
-        let y = if self.depthwise {
-            depthwise_conv2d(&x, &self.weight, self.stride)?
-        } else {
-            x.conv2d(&self.weight, 0, self.stride, 1, 1)?
-        };
-        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        x.conv2d(&self.weight, 0, self.stride, 1, 1)?
+            .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }
 }
 
@@ -197,11 +207,11 @@ impl MbConv {
 
     fn forward(&self, x: &Tensor, adaptation: &Adaptation) -> Result<Tensor> {
         let h = match &self.expand {
-            Some(conv) => relu6(&conv.forward(x, adaptation)?)?,
+            Some(conv) => relu6(&pointwise(conv, x, adaptation)?)?,
             None => x.clone(),
         };
         let h = relu6(&self.depthwise.forward(&h)?)?;
-        let h = self.project.forward(&h, adaptation)?;
+        let h = pointwise(&self.project, &h, adaptation)?;
         if self.spec.stride == 1 && self.spec.input == self.spec.output {
             h + x
         } else {
@@ -289,7 +299,7 @@ impl EfficientNetLite0 {
                 blocks.push(x.clone());
             }
         }
-        let head = relu6(&self.head.forward(&x, adaptation)?)?;
+        let head = relu6(&pointwise(&self.head, &x, adaptation)?)?;
         Ok(BackboneFeatures { stem, blocks, head })
     }
 
@@ -372,6 +382,14 @@ pub enum PthError {
         path: String,
         /// What went wrong.
         source: candle_core::Error,
+    },
+    /// An input image could not be read.
+    #[error("image {path}: {message}")]
+    Image {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
     },
     /// A tensor is missing or has the wrong shape.
     #[error("EfficientNet-Lite0 weights {path}: {message}")]
@@ -631,7 +649,7 @@ pub fn load_classifier_image(
     size: u32,
     device: &Device,
 ) -> std::result::Result<Tensor, PthError> {
-    let err = |message: String| PthError::Content {
+    let err = |message: String| PthError::Image {
         path: path.display().to_string(),
         message,
     };
