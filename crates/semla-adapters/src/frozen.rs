@@ -171,6 +171,95 @@ fn conv2d_input_grad(
     Tensor::cat(&parts, 1)
 }
 
+/// Gradient of `conv2d(x, weight)` with respect to `weight` (`[out, in/groups, k, k]`).
+fn conv2d_weight_grad(
+    x: &Tensor,
+    grad: &Tensor,
+    weight: &Tensor,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    let (out_c, _, k_h, k_w) = weight.dims4()?;
+    let one = |x: &Tensor, grad: &Tensor| -> Result<Tensor> {
+        // Correlating the input with the output gradient, batch as channels:
+        // stride and dilation swap roles.
+        let g = x
+            .transpose(0, 1)?
+            .conv2d(&grad.transpose(0, 1)?, padding, dilation, stride, 1)?
+            .transpose(0, 1)?;
+        g.narrow(2, 0, k_h)?.narrow(3, 0, k_w)
+    };
+    if groups == 1 {
+        return one(x, grad);
+    }
+    let in_per_group = x.dim(1)? / groups;
+    let out_per_group = out_c / groups;
+    let mut parts = Vec::with_capacity(groups);
+    for g in 0..groups {
+        let x_g = x.narrow(1, g * in_per_group, in_per_group)?.contiguous()?;
+        let grad_g = grad
+            .narrow(1, g * out_per_group, out_per_group)?
+            .contiguous()?;
+        parts.push(one(&x_g, &grad_g)?);
+    }
+    Tensor::cat(&parts, 0)
+}
+
+/// Custom op of three arguments `(x, weight, y)` for a convolution whose
+/// weight is trainable: its value is `y` (computed without a graph), its
+/// backward returns the exact gradients of `x` and `weight`. candle's own
+/// conv2d backward derives one output padding from the height and uses it for
+/// the width too, which fails ("shape mismatch in add") whenever the two axes
+/// need different ones, e.g. a stride-2 convolution of a 9x12 input.
+struct TrainableConv2d {
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+}
+
+impl candle_core::CustomOp3 for TrainableConv2d {
+    fn name(&self) -> &'static str {
+        "conv2d-exact-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _x: &CpuStorage,
+        _x_layout: &Layout,
+        _w: &CpuStorage,
+        _w_layout: &Layout,
+        y: &CpuStorage,
+        y_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Ok((copy_contiguous(y, y_layout)?, y_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (p, s, d, g) = (self.padding, self.stride, self.dilation, self.groups);
+        let grad_x = if x.track_op() {
+            Some(conv2d_input_grad(x, grad, weight, p, s, d, g)?)
+        } else {
+            None
+        };
+        let grad_w = if weight.track_op() {
+            Some(conv2d_weight_grad(x, grad, weight, p, s, d, g)?)
+        } else {
+            None
+        };
+        Ok((grad_x, grad_w, None))
+    }
+}
+
 fn bridged(x: &Tensor, y: Tensor, rule: InputGradient) -> Result<Tensor> {
     let y = y.contiguous()?;
     x.apply_op2(&y, FrozenBridge(rule))
@@ -201,7 +290,10 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 
 /// `conv2d(x, weight) + bias` for a frozen `weight` `[out, in / groups, k, k]`
 /// and `bias` `[out]`, with `x` `[N, in, H, W]` -> `[N, out, H', W']`.
-/// Only `x` receives a gradient.
+/// With a frozen weight only `x` receives a gradient; with a trainable one
+/// (a `Var`), `x`, the weight and the bias get exact gradients for every
+/// input size (candle's own backward fails when the two axes need different
+/// output paddings).
 pub fn conv2d(
     x: &Tensor,
     weight: &Tensor,
@@ -218,6 +310,27 @@ pub fn conv2d(
             None => Ok(y),
         }
     };
+    if weight.track_op() && x.device().is_cpu() {
+        // Trainable weight: candle's op with an exact backward (see `TrainableConv2d`).
+        let y = x
+            .detach()
+            .conv2d(&weight.detach(), padding, stride, dilation, groups)?
+            .contiguous()?;
+        let y = x.apply_op3(
+            weight,
+            &y,
+            TrainableConv2d {
+                padding,
+                stride,
+                dilation,
+                groups,
+            },
+        )?;
+        return match bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        };
+    }
     if !use_frozen_path(x, weight, bias) {
         return forward(x);
     }
@@ -384,6 +497,70 @@ mod tests {
                     .unwrap();
                 let d = max_diff(gp.get(x.as_tensor()).unwrap(), grad_x);
                 assert!(d < 1e-4, "case {case:?}: input gradients differ by {d}");
+            }
+        }
+    }
+
+    /// With a trainable weight: same gradients as candle's backward on square
+    /// inputs; on a 9x12 input (where candle's backward fails) the weight
+    /// gradient satisfies `<grad_w, V> = <target, conv(x, V)>`.
+    #[test]
+    fn trainable_conv2d_has_exact_gradients_for_any_size() {
+        for (h, w, groups) in [(9, 9, 1), (8, 8, 2), (9, 12, 1), (9, 12, 2)] {
+            let x = Var::from_tensor(&ramp(&[2, 4, h, w], 2.0)).unwrap();
+            let weight = Var::from_tensor(&ramp(&[6, 4 / groups, 3, 3], 1.0)).unwrap();
+            let bias = Var::from_tensor(&ramp(&[6], 1.0)).unwrap();
+            let y = conv2d(
+                x.as_tensor(),
+                weight.as_tensor(),
+                Some(bias.as_tensor()),
+                1,
+                2,
+                1,
+                groups,
+            )
+            .unwrap();
+            let target = ramp(y.dims(), 3.0);
+            let grads = (&y * &target)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gw = grads.get(weight.as_tensor()).unwrap();
+            let gx = grads.get(x.as_tensor()).unwrap();
+            let gb = grads.get(bias.as_tensor()).unwrap();
+            let expected_gb = target.sum((0, 2, 3)).unwrap();
+            assert!(max_diff(gb, &expected_gb) < 1e-4);
+            let v = Tensor::randn(0f32, 1.0, weight.dims(), &Device::Cpu).unwrap();
+            let lhs: f32 = (gw * &v).unwrap().sum_all().unwrap().to_scalar().unwrap();
+            let conv_v = x.as_tensor().detach().conv2d(&v, 1, 2, 1, groups).unwrap();
+            let rhs: f32 = (conv_v * &target)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(
+                (lhs - rhs).abs() < 1e-3 * rhs.abs().max(1.0),
+                "{h}x{w}: {lhs} vs {rhs}"
+            );
+            if h == w {
+                let plain = x
+                    .as_tensor()
+                    .conv2d(weight.as_tensor(), 1, 2, 1, groups)
+                    .unwrap()
+                    .broadcast_add(&bias.as_tensor().reshape((1, (), 1, 1)).unwrap())
+                    .unwrap();
+                assert!(max_diff(&plain, &y) < 1e-5);
+                let gp = (plain * &target)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                assert!(max_diff(gp.get(weight.as_tensor()).unwrap(), gw) < 1e-4);
+                assert!(max_diff(gp.get(x.as_tensor()).unwrap(), gx) < 1e-4);
             }
         }
     }
