@@ -68,17 +68,6 @@ use crate::trainer::{
     train,
 };
 
-/// How to initialise an adapter before training.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InitMethod {
-    /// PEFT's LoRA init: Kaiming-uniform `A`, zero `B` (the default).
-    #[default]
-    Lora,
-    /// SoMA: minor singular components, frozen principal residual.
-    Soma,
-}
-
 // ---------------------------------------------------------------------------
 // Linear algebra
 // ---------------------------------------------------------------------------
