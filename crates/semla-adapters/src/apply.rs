@@ -68,15 +68,13 @@ pub fn adaptation_for(adapters: &[&Adapter], weights_per_image: &[Vec<f64>]) -> 
 /// `[out, in, k, k]`, f32).
 pub fn delta_weights(adapters: &[&Adapter], weights: &[f64]) -> Result<BTreeMap<String, Tensor>> {
     check_weights(weights, adapters.len())?;
-    let mut out: BTreeMap<String, Tensor> = BTreeMap::new();
-    for (adapter, &w) in adapters.iter().zip(weights) {
-        for (path, site) in &adapter.sites {
-            let delta = site.delta_weight(w * adapter.scale_for(path))?;
-            let sum = match out.remove(path) {
-                Some(prev) => (prev + delta)?,
-                None => delta,
-            };
-            out.insert(path.clone(), sum);
+    // One matmul per site: the stacked factors `B_cat diag(w_i s_i) A_cat`
+    // (the factored form's shared-mixture delta) instead of one per adapter.
+    let adaptation = Adaptation::from_adapters(adapters, &[weights.to_vec()])?;
+    let mut out = BTreeMap::new();
+    for path in adaptation.paths() {
+        if let Some(site) = adaptation.get(path) {
+            out.insert(path.to_string(), site.delta_weight(0)?);
         }
     }
     Ok(out)

@@ -51,6 +51,8 @@ fn use_frozen_path(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
 enum InputGradient {
     /// `y = x W^T (+ b)` with `x` `[M, in]`, `W` `[out, in]`.
     Linear { weight: Tensor },
+    /// `y = W x (+ b)` per image, `x` `[N, in, L]`, `W` `[out, in]`.
+    Pointwise { weight: Tensor },
     /// `y = conv2d(x, W) (+ b)`.
     Conv2d {
         weight: Tensor,
@@ -103,6 +105,11 @@ impl CustomOp2 for FrozenBridge {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad_x = match &self.0 {
             InputGradient::Linear { weight } => grad.matmul(weight)?,
+            InputGradient::Pointwise { weight } => weight
+                .t()?
+                .contiguous()?
+                .broadcast_left(grad.dim(0)?)?
+                .matmul(&grad.contiguous()?)?,
             InputGradient::Conv2d {
                 weight,
                 padding,
@@ -283,6 +290,30 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         x,
         y,
         InputGradient::Linear {
+            weight: weight.clone(),
+        },
+    )
+}
+
+/// A 1x1 convolution as a batched matrix product: `weight` `[out, in]`,
+/// `bias` `[out]`, `x` `[N, in, L]` (pixels flattened) -> `[N, out, L]`.
+/// With a frozen weight only `x` receives a gradient.
+pub fn pointwise(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let forward = |x: &Tensor| -> Result<Tensor> {
+        let y = weight.broadcast_left(x.dim(0)?)?.matmul(x)?;
+        match bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1))?),
+            None => Ok(y),
+        }
+    };
+    if !use_frozen_path(x, weight, bias) {
+        return forward(x);
+    }
+    let y = forward(&x.detach())?;
+    bridged(
+        x,
+        y,
+        InputGradient::Pointwise {
             weight: weight.clone(),
         },
     )
@@ -572,6 +603,49 @@ mod tests {
         let y = linear(x.as_tensor(), w.as_tensor(), None).unwrap();
         let grads = y.sum_all().unwrap().backward().unwrap();
         assert!(grads.get(w.as_tensor()).is_some());
+    }
+
+    #[test]
+    fn pointwise_matches_plain_op_without_weight_gradient() {
+        let x = Var::from_tensor(&ramp(&[2, 5, 6], 2.0)).unwrap();
+        let w = ramp(&[3, 5], 1.0);
+        let b = ramp(&[3], 1.0);
+        let plain = w
+            .broadcast_left(2)
+            .unwrap()
+            .matmul(x.as_tensor())
+            .unwrap()
+            .broadcast_add(&b.reshape((1, 3, 1)).unwrap())
+            .unwrap();
+        let frozen = pointwise(x.as_tensor(), &w, Some(&b)).unwrap();
+        assert!(max_diff(&plain, &frozen) < 1e-6);
+        let target = ramp(&[2, 3, 6], 3.0);
+        let gp = (plain * &target)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gf = (frozen * &target)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(
+            max_diff(
+                gp.get(x.as_tensor()).unwrap(),
+                gf.get(x.as_tensor()).unwrap()
+            ) < 1e-5
+        );
+        let weight_shaped = |g: &candle_core::backprop::GradStore| {
+            g.get_ids()
+                .filter_map(|id| g.get_id(*id))
+                .filter(|t| t.dims().ends_with(&[3, 5]))
+                .count()
+        };
+        assert!(weight_shaped(&gp) > 0);
+        assert_eq!(weight_shaped(&gf), 0);
     }
 
     #[test]

@@ -81,20 +81,19 @@ impl Matrix {
 pub fn qr(m: &Matrix) -> (Matrix, Matrix) {
     let (rows, cols) = (m.rows, m.cols);
     let k = rows.min(cols);
-    let mut r = m.clone();
+    // Column-major working copy: every reflection runs over contiguous memory.
+    let mut r: Vec<Vec<f64>> = (0..cols)
+        .map(|j| (0..rows).map(|i| m.at(i, j)).collect())
+        .collect();
     let mut reflectors: Vec<Vec<f64>> = Vec::with_capacity(k);
     for j in 0..k {
         // Householder vector for column j below the diagonal.
-        let mut v: Vec<f64> = (j..rows).map(|i| r.at(i, j)).collect();
+        let mut v: Vec<f64> = r[j][j..].to_vec();
         let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-        if norm == 0.0 {
-            reflectors.push(Vec::new());
-            continue;
-        }
         let alpha = if v[0] >= 0.0 { -norm } else { norm };
         v[0] -= alpha;
         let vnorm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-        if vnorm == 0.0 {
+        if norm == 0.0 || vnorm == 0.0 {
             reflectors.push(Vec::new());
             continue;
         }
@@ -102,38 +101,44 @@ pub fn qr(m: &Matrix) -> (Matrix, Matrix) {
             *x /= vnorm;
         }
         // R <- (I - 2 v v^T) R on rows j.., columns j..
-        for c in j..cols {
-            let dot: f64 = (j..rows).map(|i| v[i - j] * r.at(i, c)).sum();
-            for i in j..rows {
-                *r.at_mut(i, c) -= 2.0 * v[i - j] * dot;
-            }
+        for col in r.iter_mut().skip(j) {
+            reflect(&v, &mut col[j..]);
         }
         reflectors.push(v);
     }
     // Q = H_0 H_1 ... H_{k-1} applied to the first k columns of the identity.
-    let mut q = Matrix::zeros(rows, k);
-    for i in 0..k {
-        *q.at_mut(i, i) = 1.0;
-    }
-    for j in (0..k).rev() {
-        let v = &reflectors[j];
+    let mut q: Vec<Vec<f64>> = (0..k)
+        .map(|c| (0..rows).map(|i| f64::from(u8::from(i == c))).collect())
+        .collect();
+    for (j, v) in reflectors.iter().enumerate().rev() {
         if v.is_empty() {
             continue;
         }
-        for c in 0..k {
-            let dot: f64 = (j..rows).map(|i| v[i - j] * q.at(i, c)).sum();
-            for i in j..rows {
-                *q.at_mut(i, c) -= 2.0 * v[i - j] * dot;
-            }
+        for col in q.iter_mut() {
+            reflect(v, &mut col[j..]);
+        }
+    }
+    let mut q_out = Matrix::zeros(rows, k);
+    for (c, col) in q.iter().enumerate() {
+        for (i, x) in col.iter().enumerate() {
+            *q_out.at_mut(i, c) = *x;
         }
     }
     let mut r_thin = Matrix::zeros(k, cols);
-    for i in 0..k {
-        for j in i..cols {
-            *r_thin.at_mut(i, j) = r.at(i, j);
+    for (j, col) in r.iter().enumerate() {
+        for i in 0..k.min(j + 1) {
+            *r_thin.at_mut(i, j) = col[i];
         }
     }
-    (q, r_thin)
+    (q_out, r_thin)
+}
+
+/// `x <- x - 2 v (v . x)` for a unit vector `v`.
+fn reflect(v: &[f64], x: &mut [f64]) {
+    let dot: f64 = v.iter().zip(x.iter()).map(|(a, b)| a * b).sum();
+    for (xi, vi) in x.iter_mut().zip(v) {
+        *xi -= 2.0 * vi * dot;
+    }
 }
 
 /// Thin SVD of an `m x n` matrix by one-sided Jacobi rotations:
