@@ -50,13 +50,8 @@ pub fn pointwise(site: &AdaptedConv2d, x: &Tensor, adaptation: &Adaptation) -> R
     let x3 = x.contiguous()?.reshape((n, cin, h * w))?;
     let weight = site.weight();
     let cout = weight.dim(0)?;
-    let mut y = weight
-        .reshape((cout, cin))?
-        .broadcast_left(n)?
-        .matmul(&x3)?;
-    if let Some(bias) = site.bias() {
-        y = y.broadcast_add(&bias.reshape((1, cout, 1))?)?;
-    }
+    // Frozen path when adapter training: only `x` gets a gradient (see `semla_adapters::frozen`).
+    let mut y = semla_adapters::frozen::pointwise(&x3, &weight.reshape((cout, cin))?, site.bias())?;
     if let Some(update) = adaptation.get(site.path()) {
         let rank = update.a.dim(0)?;
         let a = update.a.reshape((rank, cin))?.broadcast_left(n)?;
