@@ -80,13 +80,13 @@ impl DemoConfig {
     pub fn full() -> Self {
         Self {
             domains: default_domains(),
-            width: 128,
-            height: 96,
+            width: 96,
+            height: 72,
             train_images: 96,
             val_images: 32,
-            base_steps: 800,
+            base_steps: 600,
             base_lr: 4e-3,
-            adapter_steps: 200,
+            adapter_steps: 150,
             adapter_lr: 5e-3,
             batch_size: 8,
             rank: 8,
@@ -104,12 +104,12 @@ impl DemoConfig {
     /// The quick demo (well under 2 minutes: smaller images, fewer steps and images).
     pub fn quick() -> Self {
         Self {
-            width: 96,
-            height: 72,
+            width: 80,
+            height: 64,
             train_images: 48,
             val_images: 16,
-            base_steps: 400,
-            adapter_steps: 100,
+            base_steps: 200,
+            adapter_steps: 60,
             ..Self::full()
         }
     }
@@ -168,8 +168,8 @@ fn train_config(steps: usize, batch: usize, lr: f64, seed: u64) -> TrainConfig {
     let mut config = TrainConfig::new(steps, batch, lr);
     config.seed = seed;
     config.augment = AugmentConfig {
-        min_scale: 0.75,
-        max_scale: 1.5,
+        min_scale: 0.8,
+        max_scale: 1.25,
         flip_probability: 0.5,
         crop: None,
     };

@@ -165,8 +165,8 @@ impl Report {
             "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\
              <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}\
              td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th:first-child,td:first-child{{text-align:left}}\
-             .sample{{display:flex;gap:8px;align-items:flex-start;margin:12px 0}}figure{{margin:0}}\
-             figcaption{{font-size:12px;color:#555}}img{{image-rendering:pixelated;width:192px}}</style></head><body>\
+             .sample{{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start;margin:12px 0}}figure{{margin:0}}\
+             figcaption{{font-size:12px;color:#555}}img{{image-rendering:pixelated;width:160px}}</style></head><body>\
              <h1>{title}</h1>"
         );
         for note in &self.notes {
