@@ -258,7 +258,8 @@ pub fn read_tensor_shapes(file: &Path) -> Result<Vec<(String, String, Vec<usize>
 
 /// Writes `adapter` to `dir` in PEFT format (`adapter_model.safetensors` with
 /// metadata `{"format": "pt"}`, then `adapter_config.json`), each file
-/// atomically. Creates `dir` if needed. The adapter is validated first.
+/// atomically. Creates `dir` if needed. The adapter is validated first. A
+/// config without `target_modules` is written with the list of site paths.
 pub fn save_adapter(dir: &Path, adapter: &Adapter) -> Result<()> {
     adapter.validate(&dir.join(SAFETENSORS_FILE))?;
     create_dir(dir)?;
@@ -287,8 +288,16 @@ pub fn save_adapter(dir: &Path, adapter: &Adapter) -> Result<()> {
     let bytes = safetensors::tensor::serialize(views, metadata)
         .map_err(|e| AdapterError::invalid(&file, format!("cannot serialise: {e}")))?;
     write_atomic(&file, &bytes)?;
+    // Python peft needs target_modules to rebuild the model: name every site
+    // exactly when the config has none.
+    let mut config = adapter.config.clone();
+    if config.target_modules.is_none() {
+        config.target_modules = Some(crate::config::TargetModules::List(
+            adapter.sites.keys().cloned().collect(),
+        ));
+    }
     // Like peft: 2-space indent, sorted keys, no trailing newline.
-    let text = adapter.config.to_json_string();
+    let text = config.to_json_string();
     write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
 }
 
