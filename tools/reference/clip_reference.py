@@ -318,7 +318,8 @@ def model_fixture(model, tok):
     out = {}
     with torch.no_grad():
         px = CLIPImageProcessor()(images=imgs, return_tensors="pt")["pixel_values"]
-        vis = model.vision_model(pixel_values=px)
+        vis = model.vision_model(pixel_values=px, output_hidden_states=True)
+        out["layer0_output_a"] = lists(vis.hidden_states[1][0])
         out["image_features"] = lists(model.get_image_features(pixel_values=px))
         out["pooled_output"] = lists(vis.pooler_output)
         out["last_hidden_state_a"] = lists(vis.last_hidden_state[0])

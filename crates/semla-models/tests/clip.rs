@@ -264,6 +264,32 @@ fn image_features_and_dense_tokens_match_transformers() {
 }
 
 #[test]
+fn intermediate_layer_outputs_match_transformers_hidden_states() {
+    let model = tiny();
+    let out = read_json(&fixtures().join("tiny/outputs.json"));
+    let px = pixels(&ImageProcessor::default(), &["a"]);
+    let none = Adaptation::none();
+    let vis = model
+        .vision_forward_with_layers(&px, &none, &[0, 1])
+        .unwrap();
+    assert_eq!(vis.layer_outputs.len(), 2);
+    assert_close(
+        "layer 0",
+        &vis.layer_outputs[0].get(0).unwrap(),
+        &out["layer0_output_a"],
+        1e-4,
+    );
+    // The last layer's output is the last hidden state.
+    assert_close(
+        "layer 1",
+        &vis.layer_outputs[1].get(0).unwrap(),
+        &out["last_hidden_state_a"],
+        1e-4,
+    );
+    assert!(model.vision_forward_with_layers(&px, &none, &[2]).is_err());
+}
+
+#[test]
 fn other_input_sizes_interpolate_position_embeddings_like_transformers() {
     let model = tiny();
     let out = read_json(&fixtures().join("tiny/outputs.json"));

@@ -338,6 +338,10 @@ pub struct VisionOutput {
     pub grid_height: usize,
     /// Patch grid width `w` (`W / patch_size`).
     pub grid_width: usize,
+    /// Outputs `[N, 1 + h*w, D_v]` of the encoder layers asked for in
+    /// [`ClipModel::vision_forward_with_layers`], in the order asked (empty otherwise).
+    /// Layer `i` (0-based) is transformers' `hidden_states[i + 1]`.
+    pub layer_outputs: Vec<Tensor>,
 }
 
 impl VisionOutput {
@@ -421,6 +425,7 @@ impl VisionTransformer {
         pixels: &Tensor,
         adaptation: &Adaptation,
         kernels: Kernels,
+        keep_layers: &[usize],
     ) -> Result<VisionOutput> {
         let (n, _, _, _) = pixels.dims4()?;
         let d = self.cfg.hidden_size;
@@ -435,13 +440,27 @@ impl VisionTransformer {
         let x = Tensor::cat(&[&cls, &patches], 1)?;
         let x = x.broadcast_add(&self.position_embeddings(gh, gw)?.unsqueeze(0)?)?;
         let mut x = self.pre_layrnorm.forward(&x, kernels)?;
-        for layer in &self.encoder.layers {
+        let mut kept: Vec<Option<Tensor>> = vec![None; keep_layers.len()];
+        for (i, layer) in self.encoder.layers.iter().enumerate() {
             x = layer.forward(&x, None, adaptation, kernels)?;
+            for (slot, _) in kept.iter_mut().zip(keep_layers).filter(|(_, k)| **k == i) {
+                *slot = Some(x.clone());
+            }
         }
+        let layer_outputs = kept
+            .into_iter()
+            .zip(keep_layers)
+            .map(|(t, i)| {
+                t.ok_or_else(|| {
+                    candle_core::Error::Msg(format!("CLIP vision tower has no layer {i}"))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(VisionOutput {
             last_hidden_state: x,
             grid_height: gh,
             grid_width: gw,
+            layer_outputs,
         })
     }
 }
@@ -748,7 +767,27 @@ impl ClipModel {
     /// `interpolate_pos_encoding=True`); pixels beyond a whole patch are ignored.
     pub fn vision_forward(&self, pixels: &Tensor, adaptation: &Adaptation) -> Result<VisionOutput> {
         self.check_pixels(pixels)?;
-        self.vision.forward(pixels, adaptation, self.kernels)
+        self.vision.forward(pixels, adaptation, self.kernels, &[])
+    }
+
+    /// [`Self::vision_forward`] that also keeps the outputs of the encoder
+    /// layers `layers` (0-based; e.g. the intermediate layers a segmentation
+    /// head reads) in [`VisionOutput::layer_outputs`].
+    pub fn vision_forward_with_layers(
+        &self,
+        pixels: &Tensor,
+        adaptation: &Adaptation,
+        layers: &[usize],
+    ) -> Result<VisionOutput> {
+        self.check_pixels(pixels)?;
+        let available = self.config.vision_config.num_hidden_layers;
+        if let Some(bad) = layers.iter().find(|&&i| i >= available) {
+            candle_core::bail!(
+                "CLIP vision tower has {available} layers, layer {bad} was asked for"
+            )
+        }
+        self.vision
+            .forward(pixels, adaptation, self.kernels, layers)
     }
 
     /// `post_layernorm` of the class token: `[N, D_v]` (transformers' `pooler_output`).
