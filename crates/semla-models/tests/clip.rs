@@ -518,3 +518,21 @@ fn bad_inputs_give_clear_errors() {
     let err = ImageProcessor::default().preprocess_file(&bad).unwrap_err();
     assert!(err.to_string().contains("broken.png"), "{err}");
 }
+
+#[test]
+fn vendored_vocabulary_is_openais_file() {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/weights/bpe_simple_vocab_16e6.txt.gz");
+    let Ok(original) = std::fs::read(&shared) else {
+        eprintln!("skipping: {} is absent", shared.display());
+        return;
+    };
+    let vendored = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/bpe_simple_vocab_16e6.txt.gz"),
+    )
+    .unwrap();
+    assert!(
+        original == vendored,
+        "data/bpe_simple_vocab_16e6.txt.gz differs from the shared copy"
+    );
+}
