@@ -280,9 +280,12 @@ fn unknown_adapter_names_list_the_available_ones() {
     assert!(lib.prototype("fog").is_err());
     assert_eq!(lib.prototype("rain").unwrap(), vec![1.0, 2.0]);
     // Reopening finds the same adapters.
+    let reopened = AdapterLibrary::open(tmp.path()).unwrap();
+    assert_eq!(reopened.names(), ["rain", "snow"]);
+    // A config without target_modules is saved with the site paths (peft needs them).
     assert_eq!(
-        AdapterLibrary::open(tmp.path()).unwrap().names(),
-        ["rain", "snow"]
+        reopened.entry("rain").unwrap().config.target_modules,
+        Some(semla_adapters::TargetModules::List(vec!["enc.fc".into()]))
     );
 }
 
