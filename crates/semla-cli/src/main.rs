@@ -27,6 +27,8 @@ enum Command {
     // Keep one line per command family, sorted; each helper module owns its arguments.
     /// LoRA adapters: merge weighted adapters of a library, train one.
     Adapter(commands::adapter::AdapterArgs),
+    /// The ImageNet-pretrained EfficientNet-Lite0: classify images; segmenter speed.
+    Backbone(commands::backbone::BackboneArgs),
     /// CLIP: tokenizer, image and text features of a Hugging Face CLIPModel folder.
     Clip(commands::clip::ClipArgs),
     /// Domains and label maps: statistics, coloured views.
@@ -57,6 +59,7 @@ fn main() -> std::process::ExitCode {
     let ctx = commands::Context { json: cli.json };
     let result: anyhow::Result<()> = match cli.command {
         Command::Adapter(args) => commands::adapter::run(args, &ctx),
+        Command::Backbone(args) => commands::backbone::run(args, &ctx),
         Command::Clip(args) => commands::clip::run(args, &ctx),
         Command::Data(args) => commands::data::run(args, &ctx),
         Command::Demo(args) => commands::demo::run(args, &ctx),

@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod adapter_tools;
 pub mod adapter_train;
+pub mod backbone;
 pub mod clip;
 pub mod data;
 pub mod demo;

@@ -160,27 +160,46 @@ fn for_each_plane(out: &mut [f32], plane_len: usize, f: impl Fn(usize, &mut [f32
 
 fn forward(x: &[f32], kernel: &[f32], bias: &[f32], g: Geom) -> Vec<f32> {
     let mut out = vec![0f32; g.n * g.c * g.oh * g.ow];
+    // valid output columns and first input column of each kernel column
+    let cols: Vec<(std::ops::Range<usize>, usize)> = (0..g.k)
+        .map(|j| {
+            let r = g.valid(j, g.left, g.w, g.ow);
+            let ix0 = if r.is_empty() {
+                0
+            } else {
+                r.start * g.s + j - g.left
+            };
+            (r, ix0)
+        })
+        .collect();
     for_each_plane(&mut out, g.oh * g.ow, |p, plane| {
         let ch = p % g.c;
         plane.fill(bias[ch]);
         let xin = &x[p * g.h * g.w..(p + 1) * g.h * g.w];
         let ker = &kernel[ch * g.k * g.k..(ch + 1) * g.k * g.k];
-        for i in 0..g.k {
-            for j in 0..g.k {
-                let wv = ker[i * g.k + j];
-                g.for_tap(i, j, |oy, iy, cols, ix0| {
-                    let orow = &mut plane[oy * g.ow + cols.start..oy * g.ow + cols.end];
-                    let row = &xin[iy * g.w + ix0..];
+        // one output row at a time, so that it stays in L1 across the k*k taps
+        for (oy, orow) in plane.chunks_mut(g.ow).enumerate() {
+            for i in 0..g.k {
+                let Some(iy) = (oy * g.s + i).checked_sub(g.top).filter(|&iy| iy < g.h) else {
+                    continue;
+                };
+                let xrow = &xin[iy * g.w..(iy + 1) * g.w];
+                for (j, (range, ix0)) in cols.iter().enumerate() {
+                    if range.is_empty() {
+                        continue;
+                    }
+                    let wv = ker[i * g.k + j];
+                    let o = &mut orow[range.clone()];
                     if g.s == 1 {
-                        for (o, &v) in orow.iter_mut().zip(row) {
+                        for (o, &v) in o.iter_mut().zip(&xrow[*ix0..]) {
                             *o += wv * v;
                         }
                     } else {
-                        for (t, o) in orow.iter_mut().enumerate() {
-                            *o += wv * row[t * g.s];
+                        for (o, &v) in o.iter_mut().zip(xrow[*ix0..].iter().step_by(g.s)) {
+                            *o += wv * v;
                         }
                     }
-                });
+                }
             }
         }
     });
