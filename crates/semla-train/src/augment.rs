@@ -87,6 +87,15 @@ fn resample(
     let out_pixels = out_h * out_w;
     let mut image = vec![0f32; 3 * out_pixels];
     let mut labels = vec![ignore; out_pixels];
+    if in_pixels == 0 || sample.image.len() < 3 * in_pixels || sample.labels.len() < in_pixels {
+        // Nothing to sample from (callers check samples first): all padding.
+        return Sample {
+            image,
+            labels,
+            height: out_h,
+            width: out_w,
+        };
+    }
     let sy = sample.height as f64 / scaled_h as f64;
     let sx = sample.width as f64 / scaled_w as f64;
     for oy in 0..out_h {
