@@ -465,3 +465,46 @@ fn extract_recovers_a_known_low_rank_delta() {
     assert_eq!(rank1.uncaptured[0].key, "stem.bias");
     assert!(rank1.sites.iter().all(|s| s.residual_norm > 1e-3));
 }
+
+#[test]
+fn efficientnet_step_zero_with_frozen_blocks() {
+    // Random weights (no download): EfficientNet-Lite0 + LR-ASPP, 5 classes.
+    let varmap = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let config = semla_models::segmenter::SegmenterConfig::EfficientLite0(
+        semla_models::efficientnet::EfficientLiteSegConfig::new(5),
+    );
+    let trained = config.build(&vb).unwrap();
+    let base = common::frozen_copy(trained.as_ref());
+    // Targets in block 1 (frozen), block 2 and the decoder; the SVD of the
+    // large late-block weights (seconds each) is left to the CLI run.
+    let mut settings = soma_settings(4, 4.0, 2);
+    settings.lora.targets = vec![
+        "_blocks.1._project_conv".into(),
+        "_blocks.2._project_conv".into(),
+        "decoder.high_classifier".into(),
+    ];
+    let soma = SomaTrainee::new(base.as_ref(), &settings, 1, &Device::Cpu).unwrap();
+    let mut paths: Vec<&str> = soma
+        .lora()
+        .sites()
+        .iter()
+        .map(|s| s.site.path.as_str())
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        vec!["_blocks.2._project_conv", "decoder.high_classifier"]
+    );
+    let x = (Tensor::randn(0f32, 1.0, (1, 3, 64, 64), &Device::Cpu).unwrap() * 0.5).unwrap();
+    let want = base.forward(&x, &Adaptation::none()).unwrap();
+    let got = soma.model().forward(&x, soma.lora().adaptation()).unwrap();
+    let without = soma.model().forward(&x, &Adaptation::none()).unwrap();
+    let scale = max_abs(&want).max(1.0);
+    let err = max_abs_diff(&got, &want);
+    assert!(
+        err < 1e-5 * scale,
+        "step-0 output differs by {err} (logit scale {scale})"
+    );
+    assert!(max_abs_diff(&without, &want) > 1e-4 * scale);
+}
