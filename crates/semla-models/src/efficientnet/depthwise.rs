@@ -22,6 +22,41 @@ pub fn depthwise_conv2d(
     stride: usize,
     pad: Padding,
 ) -> Result<Tensor> {
+    depthwise_op(
+        x,
+        kernel,
+        bias,
+        DepthwiseConv {
+            stride,
+            pad,
+            relu6: false,
+        },
+    )
+}
+
+/// [`depthwise_conv2d`] followed by ReLU6 (`min(max(y, 0), 6)`) in the same
+/// pass; the backward lets the gradient through where `0 < y < 6`.
+pub fn depthwise_conv2d_relu6(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    pad: Padding,
+) -> Result<Tensor> {
+    depthwise_op(
+        x,
+        kernel,
+        bias,
+        DepthwiseConv {
+            stride,
+            pad,
+            relu6: true,
+        },
+    )
+}
+
+fn depthwise_op(x: &Tensor, kernel: &Tensor, bias: &Tensor, op: DepthwiseConv) -> Result<Tensor> {
+    let (stride, pad) = (op.stride, op.pad);
     let (_, c, h, w) = x.dims4()?;
     let (kc, one, k, k2) = kernel.dims4()?;
     if kc != c || one != 1 || k != k2 || bias.dims() != [c] {
@@ -44,16 +79,14 @@ pub fn depthwise_conv2d(
     if x.dtype() != DType::F32 || kernel.dtype() != DType::F32 || bias.dtype() != DType::F32 {
         candle_core::bail!("depthwise_conv2d: only f32 is supported")
     }
-    x.contiguous()?.apply_op3(
-        &kernel.contiguous()?,
-        &bias.contiguous()?,
-        DepthwiseConv { stride, pad },
-    )
+    x.contiguous()?
+        .apply_op3(&kernel.contiguous()?, &bias.contiguous()?, op)
 }
 
 struct DepthwiseConv {
     stride: usize,
     pad: Padding,
+    relu6: bool,
 }
 
 /// Geometry of one call, from the input and kernel shapes.
@@ -158,7 +191,7 @@ fn for_each_plane(out: &mut [f32], plane_len: usize, f: impl Fn(usize, &mut [f32
     });
 }
 
-fn forward(x: &[f32], kernel: &[f32], bias: &[f32], g: Geom) -> Vec<f32> {
+fn forward(x: &[f32], kernel: &[f32], bias: &[f32], g: Geom, relu6: bool) -> Vec<f32> {
     let mut out = vec![0f32; g.n * g.c * g.oh * g.ow];
     // valid output columns and first input column of each kernel column
     let cols: Vec<(std::ops::Range<usize>, usize)> = (0..g.k)
@@ -199,6 +232,11 @@ fn forward(x: &[f32], kernel: &[f32], bias: &[f32], g: Geom) -> Vec<f32> {
                             *o += wv * v;
                         }
                     }
+                }
+            }
+            if relu6 {
+                for o in orow.iter_mut() {
+                    *o = o.clamp(0.0, 6.0);
                 }
             }
         }
@@ -276,7 +314,7 @@ impl CustomOp3 for DepthwiseConv {
         let kernel = contiguous_f32(s2, l2)?;
         let bias = contiguous_f32(s3, l3)?;
         let g = Geom::new(l1.dims(), l2.dims()[2], self.stride, self.pad);
-        let out = forward(x, kernel, bias, g);
+        let out = forward(x, kernel, bias, g, self.relu6);
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c, g.oh, g.ow))))
     }
 
@@ -285,10 +323,16 @@ impl CustomOp3 for DepthwiseConv {
         x: &Tensor,
         kernel: &Tensor,
         bias: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = Geom::new(x.dims(), kernel.dim(2)?, self.stride, self.pad);
+        let grad = if self.relu6 {
+            let pass = res.gt(0f32)?.mul(&res.lt(6f32)?)?.to_dtype(DType::F32)?;
+            grad.mul(&pass)?
+        } else {
+            grad.clone()
+        };
         let grad_v = grad.flatten_all()?.to_vec1::<f32>()?;
         let kernel_v = kernel.flatten_all()?.to_vec1::<f32>()?;
         let x_v = x.flatten_all()?.to_vec1::<f32>()?;

@@ -32,7 +32,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use semla_adapters::{Adaptation, AdaptedConv2d, SiteInfo};
 
-pub use depthwise::depthwise_conv2d;
+pub use depthwise::{depthwise_conv2d, depthwise_conv2d_relu6};
 pub use pth::read_state_dict;
 
 use crate::lraspp::{LrAspp, pointwise};
@@ -129,6 +129,7 @@ struct SameConv {
     /// `[out]`
     bias: Tensor,
     stride: usize,
+    /// Depthwise (`groups = channels`), with ReLU6 applied in the same op.
     depthwise: bool,
 }
 
@@ -142,7 +143,7 @@ impl SameConv {
                 same_padding(w, k, self.stride),
             );
             let pad = [ph / 2, ph - ph / 2, pw / 2, pw - pw / 2];
-            return depthwise_conv2d(x, &self.weight, &self.bias, self.stride, pad);
+            return depthwise_conv2d_relu6(x, &self.weight, &self.bias, self.stride, pad);
         }
         let x = pad_same(x, k, self.stride)?;
         x.conv2d(&self.weight, 0, self.stride, 1, 1)?
@@ -210,7 +211,8 @@ impl MbConv {
             Some(conv) => relu6(&pointwise(conv, x, adaptation)?)?,
             None => x.clone(),
         };
-        let h = relu6(&self.depthwise.forward(&h)?)?;
+        // the depthwise op applies ReLU6 itself
+        let h = self.depthwise.forward(&h)?;
         let h = pointwise(&self.project, &h, adaptation)?;
         if self.spec.stride == 1 && self.spec.input == self.spec.output {
             h + x
