@@ -409,7 +409,7 @@ fn peft_lora_on_checkpoint_paths_matches_peft() {
         1e-4,
     );
     let base = model.get_image_features(&px, &Adaptation::none()).unwrap();
-    let moved = (feats - base)
+    let moved = (feats - &base)
         .unwrap()
         .abs()
         .unwrap()
@@ -418,6 +418,34 @@ fn peft_lora_on_checkpoint_paths_matches_peft() {
         .to_scalar::<f32>()
         .unwrap();
     assert!(moved > 1e-2, "the adapter must change the features");
+
+    // Per-image mixtures in one batch: weight 1 for the first image, 0 for the second.
+    let mut per_image = Adaptation::none();
+    for path in adaptation.paths() {
+        let site = adaptation.get(path).unwrap();
+        let stacked =
+            FactoredSite::stack(&[(&site.a, &site.b, scaling)], &[vec![1.0], vec![0.0]]).unwrap();
+        per_image.insert(path, stacked);
+    }
+    let batch = Tensor::cat(&[&px, &px], 0).unwrap();
+    let both = model.get_image_features(&batch, &per_image).unwrap();
+    assert_close(
+        "batch image 0 (adapted)",
+        &both.get(0).unwrap(),
+        &out["image_features_a"],
+        1e-4,
+    );
+    let base_row = base.get(0).unwrap();
+    let diff = (both.get(1).unwrap() - base_row)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert!(
+        diff.to_scalar::<f32>().unwrap() < 1e-5,
+        "weight 0 must remove the adapter"
+    );
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
-use semla_adapters::{Adaptation, AdaptedConv2d, AdaptedLinear, SiteInfo};
+use semla_adapters::{Adaptation, AdaptedConv2d, AdaptedLinear, FactoredSite, SiteInfo};
 
 use super::ClipError;
 use super::config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
@@ -113,8 +113,8 @@ fn activation(x: &Tensor, act: Activation, kernels: Kernels) -> Result<Tensor> {
 ///
 /// The q, k and v weights live in one `[3D, D]` tensor (and one `[3D]` bias);
 /// the three sites hold views of its row blocks, so no weight is stored
-/// twice. When no adapter touches q, k or v, one matmul computes all three;
-/// otherwise each site runs on its own with its update.
+/// twice. One matmul computes all three base projections; the factored
+/// update of each adapted site among them is added to its block.
 #[derive(Clone, Debug)]
 struct Attention {
     q_proj: AdaptedLinear,
@@ -163,22 +163,8 @@ impl Attention {
     fn project_qkv(&self, x: &Tensor, adaptation: &Adaptation) -> Result<(Tensor, Tensor, Tensor)> {
         let (n, l, d) = x.dims3()?;
         let (h, hd) = (self.num_heads, self.head_dim);
-        let adapted = [&self.q_proj, &self.k_proj, &self.v_proj]
-            .iter()
-            .any(|site| adaptation.get(site.path()).is_some());
-        if adapted {
-            let heads = |t: Tensor| -> Result<Tensor> {
-                // [N, L, D] -> [N, H, L, d]
-                t.reshape((n, l, h, hd))?.transpose(1, 2)?.contiguous()
-            };
-            return Ok((
-                heads(self.q_proj.forward(x, adaptation)?)?,
-                heads(self.k_proj.forward(x, adaptation)?)?,
-                heads(self.v_proj.forward(x, adaptation)?)?,
-            ));
-        }
-        let y = x
-            .reshape((n * l, d))?
+        let x2 = x.reshape((n * l, d))?;
+        let y = x2
             .matmul(&self.qkv_weight.t()?)?
             .broadcast_add(&self.qkv_bias)?; // [N*L, 3D]
         // [N, L, 3, H, d] -> [3, N, H, L, d] in one copy.
@@ -186,7 +172,27 @@ impl Attention {
             .reshape((n, l, 3, h, hd))?
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?;
-        Ok((y.get(0)?, y.get(1)?, y.get(2)?))
+        let mut out = Vec::with_capacity(3);
+        for (i, site) in [&self.q_proj, &self.k_proj, &self.v_proj]
+            .into_iter()
+            .enumerate()
+        {
+            let base = y.get(i)?; // [N, H, L, d]
+            out.push(match adaptation.get(site.path()) {
+                None => base,
+                Some(update) => {
+                    let delta = factored_update(&x2, n, update)?; // [N, L, D]
+                    (base + delta.reshape((n, l, h, hd))?.transpose(1, 2)?)?
+                }
+            });
+        }
+        let v = out.pop();
+        let k = out.pop();
+        let q = out.pop();
+        match (q, k, v) {
+            (Some(q), Some(k), Some(v)) => Ok((q, k, v)),
+            _ => candle_core::bail!("attention: q, k, v projections missing"),
+        }
     }
 
     /// `x`: `[N, L, D]`; `mask`: additive `[L, L]` (causal text mask) or none.
@@ -214,6 +220,21 @@ impl Attention {
     fn sites(&self) -> [&AdaptedLinear; 4] {
         [&self.q_proj, &self.k_proj, &self.v_proj, &self.out_proj]
     }
+}
+
+/// The factored LoRA update of a Linear site (the contract of
+/// [`semla_adapters::site`]): `x2` `[N*L, in]` -> `sum_j coeff[n, j] B[:, j] (A[j, :] x)`
+/// as `[N, L, out]`. Used where several sites share one base matmul.
+fn factored_update(x2: &Tensor, n: usize, site: &FactoredSite) -> Result<Tensor> {
+    let rows = x2.dim(0)?;
+    let h = x2.matmul(&site.a.t()?)?; // [N*L, R]
+    let r = h.dim(1)?;
+    let coeff = site.coeff.to_dtype(h.dtype())?.unsqueeze(1)?; // [N|1, 1, R]
+    let h = h.reshape((n, rows / n, r))?.broadcast_mul(&coeff)?;
+    let out = site.b.dim(0)?;
+    h.reshape((rows, r))?
+        .matmul(&site.b.t()?)?
+        .reshape((n, rows / n, out))
 }
 
 /// The MLP: `fc1`, activation, `fc2`.
