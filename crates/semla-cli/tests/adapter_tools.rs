@@ -219,3 +219,97 @@ fn bake_rejects_an_adapter_that_does_not_fit() {
     assert!(err.contains("neck"), "{err}");
     assert!(!out_dir.exists());
 }
+
+/// `semla adapter train --init soma --freeze-blocks 4` on real CamVid frames
+/// (skipped when `../shared/data/camvid` is absent): the library gets a
+/// rank-2r adapter on the unfrozen sites only; with a vanishing learning rate
+/// the trained factors stay at A0, B0 and the stored update is (almost) zero.
+#[test]
+fn soma_training_from_the_cli_stores_a_rank_2r_adapter() {
+    let root =
+        std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data"));
+    if !root.join("camvid").is_dir() {
+        eprintln!("skipping: {} has no camvid folder", root.display());
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let base_dir = tmp.path().join("base");
+    write_tiny_model(&base_dir);
+    // The tiny model above has 3 classes; CamVid needs 11: rewrite its classifier layers.
+    let mut tensors =
+        candle_core::safetensors::load(base_dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    for (name, shape) in [
+        ("classifier.weight", vec![11, 16, 1, 1]),
+        ("classifier.bias", vec![11]),
+        ("skip.weight", vec![11, 8, 1, 1]),
+        ("skip.bias", vec![11]),
+    ] {
+        let n: usize = shape.iter().product();
+        tensors.insert(
+            name.to_string(),
+            Tensor::from_vec(values(n, 50 + n as u64), shape, &Device::Cpu).unwrap(),
+        );
+    }
+    candle_core::safetensors::save(&tensors, base_dir.join("model.safetensors")).unwrap();
+    std::fs::write(
+        base_dir.join("config.json"),
+        r#"{"kind": "tiny", "num_classes": 11, "width": 4}"#,
+    )
+    .unwrap();
+    let lib = tmp.path().join("lib");
+    let out = semla(&[
+        "--json",
+        "adapter",
+        "train",
+        "--model",
+        base_dir.to_str().unwrap(),
+        "--out",
+        lib.join("dusk").to_str().unwrap(),
+        "--domain",
+        "camvid/0001TP",
+        "--data-root",
+        root.to_str().unwrap(),
+        "--resize",
+        "36x48",
+        "--crop",
+        "36x48",
+        "--batch",
+        "1",
+        "--steps",
+        "1",
+        "--lr",
+        "1e-12",
+        "--rank",
+        "2",
+        "--alpha",
+        "4",
+        "--init",
+        "soma",
+        "--freeze-blocks",
+        "4",
+        "--prototype-images",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let adapter = peft::load_adapter(&lib.join("dusk")).unwrap();
+    assert_eq!(adapter.config.r, 4);
+    assert_eq!(adapter.config.lora_alpha, 8.0);
+    let mut paths: Vec<&String> = adapter.sites.keys().collect();
+    paths.sort();
+    // `head` is block 3 of the tiny segmenter: frozen.
+    assert_eq!(paths, vec!["classifier", "skip"]);
+    for (path, site) in &adapter.sites {
+        assert_eq!(site.a.dims()[0], 4);
+        let delta = site.delta_weight(adapter.scale_for(path)).unwrap();
+        let zero = delta.zeros_like().unwrap();
+        assert!(max_abs_diff(&delta, &zero) < 1e-5, "{path}");
+        // The factors themselves are not zero: [A; -A0] with A = A0.
+        let a_norm = max_abs_diff(&site.a, &site.a.zeros_like().unwrap());
+        assert!(a_norm > 1e-3, "{path}");
+    }
+    assert!(lib.join("dusk").join("dusk_statistics.npz").is_file());
+}
