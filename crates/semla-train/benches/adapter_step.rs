@@ -39,21 +39,40 @@ fn batch(n: usize, h: usize, w: usize, classes: u32) -> Batch {
     }
 }
 
-/// Mean seconds per step over `steps` steps after one warm-up step.
-fn time_steps(base: &dyn Segmenter, batch: &Batch, steps: usize) -> f64 {
+/// Median seconds per step and gradient-store size (f32 values held after
+/// backward) with the frozen path off and on. The two settings alternate step
+/// by step so that load from other processes hits both alike.
+fn measure(base: &dyn Segmenter, batch: &Batch, steps: usize) -> [(f64, usize); 2] {
     let lora = LoraTrainee::new(&base.sites(), &LoraSettings::default(), 0, &Device::Cpu).unwrap();
     let trainee = adapter_trainee(base, &lora, &Device::Cpu);
     let mut opt = AdamW::new(&trainee.params, AdamWConfig::default()).unwrap();
-    let mut run = || {
+    let mut times = [Vec::new(), Vec::new()];
+    let mut stored = [0usize; 2];
+    for i in 0..2 * (steps + 1) {
+        let enabled = i % 2 == 1;
+        semla_adapters::frozen::set_enabled(enabled);
+        let start = Instant::now();
         let (_, grads) = loss_and_gradients(&trainee, batch, 255).unwrap();
         opt.step(&grads, 1e-3, 1.0).unwrap();
-    };
-    run();
-    let start = Instant::now();
-    for _ in 0..steps {
-        run();
+        let elapsed = start.elapsed().as_secs_f64();
+        stored[enabled as usize] = grads
+            .get_ids()
+            .filter_map(|id| grads.get_id(*id))
+            .map(|t| t.elem_count())
+            .sum();
+        if i >= 2 {
+            times[enabled as usize].push(elapsed);
+        }
     }
-    start.elapsed().as_secs_f64() / steps as f64
+    semla_adapters::frozen::set_enabled(true);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    [
+        (median(&mut times[0]), stored[0]),
+        (median(&mut times[1]), stored[1]),
+    ]
 }
 
 fn main() {
@@ -75,20 +94,15 @@ fn main() {
     for (name, config) in models {
         let base = frozen(&config);
         let b = batch(4, 96, 128, 11);
-        // Alternate the two settings so that warm-up and allocator effects
-        // do not favour either; keep the best of two rounds of each.
-        let (mut plain, mut with_op) = (f64::MAX, f64::MAX);
-        for _ in 0..2 {
-            semla_adapters::frozen::set_enabled(false);
-            plain = plain.min(time_steps(base.as_ref(), &b, steps));
-            semla_adapters::frozen::set_enabled(true);
-            with_op = with_op.min(time_steps(base.as_ref(), &b, steps));
-        }
+        let [(plain, plain_stored), (with_op, op_stored)] = measure(base.as_ref(), &b, steps);
         println!(
-            "{name:30} plain candle ops {:7.1} ms   frozen op {:7.1} ms   speed-up {:.2}x",
+            "{name:28} median step: plain candle ops {:7.1} ms, frozen op {:7.1} ms ({:.2}x); \
+             gradients held: {:.1} M -> {:.1} M values",
             plain * 1e3,
             with_op * 1e3,
-            plain / with_op
+            plain / with_op,
+            plain_stored as f64 / 1e6,
+            op_stored as f64 / 1e6
         );
     }
 }
