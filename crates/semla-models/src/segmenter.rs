@@ -133,39 +133,39 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 #[derive(Debug, thiserror::Error)]
 pub enum ModelDirError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// `config.json` is not a valid segmenter configuration.
-    #[error("{path}: invalid segmenter configuration: {source}")]
+    #[error("{path}: invalid segmenter configuration: {cause}")]
     Config {
         /// The file.
         path: PathBuf,
         /// The parse error.
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     /// The weights are unreadable or do not fit the configuration.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Weights {
         /// The file.
         path: PathBuf,
         /// What is wrong (missing tensor, shape mismatch, corrupt file, ...).
-        source: candle_core::Error,
+        cause: candle_core::Error,
     },
 }
 
 /// Reads `dir/config.json`.
 pub fn read_segmenter_config(dir: &Path) -> std::result::Result<SegmenterConfig, ModelDirError> {
     let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| ModelDirError::Io {
+    let text = std::fs::read_to_string(&path).map_err(|cause| ModelDirError::Io {
         path: path.clone(),
-        source,
+        cause,
     })?;
-    serde_json::from_str(&text).map_err(|source| ModelDirError::Config { path, source })
+    serde_json::from_str(&text).map_err(|cause| ModelDirError::Config { path, cause })
 }
 
 /// Loads a model folder (`config.json` + `model.safetensors`) as frozen tensors
@@ -179,61 +179,61 @@ pub fn load_segmenter(
     if !path.is_file() {
         return Err(ModelDirError::Io {
             path,
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "model weights not found"),
+            cause: std::io::Error::new(std::io::ErrorKind::NotFound, "model weights not found"),
         });
     }
     let tensors =
-        candle_core::safetensors::load(&path, device).map_err(|source| ModelDirError::Weights {
+        candle_core::safetensors::load(&path, device).map_err(|cause| ModelDirError::Weights {
             path: path.clone(),
-            source,
+            cause,
         })?;
     let tensors: HashMap<String, Tensor> = tensors
         .into_iter()
         .map(|(k, v)| v.to_dtype(DType::F32).map(|v| (k, v)))
         .collect::<Result<_>>()
-        .map_err(|source| ModelDirError::Weights {
+        .map_err(|cause| ModelDirError::Weights {
             path: path.clone(),
-            source,
+            cause,
         })?;
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     config
         .build(&vb)
-        .map_err(|source| ModelDirError::Weights { path, source })
+        .map_err(|cause| ModelDirError::Weights { path, cause })
 }
 
 /// Writes `model` as a model folder `dir` (created if needed): `config.json`
 /// and `model.safetensors`, each written to a temporary file and renamed.
 pub fn save_segmenter(model: &dyn Segmenter, dir: &Path) -> std::result::Result<(), ModelDirError> {
-    std::fs::create_dir_all(dir).map_err(|source| ModelDirError::Io {
+    std::fs::create_dir_all(dir).map_err(|cause| ModelDirError::Io {
         path: dir.to_path_buf(),
-        source,
+        cause,
     })?;
     let weights = dir.join(WEIGHTS_FILE);
     let tmp = dir.join(format!(".{WEIGHTS_FILE}.tmp"));
     let tensors: HashMap<String, Tensor> = model.named_tensors().into_iter().collect();
-    candle_core::safetensors::save(&tensors, &tmp).map_err(|source| ModelDirError::Weights {
+    candle_core::safetensors::save(&tensors, &tmp).map_err(|cause| ModelDirError::Weights {
         path: tmp.clone(),
-        source,
+        cause,
     })?;
-    std::fs::rename(&tmp, &weights).map_err(|source| ModelDirError::Io {
+    std::fs::rename(&tmp, &weights).map_err(|cause| ModelDirError::Io {
         path: weights.clone(),
-        source,
+        cause,
     })?;
 
     let config = dir.join(CONFIG_FILE);
     let tmp = dir.join(format!(".{CONFIG_FILE}.tmp"));
     let text =
-        serde_json::to_string_pretty(&model.config()).map_err(|source| ModelDirError::Config {
+        serde_json::to_string_pretty(&model.config()).map_err(|cause| ModelDirError::Config {
             path: config.clone(),
-            source,
+            cause,
         })?;
-    std::fs::write(&tmp, text).map_err(|source| ModelDirError::Io {
+    std::fs::write(&tmp, text).map_err(|cause| ModelDirError::Io {
         path: tmp.clone(),
-        source,
+        cause,
     })?;
-    std::fs::rename(&tmp, &config).map_err(|source| ModelDirError::Io {
+    std::fs::rename(&tmp, &config).map_err(|cause| ModelDirError::Io {
         path: config,
-        source,
+        cause,
     })
 }
 

@@ -378,12 +378,12 @@ pub fn global_average_pool(x: &Tensor) -> Result<Tensor> {
 #[derive(Debug, thiserror::Error)]
 pub enum PthError {
     /// The file could not be read or parsed as a PyTorch state dict.
-    #[error("cannot read EfficientNet-Lite0 weights {path}: {source}")]
+    #[error("cannot read EfficientNet-Lite0 weights {path}: {cause}")]
     Read {
         /// The file.
         path: String,
         /// What went wrong.
-        source: candle_core::Error,
+        cause: candle_core::Error,
     },
     /// An input image could not be read.
     #[error("image {path}: {message}")]
@@ -413,9 +413,9 @@ pub fn load_pth_folded(
 ) -> std::result::Result<HashMap<String, Tensor>, PthError> {
     let shown = path.display().to_string();
     let raw: HashMap<String, Tensor> = read_state_dict(path, device)
-        .map_err(|source| PthError::Read {
+        .map_err(|cause| PthError::Read {
             path: shown.clone(),
-            source,
+            cause,
         })?
         .into_iter()
         .collect();
