@@ -376,3 +376,53 @@ fn trainable_backbone_vars_are_vars() {
         assert_eq!(t.id(), v.as_tensor().id(), "{n}");
     }
 }
+
+#[test]
+fn tiny_segmenter_learns_a_colour_rule_in_a_few_steps() {
+    use candle_nn::Optimizer;
+    // Target: class 1 where the (normalised) red channel is above the green
+    // one, on smooth images (upsampled noise) so the rule is visible at the
+    // model's 1/4 output resolution.
+    let dev = Device::Cpu;
+    let x = semla_models::lraspp::resize_bilinear(&images(2, 6, 8), 48, 64).unwrap();
+    let red = x.narrow(1, 0, 1).unwrap();
+    let green = x.narrow(1, 1, 1).unwrap();
+    let target = red
+        .gt(&green)
+        .unwrap()
+        .squeeze(1)
+        .unwrap()
+        .to_dtype(DType::U32)
+        .unwrap(); // [N, H, W]
+    let map = VarMap::new();
+    let model = TinySeg::new(
+        &VarBuilder::from_varmap(&map, DType::F32, &dev),
+        &TinySegConfig::new(2),
+    )
+    .unwrap();
+    let mut opt = candle_nn::AdamW::new(
+        map.all_vars(),
+        candle_nn::ParamsAdamW {
+            lr: 5e-3,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let loss_of = |model: &TinySeg| {
+        let logits = model.forward(&x, &Adaptation::none()).unwrap(); // [N, 2, H, W]
+        let flat = logits
+            .permute((0, 2, 3, 1))
+            .unwrap()
+            .reshape(((), 2))
+            .unwrap();
+        candle_nn::loss::cross_entropy(&flat, &target.flatten_all().unwrap()).unwrap()
+    };
+    let first = loss_of(&model).to_scalar::<f32>().unwrap();
+    for _ in 0..40 {
+        let loss = loss_of(&model);
+        opt.backward_step(&loss).unwrap();
+    }
+    let last = loss_of(&model).to_scalar::<f32>().unwrap();
+    assert!(last < 0.5 * first, "loss {first} -> {last}");
+}
