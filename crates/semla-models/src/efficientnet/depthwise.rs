@@ -335,8 +335,13 @@ impl CustomOp3 for DepthwiseConv {
         };
         let grad_v = grad.flatten_all()?.to_vec1::<f32>()?;
         let kernel_v = kernel.flatten_all()?.to_vec1::<f32>()?;
-        let x_v = x.flatten_all()?.to_vec1::<f32>()?;
         let gx = Tensor::from_vec(grad_input(&grad_v, &kernel_v, g), x.dims(), x.device())?;
+        // A frozen kernel and bias (plain tensors, no graph) need no gradient:
+        // skip the reduction over the batch instead of computing and storing it.
+        if !kernel.track_op() && !bias.track_op() {
+            return Ok((Some(gx), None, None));
+        }
+        let x_v = x.flatten_all()?.to_vec1::<f32>()?;
         let kb = Tensor::from_vec(
             grad_kernel_bias(&grad_v, &x_v, g),
             (g.c, g.k * g.k + 1),
@@ -436,5 +441,27 @@ mod tests {
                 assert!(d < 1e-5, "backward k={k} s={s} pad={pad:?}: {d}");
             }
         }
+    }
+
+    #[test]
+    fn frozen_kernel_and_bias_store_no_gradient() {
+        let c = 3;
+        let x = Var::from_tensor(&random(&[1, c, 7, 7], 5)).unwrap();
+        let ker = random(&[c, 1, 3, 3], 6);
+        let bias = random(&[c], 7);
+        let y = depthwise_conv2d_relu6(x.as_tensor(), &ker, &bias, 1, [1, 1, 1, 1]).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(
+            grads.get(x.as_tensor()).is_some(),
+            "the input still gets its gradient"
+        );
+        assert!(
+            grads.get(&ker).is_none(),
+            "a frozen kernel must not store a gradient"
+        );
+        assert!(
+            grads.get(&bias).is_none(),
+            "a frozen bias must not store a gradient"
+        );
     }
 }
