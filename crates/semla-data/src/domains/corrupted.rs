@@ -1,6 +1,9 @@
 //! Domains derived from CamVid: its daytime frames, its dusk sequence with a held-out
 //! part, and ImageNet-C style corruptions of the daytime frames, generated on the fly.
 //!
+//! `camvid-day`, `camvid-dusk`, `camvid-fog3`, ... are the same domains under names that
+//! can also name adapters (which cannot contain `/`).
+//!
 //! | name | train | val | test |
 //! | --- | --- | --- | --- |
 //! | `camvid/day` | train frames not of `0001TP` | all val frames (`0016E5`) | test frames not of `0001TP` |
@@ -141,9 +144,13 @@ fn corrupt_error(
 }
 
 /// The frames and corruption a `camvid/...` name asks for, or `None` when the name is
-/// not a derived domain (left to other resolvers).
+/// not a derived domain (left to other resolvers). `camvid-<x>` is accepted as another
+/// spelling of `camvid/<x>`: adapter names cannot contain `/`, and SemLA pairs a target
+/// domain with the adapter of the same name (oracle, leave-one-out).
 pub fn parse_name(name: &str) -> Option<(Frames, Option<Corruption>)> {
-    let rest = name.strip_prefix("camvid/")?;
+    let rest = name
+        .strip_prefix("camvid/")
+        .or_else(|| name.strip_prefix("camvid-"))?;
     match rest {
         "day" => Some((Frames::Day, None)),
         "dusk" => Some((Frames::Dusk, None)),
@@ -193,6 +200,11 @@ mod tests {
     fn names_parse_to_frames_and_corruptions() {
         assert_eq!(parse_name("camvid/day"), Some((Frames::Day, None)));
         assert_eq!(parse_name("camvid/dusk"), Some((Frames::Dusk, None)));
+        assert_eq!(parse_name("camvid-dusk"), Some((Frames::Dusk, None)));
+        assert_eq!(
+            parse_name("camvid-snow2").unwrap().1.unwrap().name(),
+            "snow2"
+        );
         let (frames, c) = parse_name("camvid/fog3").unwrap();
         assert_eq!(frames, Frames::Day);
         assert_eq!(c.unwrap().name(), "fog3");
@@ -207,6 +219,7 @@ mod tests {
         assert_eq!(parse_name("camvid/Fog3"), None);
         assert_eq!(parse_name("acdc-fog"), None);
         assert_eq!(parse_name("camvid"), None);
+        assert_eq!(parse_name("camvid-0001TP"), None);
     }
 
     #[test]

@@ -255,7 +255,7 @@ pub const RESOLVERS: &[Resolver] = &[official::resolve, corrupted::resolve, camv
 pub const KNOWN_DOMAINS: &str = "cs-normal, acdc-{fog,night,rain,snow}, \
 muses-{clear,rain,fog,snow}-{day,night}, bdd, mv, a150, idd, pc59, nyu, coconutL, \
 camvid, camvid/<sequence> (e.g. camvid/0001TP), camvid/day, camvid/dusk, \
-camvid/<corruption><severity> (e.g. camvid/fog3)";
+camvid/<corruption><severity> (e.g. camvid/fog3; also spelt camvid-fog3)";
 
 /// Resolves a domain name under `data_root` (see the module documentation).
 pub fn resolve_domain(name: &str, data_root: &Path) -> Result<Domain, DomainError> {
