@@ -24,6 +24,7 @@ pub mod corrupted;
 mod listing;
 pub mod official;
 pub mod palette;
+pub mod synthetic;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -249,13 +250,18 @@ impl Domain {
 pub type Resolver = fn(name: &str, data_root: &Path) -> Option<Result<Domain, DomainError>>;
 
 /// The resolvers [`resolve_domain`] tries, in order. Add new domain kinds here.
-pub const RESOLVERS: &[Resolver] = &[official::resolve, corrupted::resolve, camvid::resolve];
+pub const RESOLVERS: &[Resolver] = &[
+    official::resolve,
+    corrupted::resolve,
+    camvid::resolve,
+    synthetic::resolve,
+];
 
 /// The names and name patterns known, for error messages.
 pub const KNOWN_DOMAINS: &str = "cs-normal, acdc-{fog,night,rain,snow}, \
 muses-{clear,rain,fog,snow}-{day,night}, bdd, mv, a150, idd, pc59, nyu, coconutL, \
 camvid, camvid/<sequence> (e.g. camvid/0001TP), camvid/day, camvid/dusk, \
-camvid/<corruption><severity> (e.g. camvid/fog3; also spelt camvid-fog3)";
+camvid/<corruption><severity> (e.g. camvid/fog3; also spelt camvid-fog3), synthetic-<style> (e.g. synthetic-fog)";
 
 /// Resolves a domain name under `data_root` (see the module documentation).
 pub fn resolve_domain(name: &str, data_root: &Path) -> Result<Domain, DomainError> {
