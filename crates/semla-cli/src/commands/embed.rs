@@ -10,13 +10,12 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use candle_core::Device;
 use semla_adapters::AdapterLibrary;
-use semla_data::domains::{data_root, resolve_domain};
 use semla_experiments::embedder::{Embedder, EmbedderSpec};
 use semla_experiments::prototypes::{EmbedOptions, embed_library};
 use semla_models::segmenter::load_segmenter;
 
 use super::Context;
-use super::experiment::{Bars, name_list};
+use super::experiment::{Bars, name_list, resolve};
 use super::train::parse_size;
 
 /// Arguments of `semla library embed`.
@@ -64,11 +63,10 @@ pub fn run(args: EmbedArgs, ctx: &Context) -> anyhow::Result<()> {
             args.library.display()
         );
     }
-    let root = data_root(args.data_root.as_deref())?;
     let mut sources = Vec::with_capacity(names.len());
     for name in &names {
-        let domain =
-            resolve_domain(name, &root).with_context(|| format!("source domain {name}"))?;
+        let domain = resolve(name, args.data_root.as_deref())
+            .with_context(|| format!("source domain {name}"))?;
         sources.push((name.clone(), domain));
     }
     let backbone_dir = match &args.embedder {

@@ -93,6 +93,18 @@ pub fn name_list(value: &str) -> anyhow::Result<Vec<String>> {
     Ok(names)
 }
 
+/// Resolves a domain name under `--data-root` / `DETECTRON2_DATASETS`;
+/// generated domains (the synthetic world) need no dataset root.
+pub fn resolve(name: &str, explicit_root: Option<&Path>) -> anyhow::Result<Domain> {
+    match data_root(explicit_root) {
+        Ok(root) => Ok(resolve_domain(name, &root)?),
+        Err(no_root) => match resolve_domain(name, Path::new("")) {
+            Ok(domain) => Ok(domain),
+            Err(_) => Err(no_root.into()),
+        },
+    }
+}
+
 /// The official mIoU definition of a domain.
 pub fn definition_of(domain: &Domain) -> Definition {
     match domain.evaluator {
@@ -171,10 +183,9 @@ pub fn run(
     };
     let library = SourceLibrary::open(library_dir, &sources, kind == ExperimentKind::Semla)
         .with_context(|| format!("opening the adapter library {}", library_dir.display()))?;
-    let root = data_root(common.data_root)?;
     let mut domain_sources = Vec::new();
     for name in &target_names {
-        let domain = resolve_domain(name, &root)?;
+        let domain = resolve(name, common.data_root)?;
         let definition = common.definition.unwrap_or_else(|| definition_of(&domain));
         let classes = domain.classes.clone();
         let source = DomainSource::new(domain, Split::Val, common.resize)

@@ -1,0 +1,257 @@
+//! `semla library embed`, `semla library retrieve`, `semla eval --experiment`
+//! and `semla segment` on generated synthetic domains (no files needed) with
+//! an untrained tiny segmenter and random adapters written by the test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::Device;
+use semla_adapters::AdapterLibrary;
+use semla_adapters::npz::read_npz_array;
+use semla_models::segmenter::{SegmenterConfig, save_segmenter};
+use semla_models::tiny::TinySegConfig;
+use semla_train::lora::{LoraSettings, LoraTrainee};
+use serde_json::Value;
+
+const SOURCES: &str = "synthetic-clear,synthetic-night,synthetic-fog";
+
+fn semla(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_semla"))
+        .args(args)
+        .env_remove("DETECTRON2_DATASETS")
+        .output()
+        .unwrap()
+}
+
+fn ok_json(args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = semla(&all);
+    assert!(
+        out.status.success(),
+        "semla {all:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn error_of(args: &[&str]) -> String {
+    let out = semla(args);
+    assert!(
+        !out.status.success(),
+        "semla {args:?} unexpectedly succeeded"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A random tiny model (width 4, seed) saved as a model folder.
+fn write_model(dir: &Path, name: &str, seed: u64) -> PathBuf {
+    let config = SegmenterConfig::Tiny(TinySegConfig {
+        num_classes: semla_data::synthetic::NUM_CLASSES,
+        width: 4,
+        class_names: Vec::new(),
+    });
+    let (model, _) = semla_train::runs::build_trainable(&config, None, seed, &Device::Cpu).unwrap();
+    let path = dir.join(name);
+    save_segmenter(model.as_ref(), &path).unwrap();
+    path
+}
+
+/// One random rank-2 adapter per source, without prototypes.
+fn write_library(dir: &Path, model: &Path) -> PathBuf {
+    let model = semla_models::segmenter::load_segmenter(model, &Device::Cpu).unwrap();
+    let root = dir.join("loradb");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut library = AdapterLibrary::open(&root).unwrap();
+    let settings = LoraSettings {
+        rank: 2,
+        alpha: 4.0,
+        ..LoraSettings::default()
+    };
+    for (i, name) in SOURCES.split(',').enumerate() {
+        let lora = LoraTrainee::new(&model.sites(), &settings, i as u64, &Device::Cpu).unwrap();
+        let mut adapter = lora.to_adapter(name).unwrap();
+        for site in adapter.sites.values_mut() {
+            site.b = (site.b.ones_like().unwrap() * (0.1 * (i as f64 + 1.0))).unwrap();
+        }
+        library.add(&adapter, None).unwrap();
+    }
+    root
+}
+
+fn embed(library: &Path, model: &Path) -> Value {
+    ok_json(&[
+        "library",
+        "embed",
+        "--library",
+        library.to_str().unwrap(),
+        "--sources",
+        SOURCES,
+        "--embedder",
+        &format!("backbone:{}", model.display()),
+        "--limit",
+        "4",
+        "--resize",
+        "48x64",
+    ])
+}
+
+#[test]
+fn embedded_prototypes_are_official_npz_and_retrieve_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path(), "model", 1);
+    let library = write_library(dir.path(), &model);
+    let report = embed(&library, &model);
+    let dimension = report["record"]["dimension"].as_u64().unwrap() as usize;
+    assert_eq!(dimension, 16);
+    assert_eq!(report["record"]["embedder"], "backbone");
+    assert!(library.join("semla_library.json").is_file());
+
+    for name in SOURCES.split(',') {
+        let npz = library.join(name).join(format!("{name}_statistics.npz"));
+        let array = read_npz_array(&npz, "train_average_embedding").unwrap();
+        assert_eq!(array.shape, [1, dimension], "{name}");
+        assert_eq!(report["record"]["images"][name], 4);
+
+        // Retrieval with a prototype as the query finds that prototype at
+        // distance 0 and gives it all the weight.
+        let query = dir.path().join(format!("{name}.npy"));
+        std::fs::write(
+            &query,
+            semla_adapters::npz::encode_npy(&[1, dimension], &array.data),
+        )
+        .unwrap();
+        let retrieved = ok_json(&[
+            "library",
+            "retrieve",
+            "--library",
+            library.to_str().unwrap(),
+            "--embedding",
+            query.to_str().unwrap(),
+        ]);
+        let first = &retrieved["selections"][0];
+        assert_eq!(first["name"], name);
+        assert_eq!(first["distance"].as_f64(), Some(0.0));
+        assert_eq!(first["weight"].as_f64(), Some(1.0));
+    }
+
+    // The prototype is the mean of the backbone embeddings of the first 4
+    // training images at 48x64, as the library API computes it.
+    let domain = semla_data::domains::resolve_domain("synthetic-night", Path::new("")).unwrap();
+    let source = semla_train::data::DomainSource::new(
+        domain,
+        semla_data::domains::Split::Train,
+        Some((48, 64)),
+    )
+    .unwrap();
+    let loaded = semla_models::segmenter::load_segmenter(&model, &Device::Cpu).unwrap();
+    let expected =
+        semla_train::runs::mean_embedding(loaded.as_ref(), &source, 4, &Device::Cpu).unwrap();
+    let stored = read_npz_array(
+        &library.join("synthetic-night/synthetic-night_statistics.npz"),
+        "train_average_embedding",
+    )
+    .unwrap();
+    for (a, b) in expected.iter().zip(&stored.data) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn experiments_write_official_results_and_refuse_another_embedder() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_model(dir.path(), "model", 2);
+    let library = write_library(dir.path(), &model);
+    embed(&library, &model);
+    let lib = library.to_str().unwrap();
+    let m = model.to_str().unwrap();
+    let common = [
+        "eval",
+        "--model",
+        m,
+        "--library",
+        lib,
+        "--sources",
+        SOURCES,
+        "--targets",
+        "synthetic-night,synthetic-fog",
+        "--limit",
+        "3",
+        "--resize",
+        "48x64",
+        "--batch",
+        "2",
+    ];
+    for (mode, extra) in [
+        ("zeroshot", vec![]),
+        ("oracle", vec![]),
+        ("uniform", vec!["--remove-target-adapter"]),
+        ("semla", vec!["--remove-target-adapter"]),
+        (
+            "semla",
+            vec!["--remove-target-adapter", "--fusion", "outputs"],
+        ),
+    ] {
+        let out = dir.path().join(format!("{mode}-{}", extra.len()));
+        let mut args: Vec<&str> = common.to_vec();
+        args.extend(["--experiment", mode, "--out", out.to_str().unwrap()]);
+        args.extend(extra.iter().copied());
+        let report = ok_json(&args);
+        let results: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
+                .unwrap();
+        let keys: Vec<&String> = results.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["synthetic-night", "synthetic-fog"], "{mode}");
+        assert_eq!(report["results"], results);
+        let lines = std::fs::read_to_string(out.join("weights.jsonl")).unwrap();
+        assert_eq!(lines.lines().count(), 6, "{mode}: 3 images x 2 targets");
+        assert!(out.join("report.json").is_file());
+    }
+
+    // A query embedder other than the one that made the prototypes is refused.
+    let other = write_model(dir.path(), "other", 3);
+    let out = dir.path().join("refused");
+    let mut args: Vec<&str> = common.to_vec();
+    let embedder = format!("backbone:{}", other.display());
+    args.extend([
+        "--experiment",
+        "semla",
+        "--out",
+        out.to_str().unwrap(),
+        "--embedder",
+        &embedder,
+    ]);
+    let err = error_of(&args);
+    assert!(err.contains("embedder"), "{err}");
+    assert!(!out.join("results.json").exists());
+
+    // semla segment: a mask and an overlay per image, and the adapters used.
+    let image = dir.path().join("fog.png");
+    let sample = semla_data::synthetic::SyntheticWorld::generate_named(
+        "fog",
+        semla_data::synthetic::Split::Test,
+        0,
+        64,
+        48,
+    )
+    .unwrap();
+    sample.image.save(&image).unwrap();
+    let seg_out = dir.path().join("segment");
+    let segmented = ok_json(&[
+        "segment",
+        "--model",
+        m,
+        "--library",
+        lib,
+        "--top-k",
+        "2",
+        "--out",
+        seg_out.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    let first = &segmented["images"][0];
+    assert_eq!(first["adapters"].as_array().unwrap().len(), 2);
+    let mask = semla_data::labels::read_rgb(Path::new(first["mask"].as_str().unwrap())).unwrap();
+    assert_eq!((mask.width(), mask.height()), (64, 48));
+    assert!(Path::new(first["overlay"].as_str().unwrap()).is_file());
+}
