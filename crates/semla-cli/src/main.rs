@@ -29,6 +29,8 @@ enum Command {
     Adapter(commands::adapter::AdapterArgs),
     /// The ImageNet-pretrained EfficientNet-Lite0: classify images; segmenter speed.
     Backbone(commands::backbone::BackboneArgs),
+    /// Benchmarks: SemLA on CamVid domain shifts; per-image and library-scale speed.
+    Bench(commands::bench::BenchArgs),
     /// CLIP: tokenizer, image and text features of a Hugging Face CLIPModel folder.
     Clip(commands::clip::ClipArgs),
     /// Domains and label maps: statistics, coloured views.
@@ -60,6 +62,7 @@ fn main() -> std::process::ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Adapter(args) => commands::adapter::run(args, &ctx),
         Command::Backbone(args) => commands::backbone::run(args, &ctx),
+        Command::Bench(args) => commands::bench::run(args, &ctx),
         Command::Clip(args) => commands::clip::run(args, &ctx),
         Command::Data(args) => commands::data::run(args, &ctx),
         Command::Demo(args) => commands::demo::run(args, &ctx),

@@ -16,6 +16,7 @@
 //! - [`report`]: the self-contained HTML report (bar chart, sample images).
 //! - [`progress`]: progress reporting hooks for the binary's bars.
 
+pub mod bench;
 pub mod demo;
 pub mod embedder;
 pub mod error;

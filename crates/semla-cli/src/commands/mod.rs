@@ -5,6 +5,7 @@ pub mod adapter;
 pub mod adapter_tools;
 pub mod adapter_train;
 pub mod backbone;
+pub mod bench;
 pub mod clip;
 pub mod data;
 pub mod demo;

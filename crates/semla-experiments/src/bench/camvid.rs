@@ -1,0 +1,514 @@
+//! `semla bench camvid`: SemLA on real CamVid domain shifts.
+//!
+//! 1. Domains: the dusk sequence (`camvid-dusk`, its last 20 train frames held out) and
+//!    ImageNet-C style corruptions of the daytime frames (`camvid-fog3`, ...), all
+//!    generated on the fly from any CamVid root (see `semla_data::domains::corrupted`).
+//! 2. A base segmenter (EfficientNet-Lite0 from ImageNet weights + LR-ASPP) trained on
+//!    the clear daytime train frames (`camvid-day`).
+//! 3. One LoRA adapter per domain on its train frames; backbone-embedder prototypes.
+//! 4. Zero-shot, uniform, SemLA (weight and late fusion) and oracle, leave-one-out,
+//!    on the held-out frames of every domain; a Table-1 style summary.
+//!
+//! Resumable: a model in `OUT/model` and adapters already in `OUT/library` are reused;
+//! an interrupted base or adapter training resumes from its checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use semla_adapters::AdapterLibrary;
+use semla_data::domains::{Split, resolve_domain};
+use semla_metrics::Definition;
+use semla_models::efficientnet::{EfficientLiteSegConfig, pretrained_varmap};
+use semla_models::segmenter::{SegmenterConfig, load_segmenter, save_segmenter};
+use semla_retrieval::RetrievalParams;
+use semla_train::augment::AugmentConfig;
+use semla_train::data::{DomainSource, InMemorySource, Sample, SampleSource};
+use semla_train::lora::{LoraSettings, LoraTrainee};
+use semla_train::runs::{build_trainable, train_adapter, train_base};
+use semla_train::trainer::{Session, TrainConfig};
+use serde::Serialize;
+
+use super::table::{assemble, render_markdown, summarise};
+use crate::embedder::Embedder;
+use crate::error::{ExperimentError, Result, write_atomic};
+use crate::progress::Progress;
+use crate::prototypes::{EmbedOptions, record_prototypes, source_prototype};
+use crate::run::{
+    ExperimentKind, ExperimentSettings, Fusion, SourceLibrary, Target, run_experiment,
+};
+use crate::table::ResultsTable;
+
+/// The source (clear daytime) domain the base model is trained on.
+pub const SOURCE_DOMAIN: &str = "camvid-day";
+
+/// The default target domains: the real dusk sequence and seven corruptions at
+/// severity 3.
+pub fn default_domains() -> Vec<String> {
+    [
+        "camvid-dusk",
+        "camvid-fog3",
+        "camvid-rain3",
+        "camvid-snow3",
+        "camvid-night3",
+        "camvid-contrast3",
+        "camvid-motion_blur3",
+        "camvid-gaussian_noise3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Everything that sets the size of the benchmark.
+#[derive(Clone, Debug, Serialize)]
+pub struct CamVidBenchConfig {
+    /// The CamVid dataset root (the folder holding `camvid/`).
+    pub data_root: PathBuf,
+    /// The ImageNet EfficientNet-Lite0 `.pth` the backbone starts from.
+    pub weights: PathBuf,
+    /// Target domains (each gets an adapter).
+    pub domains: Vec<String>,
+    /// Split evaluated (`val`: CamVid val for corruptions, the held-out dusk frames).
+    pub eval_split: Split,
+    /// Input size `(height, width)`; every image is resized to it.
+    pub image_size: (usize, usize),
+    /// Base training steps.
+    pub base_steps: usize,
+    /// Base learning rate (AdamW, warmup-cosine).
+    pub base_lr: f64,
+    /// Adapter training steps per domain.
+    pub adapter_steps: usize,
+    /// Adapter learning rate.
+    pub adapter_lr: f64,
+    /// Images per training step.
+    pub batch_size: usize,
+    /// Training images per domain at most (evenly spaced over the split); `None`: all.
+    pub train_images: Option<usize>,
+    /// Evaluation images per domain at most (evenly spaced); `None`: all.
+    pub eval_images: Option<usize>,
+    /// LoRA rank.
+    pub rank: usize,
+    /// LoRA alpha.
+    pub alpha: f64,
+    /// SemLA's retrieval settings.
+    pub retrieval: RetrievalParams,
+    /// Seed of everything.
+    pub seed: u64,
+}
+
+impl CamVidBenchConfig {
+    /// The defaults (sized for ~20 minutes on 2 cores in a release build).
+    pub fn new(data_root: PathBuf, weights: PathBuf) -> Self {
+        Self {
+            data_root,
+            weights,
+            domains: default_domains(),
+            eval_split: Split::Val,
+            image_size: (192, 256),
+            base_steps: 300,
+            base_lr: 2e-3,
+            adapter_steps: 120,
+            adapter_lr: 3e-3,
+            batch_size: 4,
+            train_images: Some(96),
+            eval_images: None,
+            rank: 8,
+            alpha: 16.0,
+            retrieval: RetrievalParams {
+                top_k: 3,
+                temperature: 0.05,
+                ..RetrievalParams::default()
+            },
+            seed: 7,
+        }
+    }
+}
+
+/// What the benchmark produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct CamVidBenchOutcome {
+    /// Methods x domains.
+    pub table: ResultsTable,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Seconds per phase.
+    pub phases: Vec<(String, f64)>,
+    /// Which parts were reused from an earlier run.
+    pub reused: Vec<String>,
+}
+
+/// `count` indices spread evenly over `0..len` (all when `count >= len`).
+pub fn evenly_spaced(len: usize, count: Option<usize>) -> Vec<usize> {
+    match count {
+        Some(n) if n < len => (0..n).map(|i| i * len / n).collect(),
+        _ => (0..len).collect(),
+    }
+}
+
+/// Loads the chosen samples of `domain` / `split` (resized to `size`) into memory, on
+/// two threads: corruptions are applied once per image, not once per training step.
+pub fn load_domain(
+    data_root: &Path,
+    domain: &str,
+    split: Split,
+    size: (usize, usize),
+    count: Option<usize>,
+    progress: &mut dyn Progress,
+) -> Result<InMemorySource> {
+    let resolved = resolve_domain(domain, data_root)?;
+    let source = DomainSource::new(resolved, split, Some(size))?;
+    let indices = evenly_spaced(source.len(), count);
+    progress.begin(
+        &format!("loading {domain} ({split}, {} images)", indices.len()),
+        indices.len() as u64,
+    );
+    let threads = 2usize;
+    let chunks: Vec<Vec<usize>> = (0..threads)
+        .map(|t| indices.iter().copied().skip(t).step_by(threads).collect())
+        .collect();
+    let loaded: Vec<Result<Vec<(usize, Sample)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .map(|chunk| {
+                let source = &source;
+                scope.spawn(move || -> Result<Vec<(usize, Sample)>> {
+                    chunk.iter().map(|&i| Ok((i, source.sample(i)?))).collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(ExperimentError::Invalid(
+                        "an image loader thread panicked".into(),
+                    ))
+                })
+            })
+            .collect()
+    });
+    let mut samples: Vec<(usize, Sample)> = Vec::with_capacity(indices.len());
+    for part in loaded {
+        samples.extend(part?);
+    }
+    samples.sort_by_key(|(i, _)| *i);
+    progress.set(indices.len() as u64);
+    progress.end();
+    Ok(InMemorySource::new(
+        samples.into_iter().map(|(_, s)| s).collect(),
+        source.num_classes(),
+        source.ignore_label(),
+    ))
+}
+
+fn train_config(steps: usize, batch: usize, lr: f64, seed: u64) -> TrainConfig {
+    let mut config = TrainConfig::new(steps, batch, lr);
+    config.seed = seed;
+    config.augment = AugmentConfig {
+        min_scale: 1.0,
+        max_scale: 1.0,
+        flip_probability: 0.5,
+        crop: None,
+    };
+    config.checkpoint_every = Some(50);
+    config
+}
+
+/// The methods run, as (kind, fusion).
+pub const RUNS: [(ExperimentKind, Fusion); 5] = [
+    (ExperimentKind::ZeroShot, Fusion::Weights),
+    (ExperimentKind::Uniform, Fusion::Weights),
+    (ExperimentKind::Semla, Fusion::Outputs),
+    (ExperimentKind::Semla, Fusion::Weights),
+    (ExperimentKind::Oracle, Fusion::Weights),
+];
+
+/// Runs the benchmark into `out_dir`.
+pub fn run_camvid_bench(
+    config: &CamVidBenchConfig,
+    out_dir: &Path,
+    progress: &mut dyn Progress,
+) -> Result<CamVidBenchOutcome> {
+    let started = Instant::now();
+    let mut phases: Vec<(String, f64)> = Vec::new();
+    let mut reused = Vec::new();
+    let mut phase_start = Instant::now();
+    let mut phase = |name: &str, phase_start: &mut Instant| {
+        phases.push((name.to_string(), phase_start.elapsed().as_secs_f64()));
+        *phase_start = Instant::now();
+    };
+    let device = Device::Cpu;
+    if config.domains.len() < 2 {
+        return Err(ExperimentError::Invalid(
+            "the benchmark needs at least two target domains".into(),
+        ));
+    }
+    if let Some(bad) = config.domains.iter().find(|d| d.contains(['/', '\\'])) {
+        return Err(ExperimentError::Invalid(format!(
+            "domain `{bad}` contains `/`: name the domains as adapters can be named (camvid-fog3, not camvid/fog3)"
+        )));
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| ExperimentError::io(out_dir, e))?;
+    let size = config.image_size;
+
+    // 1. The base model on clear daytime frames.
+    let model_dir = out_dir.join("model");
+    if model_dir.join("config.json").is_file() && model_dir.join("model.safetensors").is_file() {
+        reused.push("model".to_string());
+        progress.note(&format!(
+            "reusing the base model in {}",
+            model_dir.display()
+        ));
+    } else {
+        let source = load_domain(
+            &config.data_root,
+            SOURCE_DOMAIN,
+            Split::Train,
+            size,
+            None,
+            progress,
+        )?;
+        let classes = resolve_domain(SOURCE_DOMAIN, &config.data_root)?.classes;
+        let mut model_config = EfficientLiteSegConfig::new(classes.len());
+        model_config.class_names = classes;
+        let model_config = SegmenterConfig::EfficientLite0(model_config);
+        let pretrained = pretrained_varmap(&config.weights, &device).map_err(|e| {
+            ExperimentError::Invalid(format!(
+                "loading the ImageNet weights {}: {e}",
+                config.weights.display()
+            ))
+        })?;
+        let (model, varmap) =
+            build_trainable(&model_config, Some(pretrained), config.seed, &device)?;
+        let train = train_config(
+            config.base_steps,
+            config.batch_size,
+            config.base_lr,
+            config.seed,
+        );
+        let checkpoint = out_dir.join("checkpoints").join("model");
+        progress.begin(
+            &format!("training the base model on {SOURCE_DOMAIN}"),
+            config.base_steps as u64,
+        );
+        train_base(
+            model.as_ref(),
+            &varmap,
+            &device,
+            &source,
+            &train,
+            &Session {
+                checkpoint_dir: Some(&checkpoint),
+                resume: true,
+                stop_at: None,
+            },
+            &mut |p| {
+                progress.set(p.step as u64);
+                progress.message(&format!("loss {:.3}", p.loss));
+            },
+        )?;
+        progress.end();
+        save_segmenter(model.as_ref(), &model_dir)?;
+    }
+    let base = load_segmenter(&model_dir, &device)?;
+    phase("base", &mut phase_start);
+
+    // 2. One adapter per domain (prototypes from the same training images).
+    let library_dir = out_dir.join("library");
+    std::fs::create_dir_all(&library_dir).map_err(|e| ExperimentError::io(&library_dir, e))?;
+    let embedder = Embedder::backbone(base.as_ref())?;
+    let settings = LoraSettings {
+        rank: config.rank,
+        alpha: config.alpha,
+        targets: Vec::new(),
+        use_rslora: false,
+    };
+    let mut prototypes = Vec::new();
+    for (i, name) in config.domains.iter().enumerate() {
+        let library = AdapterLibrary::open(&library_dir)?;
+        let have_adapter = library.names().contains(&name.as_str());
+        let have_prototype = have_adapter
+            && library
+                .entry(name)
+                .map(|e| e.has_prototype())
+                .unwrap_or(false);
+        if have_adapter && have_prototype {
+            reused.push(format!("adapter {name}"));
+            prototypes.push((name.clone(), library.prototype(name)?, 0));
+            continue;
+        }
+        let train_set = load_domain(
+            &config.data_root,
+            name,
+            Split::Train,
+            size,
+            config.train_images,
+            progress,
+        )?;
+        if !have_adapter {
+            let seed = config.seed.wrapping_add(1000 + i as u64);
+            let lora = LoraTrainee::new(&base.sites(), &settings, seed, &device)?;
+            let train = train_config(
+                config.adapter_steps,
+                config.batch_size,
+                config.adapter_lr,
+                seed,
+            );
+            let checkpoint = out_dir.join("checkpoints").join(name);
+            progress.begin(
+                &format!("training adapter {name}"),
+                config.adapter_steps as u64,
+            );
+            train_adapter(
+                base.as_ref(),
+                &lora,
+                &device,
+                &train_set,
+                &train,
+                &Session {
+                    checkpoint_dir: Some(&checkpoint),
+                    resume: true,
+                    stop_at: None,
+                },
+                &mut |p| {
+                    progress.set(p.step as u64);
+                    progress.message(&format!("loss {:.3}", p.loss));
+                },
+            )?;
+            progress.end();
+            let mut library = AdapterLibrary::open(&library_dir)?;
+            library.add(&lora.to_adapter(name)?, None)?;
+        } else {
+            reused.push(format!("adapter {name} (prototype recomputed)"));
+        }
+        let (prototype, count) = source_prototype(
+            &embedder,
+            &train_set,
+            &EmbedOptions {
+                batch_size: 8,
+                ..EmbedOptions::default()
+            },
+            name,
+            &device,
+            progress,
+        )?;
+        prototypes.push((name.clone(), prototype, count));
+        // Record after every domain, so that an interrupted run keeps what it has.
+        record_prototypes(&library_dir, &prototypes, &embedder, "backbone")?;
+    }
+    record_prototypes(&library_dir, &prototypes, &embedder, "backbone")?;
+    phase("adapters and prototypes", &mut phase_start);
+
+    // 3. The held-out frames of every domain.
+    let mut eval_sets = Vec::new();
+    for name in &config.domains {
+        eval_sets.push(load_domain(
+            &config.data_root,
+            name,
+            config.eval_split,
+            size,
+            config.eval_images,
+            progress,
+        )?);
+    }
+    phase("loading evaluation frames", &mut phase_start);
+
+    // 4. The experiments, leave-one-out.
+    let class_names = resolve_domain(SOURCE_DOMAIN, &config.data_root)?.classes;
+    let sources = SourceLibrary::open(&library_dir, &config.domains, true)?;
+    let targets: Vec<Target<'_>> = config
+        .domains
+        .iter()
+        .zip(&eval_sets)
+        .map(|(name, source)| Target {
+            name: name.clone(),
+            source: source as &dyn SampleSource,
+            definition: Definition::Detectron2,
+            class_names: class_names.clone(),
+        })
+        .collect();
+    let mut results = Vec::new();
+    for (kind, fusion) in RUNS {
+        let settings = ExperimentSettings {
+            fusion,
+            params: config.retrieval,
+            remove_target_adapter: true,
+            batch_size: 8,
+            ..ExperimentSettings::new(kind)
+        };
+        let method = settings.method_name();
+        let output = run_experiment(
+            base.as_ref(),
+            &sources,
+            Some(&embedder),
+            &targets,
+            &settings,
+            &device,
+            progress,
+        )?;
+        output.write(
+            &out_dir
+                .join("experiments")
+                .join(config.eval_split.as_str())
+                .join(&method),
+            &settings,
+        )?;
+        results.push((method, output.results.clone()));
+    }
+    phase("experiments", &mut phase_start);
+
+    let table = assemble(&config.domains, &results);
+    write_atomic(
+        &out_dir.join(format!("table-{}.md", config.eval_split)),
+        render_markdown(&table).as_bytes(),
+    )?;
+    let seconds = started.elapsed().as_secs_f64();
+    let summary = serde_json::json!({
+        "config": config,
+        "table": table,
+        "summary": summarise(&table),
+        "seconds": seconds,
+        "phases": phases,
+        "reused": reused,
+        "load_average_at_end": super::load_average(),
+    });
+    write_atomic(
+        &out_dir.join(format!("summary-{}.json", config.eval_split)),
+        serde_json::to_string_pretty(&summary)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    Ok(CamVidBenchOutcome {
+        table,
+        seconds,
+        phases,
+        reused,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evenly_spaced_indices() {
+        assert_eq!(evenly_spaced(10, Some(5)), vec![0, 2, 4, 6, 8]);
+        assert_eq!(evenly_spaced(3, Some(5)), vec![0, 1, 2]);
+        assert_eq!(evenly_spaced(4, None), vec![0, 1, 2, 3]);
+        assert_eq!(evenly_spaced(7, Some(3)), vec![0, 2, 4]);
+    }
+
+    #[test]
+    fn default_domains_resolve_and_can_name_adapters() {
+        let domains = default_domains();
+        assert!(domains.len() >= 8);
+        for name in &domains {
+            assert!(!name.contains('/'));
+            assert!(
+                semla_data::domains::corrupted::parse_name(name).is_some(),
+                "{name}"
+            );
+        }
+    }
+}
