@@ -135,6 +135,45 @@ fn embedded_prototypes_are_official_npz_and_retrieve_agrees() {
         assert_eq!(first["weight"].as_f64(), Some(1.0));
     }
 
+    // A query image embedded by the same backbone is accepted (a night scene
+    // retrieves the night adapter first); another backbone is refused.
+    let night = dir.path().join("night.png");
+    semla_data::synthetic::SyntheticWorld::generate_named(
+        "night",
+        semla_data::synthetic::Split::Test,
+        0,
+        64,
+        48,
+    )
+    .unwrap()
+    .image
+    .save(&night)
+    .unwrap();
+    let same = format!("backbone:{}", model.display());
+    let retrieved = ok_json(&[
+        "library",
+        "retrieve",
+        "--library",
+        library.to_str().unwrap(),
+        "--image",
+        night.to_str().unwrap(),
+        "--embedder",
+        &same,
+    ]);
+    assert_eq!(retrieved["selections"][0]["name"], "synthetic-night");
+    let other = write_model(dir.path(), "other", 5);
+    let err = error_of(&[
+        "library",
+        "retrieve",
+        "--library",
+        library.to_str().unwrap(),
+        "--image",
+        night.to_str().unwrap(),
+        "--embedder",
+        &format!("backbone:{}", other.display()),
+    ]);
+    assert!(err.contains("embedder"), "{err}");
+
     // The prototype is the mean of the backbone embeddings of the first 4
     // training images at 48x64, as the library API computes it.
     let domain = semla_data::domains::resolve_domain("synthetic-night", Path::new("")).unwrap();

@@ -204,6 +204,23 @@ impl<'m> Embedder<'m> {
     }
 }
 
+/// The identity ([`Embedder::id`]) of the embedder a spec names, without
+/// keeping it: `clip:DIR` from the folder's fingerprint, `backbone:DIR` from
+/// the model's weights (`backbone` alone names no model: `None`).
+pub fn spec_id(spec: &EmbedderSpec, device: &Device) -> Result<Option<String>> {
+    Ok(match spec {
+        EmbedderSpec::Clip(dir) => Some(format!("clip:{:016x}", folder_fingerprint(dir)?)),
+        EmbedderSpec::Backbone(Some(dir)) => {
+            let model = semla_models::segmenter::load_segmenter(dir, device)?;
+            Some(format!(
+                "backbone:{:016x}",
+                model_fingerprint(model.as_ref())?
+            ))
+        }
+        EmbedderSpec::Backbone(None) => None,
+    })
+}
+
 /// Samples `[3, H, W]` in `[0, 1]` as one normalised batch `[N, 3, H, W]`.
 /// Every sample must have the size of the first.
 pub fn normalized_batch(

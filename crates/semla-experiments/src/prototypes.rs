@@ -125,6 +125,38 @@ pub fn check_library_embedder(
     }
 }
 
+/// Checks a query against a library's record when only the embedder's
+/// identity is known (`embedder_id`, `None` for a precomputed embedding whose
+/// origin is unknown: then only the dimension is checked).
+pub fn check_query_identity(
+    root: &Path,
+    embedder_id: Option<&str>,
+    dimension: usize,
+) -> Result<()> {
+    let Some(record) = LibraryRecord::read(root)? else {
+        return Ok(());
+    };
+    if let Some(id) = embedder_id
+        && id != record.embedder_id
+    {
+        return Err(ExperimentError::Invalid(format!(
+            "the prototypes of {} were made by the embedder {} ({}), but the query is embedded by {id}",
+            root.display(),
+            record.embedder_id,
+            record.embedder_spec
+        )));
+    }
+    if record.dimension != dimension {
+        return Err(ExperimentError::Invalid(format!(
+            "the prototypes of {} have dimension {} ({}), but the query embedding has dimension {dimension}",
+            root.display(),
+            record.dimension,
+            record.embedder_spec
+        )));
+    }
+    Ok(())
+}
+
 /// The prototypes of `names` (in that order) from a library.
 pub fn load_prototypes(library: &AdapterLibrary, names: &[String]) -> Result<PrototypeSet> {
     let mut prototypes = Vec::with_capacity(names.len());

@@ -109,6 +109,21 @@ pub fn run(args: RetrieveArgs, ctx: &Context) -> anyhow::Result<()> {
         (None, Some(image), Some(embedder)) => (image.clone(), embedder.embed(image)?),
         _ => bail!("give --embedding FILE, or --image FILE with --embedder KIND:DIR"),
     };
+    // The library's record (written by `semla library embed`) names the
+    // embedder of its prototypes: a query from another one is refused.
+    let embedder_id = match &args.embedder {
+        Some(e) => {
+            let spec: semla_experiments::embedder::EmbedderSpec =
+                e.to_string().parse().map_err(anyhow::Error::msg)?;
+            semla_experiments::embedder::spec_id(&spec, &Device::Cpu)?
+        }
+        None => None,
+    };
+    semla_experiments::prototypes::check_query_identity(
+        &args.library,
+        embedder_id.as_deref(),
+        query.len(),
+    )?;
     let prototypes = load_prototypes(&args.library, args.sources.as_deref())?;
     let exclude: Vec<&str> = args.exclude.iter().map(String::as_str).collect();
     let candidates = prototypes.candidates(&exclude)?.len();
