@@ -3,13 +3,19 @@
 //! [`semla_experiments::bench`]; this module parses, reports and logs.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use anyhow::Context as _;
 use semla_data::domains::Split;
-use semla_experiments::bench::camvid::{CamVidBenchConfig, run_camvid_bench};
+use semla_experiments::bench::camvid::{CamVidBenchConfig, camvid_chart, run_camvid_bench};
+use semla_experiments::bench::load_average;
+use semla_experiments::bench::speed::{
+    ReferenceTiming, SpeedConfig, Timing, library_scale, speed_charts, time_clip, time_segmenter,
+};
 use semla_experiments::bench::table::{render_markdown, summarise};
 use semla_experiments::progress::Progress;
+use semla_experiments::table::ResultsTable;
 use semla_retrieval::SimilarityMeasure;
 
 use super::Context;
@@ -29,6 +35,57 @@ pub enum BenchCommand {
     /// SemLA on CamVid: dusk + corrupted daytime domains, base model, one adapter
     /// per domain, zero-shot / uniform / SemLA / late fusion / oracle, leave-one-out.
     Camvid(CamvidArgs),
+    /// Per-image latency (plain, SemLA, merge per image) for CLIP ViT-B/16 and the
+    /// CamVid segmenter; open/retrieval time and memory of a 10,000-adapter library.
+    Speed(SpeedArgs),
+    /// Bar charts (PNG) of a `bench camvid` summary and/or a `bench speed` result.
+    Chart(ChartArgs),
+}
+
+/// Arguments of `semla bench speed`.
+#[derive(clap::Args, Debug)]
+pub struct SpeedArgs {
+    /// Output folder (`speed.json`, charts; the generated library unless --library-dir).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Timed runs per path (median reported, after 2 warm-ups).
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Segmenter input HEIGHTxWIDTH.
+    #[arg(long, default_value = "360x480", value_parser = parse_size, value_name = "HxW")]
+    pub segmenter_size: (usize, usize),
+    /// Adapters in the library-scale benchmark (0: skip it).
+    #[arg(long, default_value_t = 10_000)]
+    pub library_adapters: usize,
+    /// Where the generated library goes (reused when it exists; default OUT/library).
+    #[arg(long, value_name = "DIR")]
+    pub library_dir: Option<PathBuf>,
+    /// JSON timings of `tools/reference/semla_speed.py`, charted next to ours.
+    #[arg(long, value_name = "FILE")]
+    pub reference: Option<PathBuf>,
+    /// Skip CLIP ViT-B/16.
+    #[arg(long)]
+    pub skip_clip: bool,
+    /// Skip the segmenter.
+    #[arg(long)]
+    pub skip_segmenter: bool,
+}
+
+/// Arguments of `semla bench chart`.
+#[derive(clap::Args, Debug)]
+pub struct ChartArgs {
+    /// A `summary-<split>.json` written by `semla bench camvid`.
+    #[arg(long, value_name = "FILE")]
+    pub camvid: Option<PathBuf>,
+    /// A `speed.json` written by `semla bench speed`.
+    #[arg(long, value_name = "FILE")]
+    pub speed: Option<PathBuf>,
+    /// JSON timings of `tools/reference/semla_speed.py`, charted next to ours.
+    #[arg(long, value_name = "FILE")]
+    pub reference: Option<PathBuf>,
+    /// Output folder for `bench_*.png`.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 /// Arguments of `semla bench camvid`.
@@ -96,7 +153,194 @@ pub struct CamvidArgs {
 pub fn run(args: BenchArgs, ctx: &Context) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Camvid(args) => run_camvid(args, ctx),
+        BenchCommand::Speed(args) => run_speed(args, ctx),
+        BenchCommand::Chart(args) => run_chart(args, ctx),
     }
+}
+
+fn read_reference(path: Option<&PathBuf>) -> anyhow::Result<Vec<ReferenceTiming>> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the reference timings {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let timings = value.get("timings").cloned().unwrap_or(value);
+    serde_json::from_value(timings).with_context(|| {
+        format!(
+            "{}: expected a list of {{model, path, median_s}} (or {{\"timings\": [...]}})",
+            path.display()
+        )
+    })
+}
+
+fn write_speed_charts(
+    timings: &[Timing],
+    reference: &[ReferenceTiming],
+    out: &Path,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    for (model, chart) in speed_charts(timings, reference) {
+        let short = if model.starts_with("clip") {
+            "clip"
+        } else {
+            "segmenter"
+        };
+        let path = out.join(format!("bench_speed_{short}.png"));
+        chart.write_png(&path)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+fn run_speed(args: SpeedArgs, ctx: &Context) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let config = SpeedConfig {
+        runs: args.runs.max(1),
+        segmenter_size: args.segmenter_size,
+        library_adapters: args.library_adapters,
+        clip: !args.skip_clip,
+        segmenter: !args.skip_segmenter,
+        ..SpeedConfig::default()
+    };
+    let mut log = LogProgress::default();
+    let load_at_start = load_average();
+    let mut timings = Vec::new();
+    if config.clip {
+        timings.extend(time_clip(&config, &mut log)?);
+    }
+    if config.segmenter {
+        timings.extend(time_segmenter(&config, &mut log)?);
+    }
+    let library = if config.library_adapters > 0 {
+        let dir = args
+            .library_dir
+            .clone()
+            .unwrap_or_else(|| args.out.join("library"));
+        Some(library_scale(
+            &dir,
+            config.library_adapters,
+            512,
+            50,
+            &mut log,
+        )?)
+    } else {
+        None
+    };
+    let reference = read_reference(args.reference.as_ref())?;
+    let charts = write_speed_charts(&timings, &reference, &args.out)?;
+    let threads = std::env::var("RAYON_NUM_THREADS").ok();
+    let result = serde_json::json!({
+        "config": config,
+        "rayon_num_threads": threads,
+        "available_parallelism": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "load_average_at_start": load_at_start,
+        "timings": timings,
+        "library": library,
+        "reference": reference,
+    });
+    let path = args.out.join("speed.json");
+    let tmp = args.out.join(".speed.json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&result)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    if ctx.json {
+        return ctx.print_json(&result);
+    }
+    println!(
+        "{:<34} {:<22} {:>10} {:>10} {:>8} {:>6}",
+        "model", "path", "median ms", "min ms", "x plain", "load"
+    );
+    for t in &timings {
+        println!(
+            "{:<34} {:<22} {:>10.1} {:>10.1} {:>8.2} {:>6}",
+            t.model,
+            t.path,
+            1e3 * t.median_s,
+            1e3 * t.min_s,
+            t.vs_plain,
+            t.load_average
+                .map(|l| format!("{l:.2}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(l) = &library {
+        println!(
+            "library of {} adapters: open {:.3} s, prototypes {:.3} s, retrieval {:.3} ms/query, load top-3 {:.2} ms, VmRSS {} -> {} MiB (load {})",
+            l.adapters,
+            l.open_s,
+            l.prototypes_s,
+            1e3 * l.retrieval_median_s,
+            1e3 * l.load_top_k_median_s,
+            l.rss_before
+                .map(|b| format!("{:.1}", b as f64 / 1048576.0))
+                .unwrap_or_default(),
+            l.rss_after
+                .map(|b| format!("{:.1}", b as f64 / 1048576.0))
+                .unwrap_or_default(),
+            l.load_average
+                .map(|l| format!("{l:.2}"))
+                .unwrap_or_default()
+        );
+    }
+    for c in charts {
+        println!("chart: {}", c.display());
+    }
+    println!("results in {}", path.display());
+    Ok(())
+}
+
+fn run_chart(args: ChartArgs, ctx: &Context) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut written = Vec::new();
+    if let Some(path) = &args.camvid {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let table: ResultsTable = serde_json::from_value(
+            value
+                .get("table")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
+        )
+        .with_context(|| format!("{} has no results table", path.display()))?;
+        let split = value
+            .pointer("/config/eval_split")
+            .and_then(|s| s.as_str())
+            .unwrap_or("held-out");
+        let out = args.out.join("bench_camvid.png");
+        camvid_chart(&table, split).write_png(&out)?;
+        written.push(out);
+    }
+    if let Some(path) = &args.speed {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let timings: Vec<Timing> = serde_json::from_value(
+            value
+                .get("timings")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
+        )
+        .with_context(|| format!("{} has no timings", path.display()))?;
+        let reference = read_reference(args.reference.as_ref())?;
+        written.extend(write_speed_charts(&timings, &reference, &args.out)?);
+    }
+    if written.is_empty() {
+        anyhow::bail!("nothing to chart: pass --camvid and/or --speed");
+    }
+    if ctx.json {
+        return ctx.print_json(&serde_json::json!({ "charts": written }));
+    }
+    for path in written {
+        println!("chart: {}", path.display());
+    }
+    Ok(())
 }
 
 fn run_camvid(args: CamvidArgs, ctx: &Context) -> anyhow::Result<()> {

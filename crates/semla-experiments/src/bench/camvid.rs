@@ -487,6 +487,28 @@ pub fn run_camvid_bench(
     })
 }
 
+/// The benchmark's bar chart: one group per domain plus the h-mean, one bar per method.
+pub fn camvid_chart(table: &ResultsTable, split: &str) -> super::chart::BarChart {
+    let mut groups = table.domains.clone();
+    groups.push("h-mean".into());
+    let series = table
+        .rows
+        .iter()
+        .map(|row| {
+            let mut values = row.miou_percent.clone();
+            values.push(table.h_mean(&row.method));
+            (row.method.clone(), values)
+        })
+        .collect();
+    super::chart::BarChart {
+        title: format!("SemLA on CamVid domain shifts ({split} frames, leave-one-out)"),
+        unit: "mIoU %".into(),
+        groups,
+        series,
+        decimals: 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,8 @@
 //! charts they are reported with ([`table`], [`chart`]).
 
 pub mod camvid;
+pub mod chart;
+pub mod speed;
 pub mod table;
 
 /// The 1-minute load average of the machine (`/proc/loadavg`), if readable: timings on a

@@ -1,0 +1,667 @@
+//! `semla bench speed`: what SemLA costs per image, and at library scale.
+//!
+//! Per image (batch 1), for CLIP ViT-B/16 at 224 px (random weights; 5 rank-8 LoRA
+//! adapters on `q_proj`, `v_proj`, `fc1`, `fc2` of every vision layer) and for the CamVid
+//! segmenter (EfficientNet-Lite0 + LR-ASPP; 5 rank-8 adapters on every site):
+//!
+//! - `plain`: the base model's forward;
+//! - `semla`: the full SemLA path — query embedding (a forward of the unadapted
+//!   embedder), retrieval over the prototypes, factored fusion of the top-k adapters
+//!   ([`Adaptation::from_adapters`]) and the adapted forward;
+//! - `semla-given-embedding`: the same without the embedding (what SemLA adds when the
+//!   query embedding is already at hand, e.g. shared with another stage);
+//! - `merge`: the merge-per-image path the official code takes — fused weight updates
+//!   `delta W` per site added to the weights, forward, then removed.
+//!
+//! At library scale: a generated library of small adapters with prototypes; the time to
+//! open it, to read every prototype, the retrieval latency per query, and the resident
+//! memory (`VmRSS`).
+//!
+//! Every timing is the median of repeated runs after warm-ups, with the machine's load
+//! average read next to it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use semla_adapters::apply::delta_weights;
+use semla_adapters::{Adaptation, Adapter, AdapterLibrary, LoraConfig, SiteInfo};
+use semla_models::clip::{ClipConfig, ClipModel};
+use semla_models::efficientnet::EfficientLiteSegConfig;
+use semla_models::segmenter::{SegmenterConfig, random_segmenter};
+use semla_retrieval::{Prototype, PrototypeSet, RetrievalParams};
+use serde::Serialize;
+
+use super::{load_average, resident_bytes};
+use crate::error::{ExperimentError, Result};
+use crate::progress::Progress;
+
+/// One timed path.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Timing {
+    /// Model (`clip-vit-b16-224`, `efficientnet-lite0-lraspp-HxW`).
+    pub model: String,
+    /// Path (`plain`, `semla`, `semla-given-embedding`, `merge`).
+    pub path: String,
+    /// Median seconds per image.
+    pub median_s: f64,
+    /// Fastest run, seconds.
+    pub min_s: f64,
+    /// Runs timed.
+    pub runs: usize,
+    /// Ratio of the median to the same model's `plain` median.
+    pub vs_plain: f64,
+    /// 1-minute load average when the runs ended.
+    pub load_average: Option<f64>,
+}
+
+/// The library-scale figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct LibraryScale {
+    /// Adapters in the library.
+    pub adapters: usize,
+    /// Prototype dimension.
+    pub dimension: usize,
+    /// Seconds to write the generated library (not a SemLA cost; for reference).
+    pub write_s: f64,
+    /// Seconds for `AdapterLibrary::open` (lists folders, reads configs and headers).
+    pub open_s: f64,
+    /// Seconds to read every prototype into a `PrototypeSet`.
+    pub prototypes_s: f64,
+    /// Median seconds per retrieval (top-k over all prototypes).
+    pub retrieval_median_s: f64,
+    /// Median seconds to load the retrieved top-k adapters' weights.
+    pub load_top_k_median_s: f64,
+    /// `VmRSS` before opening, bytes.
+    pub rss_before: Option<u64>,
+    /// `VmRSS` with the library open and every prototype in memory, bytes.
+    pub rss_after: Option<u64>,
+    /// Load average at the end.
+    pub load_average: Option<f64>,
+}
+
+/// Settings of the speed benchmark.
+#[derive(Clone, Debug, Serialize)]
+pub struct SpeedConfig {
+    /// Timed runs per path.
+    pub runs: usize,
+    /// Segmenter input `(height, width)`.
+    pub segmenter_size: (usize, usize),
+    /// Adapters in the per-image benchmarks.
+    pub adapters: usize,
+    /// LoRA rank.
+    pub rank: usize,
+    /// Adapters fused per image (top-k).
+    pub top_k: usize,
+    /// Adapters in the library-scale benchmark (0: skip it).
+    pub library_adapters: usize,
+    /// Whether to time CLIP ViT-B/16.
+    pub clip: bool,
+    /// Whether to time the segmenter.
+    pub segmenter: bool,
+}
+
+impl Default for SpeedConfig {
+    fn default() -> Self {
+        Self {
+            runs: 10,
+            segmenter_size: (360, 480),
+            adapters: 5,
+            rank: 8,
+            top_k: 3,
+            library_adapters: 10_000,
+            clip: true,
+            segmenter: true,
+        }
+    }
+}
+
+/// Median and minimum of `runs` calls of `f` after 2 warm-ups.
+pub fn time_median(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+    for _ in 0..2 {
+        f()?;
+    }
+    let mut times = Vec::with_capacity(runs.max(1));
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], times[0]))
+}
+
+/// A small deterministic generator (SplitMix64): benchmark weights need no quality
+/// beyond being reproducible and not all equal.
+struct StdRng(u64);
+
+impl StdRng {
+    fn seed_from_u64(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// Uniform in `[-1, 1)`.
+    fn next_signed(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+fn random_values(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| scale * rng.next_signed()).collect()
+}
+
+/// A random LoRA adapter of rank `rank` on `sites` (Linear and Conv2d sites).
+pub fn random_adapter(name: &str, sites: &[SiteInfo], rank: usize, seed: u64) -> Result<Adapter> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut parts = Vec::new();
+    for site in sites {
+        let (a_shape, b_shape) = match site.kind {
+            semla_adapters::SiteKind::Linear => {
+                (vec![rank, site.in_features], vec![site.out_features, rank])
+            }
+            semla_adapters::SiteKind::Conv2d(geometry) => (
+                vec![
+                    rank,
+                    site.in_features,
+                    geometry.kernel_size,
+                    geometry.kernel_size,
+                ],
+                vec![site.out_features, rank, 1, 1],
+            ),
+        };
+        let a = random_values(&mut rng, a_shape.iter().product(), 0.05);
+        let b = random_values(&mut rng, b_shape.iter().product(), 0.05);
+        parts.push((site.path.clone(), (a, a_shape, b, b_shape)));
+    }
+    Ok(Adapter::from_host(
+        name,
+        LoraConfig::new(rank, 2.0 * rank as f64),
+        parts,
+    )?)
+}
+
+/// Random prototypes, one per adapter, and a query near the first one.
+fn prototypes(names: &[String], dim: usize, seed: u64) -> Result<(PrototypeSet, Vec<f32>)> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let list: Vec<Prototype> = names
+        .iter()
+        .map(|n| Prototype::new(n.clone(), random_values(&mut rng, dim, 1.0)))
+        .collect();
+    let query: Vec<f32> = list[0]
+        .embedding
+        .iter()
+        .map(|v| v + 0.1 * rng.next_signed())
+        .collect();
+    Ok((PrototypeSet::new(list)?, query))
+}
+
+/// SemLA's mixture for `query`: the chosen adapters and their weights.
+fn mixture<'a>(
+    set: &PrototypeSet,
+    adapters: &'a [Adapter],
+    query: &[f32],
+    top_k: usize,
+) -> Result<(Vec<&'a Adapter>, Vec<f64>)> {
+    let params = RetrievalParams {
+        top_k,
+        ..RetrievalParams::default()
+    };
+    let chosen = set.retrieve(query, &params, &[])?;
+    let mut picked = Vec::new();
+    let mut weights = Vec::new();
+    for s in chosen {
+        let adapter = adapters
+            .iter()
+            .find(|a| a.name == s.name)
+            .ok_or_else(|| ExperimentError::Invalid(format!("no adapter {}", s.name)))?;
+        picked.push(adapter);
+        weights.push(s.weight);
+    }
+    Ok((picked, weights))
+}
+
+/// Random ViT-B/16 vision tower weights with the checkpoint's names and shapes.
+fn random_vit_b16(cfg: &ClipConfig, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let v = &cfg.vision_config;
+    let d = v.hidden_size;
+    let g = v.grid_size();
+    let mut t = HashMap::new();
+    let mut put = |name: String, shape: &[usize], std: f64| -> Result<()> {
+        t.insert(name, Tensor::randn(0f32, std as f32, shape, device)?);
+        Ok(())
+    };
+    put("vision_model.embeddings.class_embedding".into(), &[d], 0.02)?;
+    put(
+        "vision_model.embeddings.patch_embedding.weight".into(),
+        &[d, 3, v.patch_size, v.patch_size],
+        0.02,
+    )?;
+    put(
+        "vision_model.embeddings.position_embedding.weight".into(),
+        &[g * g + 1, d],
+        0.02,
+    )?;
+    for ln in ["vision_model.pre_layrnorm", "vision_model.post_layernorm"] {
+        put(format!("{ln}.weight"), &[d], 1.0)?;
+        put(format!("{ln}.bias"), &[d], 0.02)?;
+    }
+    for i in 0..v.num_hidden_layers {
+        let p = format!("vision_model.encoder.layers.{i}");
+        for ln in ["layer_norm1", "layer_norm2"] {
+            put(format!("{p}.{ln}.weight"), &[d], 1.0)?;
+            put(format!("{p}.{ln}.bias"), &[d], 0.02)?;
+        }
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            put(format!("{p}.self_attn.{proj}.weight"), &[d, d], 0.02)?;
+            put(format!("{p}.self_attn.{proj}.bias"), &[d], 0.02)?;
+        }
+        put(
+            format!("{p}.mlp.fc1.weight"),
+            &[v.intermediate_size, d],
+            0.02,
+        )?;
+        put(format!("{p}.mlp.fc1.bias"), &[v.intermediate_size], 0.02)?;
+        put(
+            format!("{p}.mlp.fc2.weight"),
+            &[d, v.intermediate_size],
+            0.02,
+        )?;
+        put(format!("{p}.mlp.fc2.bias"), &[d], 0.02)?;
+    }
+    put(
+        "visual_projection.weight".into(),
+        &[cfg.projection_dim, d],
+        0.02,
+    )?;
+    Ok(t)
+}
+
+fn push(out: &mut Vec<Timing>, model: &str, path: &str, (median, min): (f64, f64), runs: usize) {
+    let plain = out
+        .iter()
+        .find(|t| t.model == model && t.path == "plain")
+        .map(|t| t.median_s)
+        .unwrap_or(median);
+    out.push(Timing {
+        model: model.to_string(),
+        path: path.to_string(),
+        median_s: median,
+        min_s: min,
+        runs,
+        vs_plain: median / plain,
+        load_average: load_average(),
+    });
+}
+
+/// Times CLIP ViT-B/16 at 224 px.
+pub fn time_clip(config: &SpeedConfig, progress: &mut dyn Progress) -> Result<Vec<Timing>> {
+    let device = Device::Cpu;
+    let cfg = ClipConfig::vit_b16();
+    let tensors = random_vit_b16(&cfg, &device)?;
+    let model = ClipModel::new(
+        &VarBuilder::from_tensors(tensors.clone(), DType::F32, &device),
+        &cfg,
+    )?;
+    let sites: Vec<SiteInfo> = model
+        .sites()
+        .into_iter()
+        .filter(|s| {
+            let leaf = s.path.rsplit('.').next().unwrap_or("");
+            s.path.starts_with("vision_model.encoder")
+                && ["q_proj", "v_proj", "fc1", "fc2"].contains(&leaf)
+        })
+        .collect();
+    let names: Vec<String> = (0..config.adapters).map(|i| format!("domain{i}")).collect();
+    let adapters: Vec<Adapter> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| random_adapter(n, &sites, config.rank, 100 + i as u64))
+        .collect::<Result<_>>()?;
+    let (set, _) = prototypes(&names, cfg.projection_dim, 1)?;
+    let pixels = Tensor::randn(0f32, 1.0, (1, 3, 224, 224), &device)?;
+    let none = Adaptation::none();
+    let label = "clip-vit-b16-224";
+    let mut out = Vec::new();
+    let runs = config.runs;
+    progress.begin("timing CLIP ViT-B/16 (4 paths)", 4);
+    push(
+        &mut out,
+        label,
+        "plain",
+        time_median(runs, || {
+            model.get_image_features(&pixels, &none)?;
+            Ok(())
+        })?,
+        runs,
+    );
+    progress.set(1);
+    let semla_path = |with_embedding: bool| -> Result<()> {
+        let query: Vec<f32> = if with_embedding {
+            model
+                .get_image_features(&pixels, &none)?
+                .flatten_all()?
+                .to_vec1()?
+        } else {
+            set.prototypes()[0].embedding.clone()
+        };
+        let (picked, weights) = mixture(&set, &adapters, &query, config.top_k)?;
+        let adaptation = Adaptation::from_adapters(&picked, &[weights])?;
+        model.get_image_features(&pixels, &adaptation)?;
+        Ok(())
+    };
+    push(
+        &mut out,
+        label,
+        "semla",
+        time_median(runs, || semla_path(true))?,
+        runs,
+    );
+    progress.set(2);
+    push(
+        &mut out,
+        label,
+        "semla-given-embedding",
+        time_median(runs, || semla_path(false))?,
+        runs,
+    );
+    progress.set(3);
+    // Merge per image: delta W of the mixture added to the base weights (a model built
+    // on the merged tensors: the weights are written, as peft's merge writes them),
+    // forward; the unmerged base stays untouched (peft's delete/unmerge).
+    let query = set.prototypes()[0].embedding.clone();
+    let merged_path = || -> Result<()> {
+        let (picked, weights) = mixture(&set, &adapters, &query, config.top_k)?;
+        let deltas = delta_weights(&picked, &weights)?;
+        let mut merged = tensors.clone();
+        for (path, delta) in deltas {
+            let key = format!("{path}.weight");
+            let base = merged
+                .get(&key)
+                .ok_or_else(|| ExperimentError::Invalid(format!("no weight {key}")))?;
+            let sum = (base + delta)?;
+            merged.insert(key, sum);
+        }
+        let model = ClipModel::new(&VarBuilder::from_tensors(merged, DType::F32, &device), &cfg)?;
+        model.get_image_features(&pixels, &none)?;
+        Ok(())
+    };
+    push(
+        &mut out,
+        label,
+        "merge",
+        time_median(runs, merged_path)?,
+        runs,
+    );
+    progress.set(4);
+    progress.end();
+    Ok(out)
+}
+
+/// Times the EfficientNet-Lite0 + LR-ASPP segmenter (11 classes) at `config.segmenter_size`.
+pub fn time_segmenter(config: &SpeedConfig, progress: &mut dyn Progress) -> Result<Vec<Timing>> {
+    let device = Device::Cpu;
+    let mut seg_config = EfficientLiteSegConfig::new(11);
+    seg_config.class_names = Vec::new();
+    let mut model = random_segmenter(&SegmenterConfig::EfficientLite0(seg_config), &device)?;
+    let sites = model.sites();
+    let names: Vec<String> = (0..config.adapters).map(|i| format!("domain{i}")).collect();
+    let adapters: Vec<Adapter> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| random_adapter(n, &sites, config.rank, 200 + i as u64))
+        .collect::<Result<_>>()?;
+    let (h, w) = config.segmenter_size;
+    let images = Tensor::randn(0f32, 1.0, (1, 3, h, w), &device)?;
+    let dim = model.embed(&images)?.dim(1)?;
+    let (set, _) = prototypes(&names, dim, 2)?;
+    let none = Adaptation::none();
+    let label = format!("efficientnet-lite0-lraspp-{h}x{w}");
+    let mut out = Vec::new();
+    let runs = config.runs;
+    progress.begin(&format!("timing the segmenter at {h}x{w} (4 paths)"), 4);
+    push(
+        &mut out,
+        &label,
+        "plain",
+        time_median(runs, || {
+            model.forward(&images, &none)?;
+            Ok(())
+        })?,
+        runs,
+    );
+    progress.set(1);
+    {
+        let model = model.as_ref();
+        let semla_path = |with_embedding: bool| -> Result<()> {
+            let query: Vec<f32> = if with_embedding {
+                model.embed(&images)?.flatten_all()?.to_vec1()?
+            } else {
+                set.prototypes()[0].embedding.clone()
+            };
+            let (picked, weights) = mixture(&set, &adapters, &query, config.top_k)?;
+            let adaptation = Adaptation::from_adapters(&picked, &[weights])?;
+            model.forward(&images, &adaptation)?;
+            Ok(())
+        };
+        push(
+            &mut out,
+            &label,
+            "semla",
+            time_median(runs, || semla_path(true))?,
+            runs,
+        );
+        progress.set(2);
+        push(
+            &mut out,
+            &label,
+            "semla-given-embedding",
+            time_median(runs, || semla_path(false))?,
+            runs,
+        );
+        progress.set(3);
+    }
+    // Merge per image: add delta W to every site, forward, subtract it again.
+    let query = set.prototypes()[0].embedding.clone();
+    let timing = time_median(runs, || {
+        let (picked, weights) = mixture(&set, &adapters, &query, config.top_k)?;
+        let deltas = delta_weights(&picked, &weights)?;
+        for (path, delta) in &deltas {
+            model.merge_delta(path, delta)?;
+        }
+        model.forward(&images, &none)?;
+        for (path, delta) in &deltas {
+            model.merge_delta(path, &delta.neg()?)?;
+        }
+        Ok(())
+    })?;
+    push(&mut out, &label, "merge", timing, runs);
+    progress.set(4);
+    progress.end();
+    Ok(out)
+}
+
+/// Generates a library of `count` small adapters (one 64x64 rank-4 Linear site each)
+/// with `dim`-dimensional prototypes under `root` (which must not exist or be empty),
+/// then measures opening it, reading its prototypes, and retrieving.
+pub fn library_scale(
+    root: &Path,
+    count: usize,
+    dim: usize,
+    runs: usize,
+    progress: &mut dyn Progress,
+) -> Result<LibraryScale> {
+    std::fs::create_dir_all(root).map_err(|e| ExperimentError::io(root, e))?;
+    let site = SiteInfo {
+        path: "layers.0.proj".into(),
+        kind: semla_adapters::SiteKind::Linear,
+        in_features: 64,
+        out_features: 64,
+    };
+    let started = Instant::now();
+    {
+        let mut library = AdapterLibrary::open(root)?;
+        let existing = library.len();
+        progress.begin(
+            &format!("writing a library of {count} adapters"),
+            count as u64,
+        );
+        let mut rng = StdRng::seed_from_u64(3);
+        for i in existing..count {
+            let name = format!("domain{i:05}");
+            let adapter = random_adapter(&name, std::slice::from_ref(&site), 4, i as u64)?;
+            let prototype = random_values(&mut rng, dim, 1.0);
+            library.add(&adapter, Some(&prototype))?;
+            if i % 100 == 0 {
+                progress.set(i as u64);
+            }
+        }
+        progress.end();
+    }
+    let write_s = started.elapsed().as_secs_f64();
+    let rss_before = resident_bytes();
+    let t = Instant::now();
+    let library = AdapterLibrary::open(root)?;
+    let open_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut list = Vec::with_capacity(library.len());
+    for name in library.names() {
+        list.push(Prototype::new(name, library.prototype(name)?));
+    }
+    let set = PrototypeSet::new(list)?;
+    let prototypes_s = t.elapsed().as_secs_f64();
+    let rss_after = resident_bytes();
+    let mut rng = StdRng::seed_from_u64(4);
+    let query = random_values(&mut rng, dim, 1.0);
+    let params = RetrievalParams {
+        top_k: 3,
+        ..RetrievalParams::default()
+    };
+    let (retrieval_median_s, _) = time_median(runs, || {
+        set.retrieve(&query, &params, &[])?;
+        Ok(())
+    })?;
+    let chosen = set.retrieve(&query, &params, &[])?;
+    let (load_top_k_median_s, _) = time_median(runs, || {
+        for s in &chosen {
+            library.load(&s.name)?;
+        }
+        Ok(())
+    })?;
+    Ok(LibraryScale {
+        adapters: library.len(),
+        dimension: dim,
+        write_s,
+        open_s,
+        prototypes_s,
+        retrieval_median_s,
+        load_top_k_median_s,
+        rss_before,
+        rss_after,
+        load_average: load_average(),
+    })
+}
+
+/// A PyTorch + peft reference timing (from `tools/reference/semla_speed.py`'s JSON).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct ReferenceTiming {
+    /// Model label, as in [`Timing::model`].
+    pub model: String,
+    /// Path, as in [`Timing::path`].
+    pub path: String,
+    /// Median seconds per image.
+    pub median_s: f64,
+}
+
+/// Charts of the per-image timings: milliseconds per path (ours, and PyTorch where a
+/// reference timing is given), one chart per model.
+pub fn speed_charts(
+    timings: &[Timing],
+    reference: &[ReferenceTiming],
+) -> Vec<(String, super::chart::BarChart)> {
+    let mut models: Vec<&str> = timings.iter().map(|t| t.model.as_str()).collect();
+    models.dedup();
+    models
+        .into_iter()
+        .map(|model| {
+            let paths: Vec<String> = timings
+                .iter()
+                .filter(|t| t.model == model)
+                .map(|t| t.path.clone())
+                .collect();
+            let ours: Vec<Option<f64>> = paths
+                .iter()
+                .map(|p| {
+                    timings
+                        .iter()
+                        .find(|t| t.model == model && &t.path == p)
+                        .map(|t| 1e3 * t.median_s)
+                })
+                .collect();
+            let mut series = vec![("semla (candle)".to_string(), ours)];
+            let theirs: Vec<Option<f64>> = paths
+                .iter()
+                .map(|p| {
+                    reference
+                        .iter()
+                        .find(|t| t.model == model && &t.path == p)
+                        .map(|t| 1e3 * t.median_s)
+                })
+                .collect();
+            if theirs.iter().any(Option::is_some) {
+                series.push(("PyTorch + peft".to_string(), theirs));
+            }
+            (
+                model.to_string(),
+                super::chart::BarChart {
+                    title: format!("Per-image latency, {model}, batch 1"),
+                    unit: "milliseconds (median)".into(),
+                    groups: paths,
+                    series,
+                    decimals: 0,
+                },
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_adapters_fit_linear_and_conv_sites() {
+        let device = Device::Cpu;
+        let model = tiny_model(&device);
+        let sites = model.sites();
+        let adapter = random_adapter("a", &sites, 2, 1).unwrap();
+        semla_adapters::apply::check_adapters_fit(&[&adapter], &sites).unwrap();
+        let images = Tensor::zeros((1, 3, 16, 16), DType::F32, &device).unwrap();
+        let adaptation = Adaptation::from_adapters(&[&adapter], &[vec![1.0]]).unwrap();
+        let out = model.forward(&images, &adaptation).unwrap();
+        assert_eq!(out.dims(), &[1, 3, 16, 16]);
+    }
+
+    #[test]
+    fn small_library_scale_run_finds_every_adapter() {
+        let dir = tempfile::tempdir().unwrap();
+        let scale = library_scale(dir.path(), 12, 8, 2, &mut crate::progress::NoProgress).unwrap();
+        assert_eq!(scale.adapters, 12);
+        assert_eq!(scale.dimension, 8);
+        assert!(scale.retrieval_median_s > 0.0);
+    }
+    fn tiny_model(device: &Device) -> Box<dyn semla_models::segmenter::Segmenter> {
+        let config = SegmenterConfig::Tiny(semla_models::tiny::TinySegConfig {
+            num_classes: 3,
+            width: 4,
+            class_names: Vec::new(),
+        });
+        random_segmenter(&config, device).unwrap_or_else(|e| panic!("tiny model: {e}"))
+    }
+}
