@@ -206,6 +206,31 @@ pub fn run_demo(
         ));
     }
     std::fs::create_dir_all(out_dir).map_err(|e| ExperimentError::io(out_dir, e))?;
+    let library_dir = out_dir.join("library");
+    if library_dir.exists() {
+        // Only a library an earlier demo wrote (it has our record) is replaced.
+        let ours = library_dir
+            .join(crate::prototypes::LIBRARY_RECORD_FILE)
+            .is_file()
+            || std::fs::read_dir(&library_dir)
+                .map_err(|e| ExperimentError::io(&library_dir, e))?
+                .all(|e| {
+                    e.is_ok_and(|e| {
+                        e.path().is_dir()
+                            && config
+                                .domains
+                                .iter()
+                                .any(|d| e.file_name().to_str() == Some(d.as_str()))
+                    })
+                });
+        if !ours {
+            return Err(ExperimentError::Invalid(format!(
+                "{} exists and was not written by semla demo; choose another --out",
+                library_dir.display()
+            )));
+        }
+        std::fs::remove_dir_all(&library_dir).map_err(|e| ExperimentError::io(&library_dir, e))?;
+    }
 
     // 1. The world.
     progress.begin("rendering the synthetic world", config.domains.len() as u64);
@@ -273,10 +298,6 @@ pub fn run_demo(
     phase("base", &mut phase_start, &mut phases);
 
     // 3. One adapter per domain.
-    let library_dir = out_dir.join("library");
-    if library_dir.exists() {
-        std::fs::remove_dir_all(&library_dir).map_err(|e| ExperimentError::io(&library_dir, e))?;
-    }
     std::fs::create_dir_all(&library_dir).map_err(|e| ExperimentError::io(&library_dir, e))?;
     let mut library = AdapterLibrary::open(&library_dir)?;
     let settings = LoraSettings {
@@ -506,4 +527,28 @@ fn build_report(
         table: table.clone(),
         samples,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_foreign_library_folder_is_never_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let library = dir.path().join("library");
+        std::fs::create_dir_all(&library).unwrap();
+        std::fs::write(library.join("notes.txt"), "mine").unwrap();
+        let err = run_demo(
+            &DemoConfig::quick(),
+            dir.path(),
+            &mut crate::progress::NoProgress,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("not written by semla demo"),
+            "{err}"
+        );
+        assert!(library.join("notes.txt").is_file());
+    }
 }
