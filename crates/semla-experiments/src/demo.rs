@@ -526,6 +526,11 @@ fn build_report(
         ],
         table: table.clone(),
         samples,
+        legend: synthetic::CLASS_NAMES
+            .iter()
+            .zip(synthetic::PALETTE)
+            .map(|(name, rgb)| (name.to_string(), rgb))
+            .collect(),
     })
 }
 

@@ -34,6 +34,8 @@ pub struct Report {
     pub table: ResultsTable,
     /// Example images.
     pub samples: Vec<ReportSample>,
+    /// Class colours of the masks: `(class name, RGB)`, shown above the samples.
+    pub legend: Vec<(String, [u8; 3])>,
 }
 
 /// Colours of the methods in the bar chart, in row order.
@@ -207,6 +209,17 @@ impl Report {
         if !self.samples.is_empty() {
             html.push_str("<h2>Samples</h2>");
         }
+        if !self.legend.is_empty() {
+            html.push_str("<p>");
+            for (name, [r, g, b]) in &self.legend {
+                let _ = write!(
+                    html,
+                    "<span style=\"display:inline-block;margin-right:12px\"><span style=\"display:inline-block;width:12px;height:12px;background:rgb({r},{g},{b});margin-right:4px\"></span>{}</span>",
+                    escape(name)
+                );
+            }
+            html.push_str("</p>");
+        }
         for sample in &self.samples {
             let _ = write!(
                 html,
@@ -275,6 +288,7 @@ mod tests {
                 panels: vec![("semla".into(), vec![4, 5])],
                 adapters: vec![("night".into(), 0.75)],
             }],
+            legend: vec![("road".into(), [128, 64, 128])],
         };
         let html = report.to_html();
         assert!(html.contains("demo &lt;synthetic&gt;"));
@@ -283,5 +297,6 @@ mod tests {
         assert!(html.contains("<svg"));
         assert!(html.contains("data:image/png;base64,AQID"));
         assert!(html.contains("<td>0.750</td>"));
+        assert!(html.contains("rgb(128,64,128)"));
     }
 }
