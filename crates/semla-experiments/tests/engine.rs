@@ -2,6 +2,8 @@
 //! synthetic world at 32x24, a random tiny segmenter (untrained: every check
 //! here is an identity, not a learning result) and random rank-2 adapters.
 
+use std::path::Path;
+
 use candle_core::{Device, Tensor};
 use semla_adapters::{Adapter, AdapterLibrary};
 use semla_experiments::demo::render_domain;
@@ -413,4 +415,43 @@ fn a_query_from_another_embedder_is_refused() {
         &mut NoProgress,
     );
     assert!(result.is_err());
+}
+
+#[test]
+fn clip_embedder_matches_transformers_features_from_files_and_samples() {
+    // The tiny CLIP fixture of semla-models, with the `get_image_features`
+    // transformers computed for its two photos.
+    let clip = Path::new(env!("CARGO_MANIFEST_DIR")).join("../semla-models/tests/fixtures/clip");
+    let outputs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(clip.join("tiny/outputs.json")).unwrap())
+            .unwrap();
+    let embedder = Embedder::clip(&clip.join("tiny"), &Device::Cpu).unwrap();
+    assert_eq!(embedder.kind(), "clip");
+    assert!(embedder.id().starts_with("clip:"));
+    for (i, photo) in ["photo_a.png", "photo_b.png"].iter().enumerate() {
+        let expected: Vec<f32> = outputs["image_features"][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let path = clip.join(photo);
+        let from_file = embedder.embed_file(&path, &Device::Cpu).unwrap();
+        let img = semla_data::labels::read_rgb(&path).unwrap();
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let sample = semla_train::data::Sample::from_rgb8(img.as_raw(), vec![0; w * h], h, w);
+        let from_sample = embedder
+            .embed_samples(&[&sample], &Device::Cpu)
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(from_file.len(), expected.len());
+        for ((a, b), e) in from_file.iter().zip(&from_sample).zip(&expected) {
+            assert!(
+                (a - e).abs() < 1e-4 * (1.0 + e.abs()),
+                "{photo}: {a} vs {e}"
+            );
+            assert_eq!(a, b, "{photo}: file and sample paths see the same pixels");
+        }
+    }
 }
