@@ -46,6 +46,17 @@ pub fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<()> {
         "mIoU (%) per target domain, leave-one-out (each target's own adapter removed except for oracle):"
     );
     print!("{}", table.render_text());
+    if let (Some(semla), Some(uniform), Some(zero)) = (
+        table.h_mean("semla"),
+        table.h_mean("uniform"),
+        table.h_mean("zeroshot"),
+    ) {
+        println!(
+            "SemLA h-mean {semla:.1}: {:+.1} over uniform, {:+.1} over zero-shot.",
+            semla - uniform,
+            semla - zero
+        );
+    }
     match table.gap_closure("semla") {
         Some(c) => println!(
             "SemLA closes {:.0} % of the zero-shot to oracle gap (h-mean).",
