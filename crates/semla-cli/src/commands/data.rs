@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use semla_data::domains::palette::{blend, colorize};
-use semla_data::domains::{Domain, DomainError, Palette, Split, data_root, resolve_domain};
+use semla_data::domains::{Domain, DomainError, Palette, Split};
 use semla_data::labels::{image_size, read_label_map, read_rgb, write_rgb_png};
 use serde::Serialize;
 
@@ -84,8 +84,7 @@ struct DomainStats {
 }
 
 fn run_stats(args: StatsArgs, ctx: &Context) -> anyhow::Result<()> {
-    let root = data_root(args.data_root.as_deref())?;
-    let domain = resolve_domain(&args.domain, &root)?;
+    let domain = super::experiment::resolve(&args.domain, args.data_root.as_deref())?;
     let splits: Vec<Split> = match args.split {
         Some(split) => vec![split],
         None => Split::ALL.to_vec(),
@@ -102,9 +101,8 @@ fn run_stats(args: StatsArgs, ctx: &Context) -> anyhow::Result<()> {
     }
     if stats.is_empty() {
         anyhow::bail!(
-            "domain {} has no split under {} (expected layout: {})",
+            "domain {} has no split (expected layout: {})",
             domain.name,
-            root.display(),
             domain.layout.describe()
         );
     }

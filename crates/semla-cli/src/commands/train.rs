@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use semla_data::domains::{Split, data_root, resolve_domain};
+use semla_data::domains::Split;
 use semla_models::efficientnet::{EfficientLiteSegConfig, pretrained_varmap};
 use semla_models::segmenter::{SegmenterConfig, save_segmenter};
 use semla_models::tiny::TinySegConfig;
@@ -62,8 +62,7 @@ pub struct DataOptions {
 impl DataOptions {
     /// The sample source these options name.
     pub fn source(&self) -> anyhow::Result<DomainSource> {
-        let root = data_root(self.data_root.as_deref())?;
-        let domain = resolve_domain(&self.domain, &root)?;
+        let domain = super::experiment::resolve(&self.domain, self.data_root.as_deref())?;
         Ok(DomainSource::new(domain, self.split, self.resize)?)
     }
 }
