@@ -164,7 +164,7 @@ impl BarChart {
         let legend_w = self
             .series
             .iter()
-            .map(|(n, _)| text_width(n) + 40)
+            .map(|(n, _)| text_width(n) + 60)
             .max()
             .unwrap_or(0);
         let width = (left + group_w * self.groups.len() as u32 + 20 + legend_w)
