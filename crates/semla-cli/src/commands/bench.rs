@@ -112,13 +112,13 @@ pub struct CamvidArgs {
     #[arg(long, default_value = "192x256", value_parser = parse_size, value_name = "HxW")]
     pub image_size: (usize, usize),
     /// Base training steps.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 240)]
     pub steps: usize,
     /// Base learning rate.
     #[arg(long, default_value_t = 2e-3)]
     pub lr: f64,
     /// Adapter training steps per domain.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 80)]
     pub adapter_steps: usize,
     /// Adapter learning rate.
     #[arg(long, default_value_t = 3e-3)]
@@ -130,7 +130,7 @@ pub struct CamvidArgs {
     #[arg(long, default_value_t = 96)]
     pub train_images: usize,
     /// Evaluation images per domain at most (evenly spaced; 0: all).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 50)]
     pub eval_images: usize,
     /// LoRA rank.
     #[arg(long, default_value_t = 8)]

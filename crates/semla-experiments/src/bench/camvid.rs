@@ -98,7 +98,8 @@ pub struct CamVidBenchConfig {
 }
 
 impl CamVidBenchConfig {
-    /// The defaults (sized for ~20 minutes on 2 cores in a release build).
+    /// The defaults: the documented run (about 20 minutes on 2 idle cores in a release
+    /// build; 31 minutes on a shared, loaded machine).
     pub fn new(data_root: PathBuf, weights: PathBuf) -> Self {
         Self {
             data_root,
@@ -106,13 +107,13 @@ impl CamVidBenchConfig {
             domains: default_domains(),
             eval_split: Split::Val,
             image_size: (192, 256),
-            base_steps: 300,
+            base_steps: 240,
             base_lr: 2e-3,
-            adapter_steps: 120,
+            adapter_steps: 80,
             adapter_lr: 3e-3,
             batch_size: 4,
             train_images: Some(96),
-            eval_images: None,
+            eval_images: Some(50),
             rank: 8,
             alpha: 16.0,
             retrieval: RetrievalParams {
