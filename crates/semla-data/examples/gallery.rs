@@ -8,7 +8,7 @@
 //! samples, each image next to its coloured label map) and, when a CamVid
 //! frame is given, `OUT_DIR/corruptions.png` (the frame, then every
 //! corruption at severity 3, row-major in `CorruptionKind::ALL` order, each
-//! downscaled to 160x120). Prints the generator speed at 128x96 on this thread.
+//! downscaled to 120x90). Prints the generator speed at 128x96 on this thread.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -53,8 +53,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     if let Some(frame) = args.next() {
         let original = image::open(&frame)?.to_rgb8();
-        let (tw, th) = (160u32, 120u32);
-        let cols = 4u32;
+        let (tw, th) = (120u32, 90u32);
+        let cols = 5u32;
         let tiles: Vec<RgbImage> = std::iter::once(Ok(original.clone()))
             .chain(
                 CorruptionKind::ALL
