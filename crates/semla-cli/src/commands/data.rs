@@ -4,6 +4,7 @@
 //!   histogram of a domain's splits.
 //! - `semla data show LABEL.png --palette <dataset> --out OUT.png [--image IMG] [--alpha A]`:
 //!   a label map in the dataset's colours, optionally blended over its photo.
+//! - `semla data corrupt` / `semla data materialize`: domain shifts, in `data_shift`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,10 @@ pub enum DataCommand {
     Stats(StatsArgs),
     /// Colour a label map with a dataset's palette, optionally over its photo.
     Show(ShowArgs),
+    /// Apply a photometric domain shift (ImageNet-C style) to one photo.
+    Corrupt(super::data_shift::CorruptArgs),
+    /// Write a whole corrupted split (images corrupted, labels copied unchanged).
+    Materialize(super::data_shift::MaterializeArgs),
 }
 
 /// `semla data`: dispatches to the subcommand.
@@ -38,6 +43,8 @@ pub fn run(args: DataArgs, ctx: &Context) -> anyhow::Result<()> {
     match args.command {
         DataCommand::Stats(stats) => run_stats(stats, ctx),
         DataCommand::Show(show) => run_show(show, ctx),
+        DataCommand::Corrupt(corrupt) => super::data_shift::run_corrupt(corrupt, ctx),
+        DataCommand::Materialize(args) => super::data_shift::run_materialize(args, ctx),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod backbone;
 pub mod bench;
 pub mod clip;
 pub mod data;
+pub mod data_shift;
 pub mod demo;
 pub mod embed;
 pub mod eval;
