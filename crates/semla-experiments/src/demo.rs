@@ -33,8 +33,8 @@ use crate::prototypes::{EmbedOptions, record_prototypes, source_prototype};
 use crate::render::{colour_mask, png_bytes, upscale};
 use crate::report::{Report, ReportSample};
 use crate::run::{
-    ExperimentKind, ExperimentOutput, ExperimentSettings, Fusion, SourceLibrary, Target,
-    run_experiment,
+    ExperimentKind, ExperimentOutput, ExperimentSettings, SourceLibrary, TABLE_METHODS, Target,
+    run_leave_one_out,
 };
 use crate::table::ResultsTable;
 
@@ -369,39 +369,28 @@ pub fn run_demo(
             class_names: class_names.clone(),
         })
         .collect();
-    let runs = [
-        (ExperimentKind::ZeroShot, Fusion::Weights),
-        (ExperimentKind::Uniform, Fusion::Weights),
-        (ExperimentKind::Semla, Fusion::Outputs),
-        (ExperimentKind::Semla, Fusion::Weights),
-        (ExperimentKind::Oracle, Fusion::Weights),
-    ];
+    let settings = ExperimentSettings {
+        params: config.retrieval,
+        batch_size: 16,
+        keep_predictions: config.report_samples,
+        ..ExperimentSettings::new(ExperimentKind::ZeroShot)
+    };
+    let outputs = run_leave_one_out(
+        base.as_ref(),
+        &sources,
+        &embedder,
+        &targets,
+        &TABLE_METHODS,
+        &settings,
+        Some(&out_dir.join("experiments")),
+        &device,
+        progress,
+    )?;
     let mut table = ResultsTable::new(config.domains.clone());
-    let mut outputs: Vec<(String, ExperimentOutput)> = Vec::new();
-    for (kind, fusion) in runs {
-        let settings = ExperimentSettings {
-            fusion,
-            params: config.retrieval,
-            remove_target_adapter: true,
-            batch_size: 16,
-            keep_predictions: config.report_samples,
-            ..ExperimentSettings::new(kind)
-        };
-        let method = settings.method_name();
-        let output = run_experiment(
-            base.as_ref(),
-            &sources,
-            Some(&embedder),
-            &targets,
-            &settings,
-            &device,
-            progress,
-        )?;
-        output.write(&out_dir.join("experiments").join(&method), &settings)?;
+    for (method, output) in &outputs {
         for (target, miou) in &output.results {
-            table.set(&method, target, *miou);
+            table.set(method, target, *miou);
         }
-        outputs.push((method, output));
     }
     phase("experiments", &mut phase_start, &mut phases);
 

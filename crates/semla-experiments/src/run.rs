@@ -772,3 +772,55 @@ pub fn run_experiment(
 pub fn class_probabilities(logits: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::ops::softmax(logits, D::Minus(3))?)
 }
+
+/// The five methods of a Table-1 style comparison, as (mode, fusion): zero-shot,
+/// uniform merge, SemLA with late fusion, SemLA with weight fusion, oracle.
+pub const TABLE_METHODS: [(ExperimentKind, Fusion); 5] = [
+    (ExperimentKind::ZeroShot, Fusion::Weights),
+    (ExperimentKind::Uniform, Fusion::Weights),
+    (ExperimentKind::Semla, Fusion::Outputs),
+    (ExperimentKind::Semla, Fusion::Weights),
+    (ExperimentKind::Oracle, Fusion::Weights),
+];
+
+/// Runs each of `methods` over `targets`, leave-one-out (the target's own adapter
+/// is removed from the candidates, except for `oracle`), with the same retrieval
+/// parameters and batch size; each method's outputs go to `out_dir/<method>` when
+/// `out_dir` is given. Returns `(method name, output)` in `methods` order.
+#[allow(clippy::too_many_arguments)]
+pub fn run_leave_one_out(
+    model: &dyn Segmenter,
+    library: &SourceLibrary,
+    embedder: &Embedder<'_>,
+    targets: &[Target<'_>],
+    methods: &[(ExperimentKind, Fusion)],
+    base_settings: &ExperimentSettings,
+    out_dir: Option<&Path>,
+    device: &Device,
+    progress: &mut dyn Progress,
+) -> Result<Vec<(String, ExperimentOutput)>> {
+    let mut outputs = Vec::with_capacity(methods.len());
+    for &(kind, fusion) in methods {
+        let settings = ExperimentSettings {
+            kind,
+            fusion,
+            remove_target_adapter: true,
+            ..base_settings.clone()
+        };
+        let method = settings.method_name();
+        let output = run_experiment(
+            model,
+            library,
+            Some(embedder),
+            targets,
+            &settings,
+            device,
+            progress,
+        )?;
+        if let Some(dir) = out_dir {
+            output.write(&dir.join(&method), &settings)?;
+        }
+        outputs.push((method, output));
+    }
+    Ok(outputs)
+}

@@ -104,8 +104,8 @@ pub struct CamvidArgs {
     /// frames) or `test` (CamVid test frames, when the root has them).
     #[arg(long, default_value = "val", value_name = "SPLIT")]
     pub eval_split: Split,
-    /// Target domains, comma-separated (default: dusk and seven corruptions at
-    /// severity 3).
+    /// Target domains, comma-separated (default: dusk and seven corruption kinds at
+    /// severities 3 and 5).
     #[arg(long, value_delimiter = ',', value_name = "D,...")]
     pub domains: Vec<String>,
     /// Input size HEIGHTxWIDTH (every image is resized to it).
@@ -135,10 +135,14 @@ pub struct CamvidArgs {
     /// LoRA rank.
     #[arg(long, default_value_t = 8)]
     pub rank: usize,
-    /// SemLA: adapters fused per image.
+    /// SemLA: frames per domain on which top-k and temperature are tuned (train
+    /// frames no adapter was trained on; 0: no tuning, use --top-k and --temperature).
+    #[arg(long, default_value_t = 12)]
+    pub tune_images: usize,
+    /// SemLA: adapters fused per image (when --tune-images is 0).
     #[arg(long, default_value_t = 3)]
     pub top_k: usize,
-    /// SemLA: softmax temperature.
+    /// SemLA: softmax temperature (when --tune-images is 0).
     #[arg(long, default_value_t = 0.05)]
     pub temperature: f64,
     /// SemLA: similarity (`euclidean`, 1/distance as the paper, or `cosine`).
@@ -361,6 +365,7 @@ fn run_camvid(args: CamvidArgs, ctx: &Context) -> anyhow::Result<()> {
     config.alpha = 2.0 * args.rank as f64;
     config.retrieval.top_k = args.top_k;
     config.retrieval.temperature = args.temperature;
+    config.tune_images = args.tune_images;
     if let Some(similarity) = args.similarity {
         config.retrieval.similarity = similarity;
     }
@@ -380,6 +385,8 @@ fn run_camvid(args: CamvidArgs, ctx: &Context) -> anyhow::Result<()> {
             "seconds": outcome.seconds,
             "phases": outcome.phases,
             "reused": outcome.reused,
+            "retrieval": outcome.retrieval,
+            "tuning": outcome.tuning,
         }));
     }
     println!();
@@ -388,6 +395,16 @@ fn run_camvid(args: CamvidArgs, ctx: &Context) -> anyhow::Result<()> {
         config.eval_split
     );
     print!("{}", render_markdown(table));
+    println!(
+        "SemLA: top-k {}, T = {}{}",
+        outcome.retrieval.top_k,
+        outcome.retrieval.temperature,
+        if outcome.tuning.is_some() {
+            " (tuned, see tuning.json)"
+        } else {
+            ""
+        }
+    );
     println!(
         "{:.1} s; reused: {}; files in {}",
         outcome.seconds,

@@ -20,7 +20,7 @@ use semla_adapters::AdapterLibrary;
 use semla_data::domains::{Split, resolve_domain};
 use semla_metrics::Definition;
 use semla_models::efficientnet::{EfficientLiteSegConfig, pretrained_varmap};
-use semla_models::segmenter::{SegmenterConfig, load_segmenter, save_segmenter};
+use semla_models::segmenter::{Segmenter, SegmenterConfig, load_segmenter, save_segmenter};
 use semla_retrieval::RetrievalParams;
 use semla_train::augment::AugmentConfig;
 use semla_train::data::{DomainSource, InMemorySource, Sample, SampleSource};
@@ -35,30 +35,48 @@ use crate::error::{ExperimentError, Result, write_atomic};
 use crate::progress::Progress;
 use crate::prototypes::{EmbedOptions, record_prototypes, source_prototype};
 use crate::run::{
-    ExperimentKind, ExperimentSettings, Fusion, SourceLibrary, Target, run_experiment,
+    ExperimentKind, ExperimentSettings, Fusion, SourceLibrary, TABLE_METHODS, Target,
+    run_leave_one_out,
 };
 use crate::table::ResultsTable;
 
 /// The source (clear daytime) domain the base model is trained on.
 pub const SOURCE_DOMAIN: &str = "camvid-day";
 
-/// The default target domains: the real dusk sequence and seven corruptions at
-/// severity 3.
+/// The corruption kinds of the default domains.
+pub const DEFAULT_CORRUPTIONS: [&str; 7] = [
+    "fog",
+    "rain",
+    "snow",
+    "night",
+    "contrast",
+    "motion_blur",
+    "gaussian_noise",
+];
+
+/// The severities of each default corruption kind. Two per kind, so that under
+/// leave-one-out every corrupted target still has a relative in the library (as the
+/// paper's library has several fog, night, rain and snow sources).
+pub const DEFAULT_SEVERITIES: [u8; 2] = [3, 5];
+
+/// The default target domains: the real dusk sequence and seven corruption kinds at
+/// severities 3 and 5 (15 domains).
 pub fn default_domains() -> Vec<String> {
-    [
-        "camvid-dusk",
-        "camvid-fog3",
-        "camvid-rain3",
-        "camvid-snow3",
-        "camvid-night3",
-        "camvid-contrast3",
-        "camvid-motion_blur3",
-        "camvid-gaussian_noise3",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let mut domains = vec!["camvid-dusk".to_string()];
+    for severity in DEFAULT_SEVERITIES {
+        for kind in DEFAULT_CORRUPTIONS {
+            domains.push(format!("camvid-{kind}{severity}"));
+        }
+    }
+    domains
 }
+
+/// Temperatures tried when SemLA's retrieval is tuned.
+pub const TUNE_TEMPERATURES: [f64; 6] = [0.02, 0.05, 0.1, 0.2, 0.5, 1.0];
+
+/// Top-k values tried when SemLA's retrieval is tuned (top-1 is tried once: the
+/// temperature does not change a one-adapter mixture).
+pub const TUNE_TOP_K: [usize; 4] = [1, 2, 3, 5];
 
 /// Everything that sets the size of the benchmark.
 #[derive(Clone, Debug, Serialize)]
@@ -91,8 +109,13 @@ pub struct CamVidBenchConfig {
     pub rank: usize,
     /// LoRA alpha.
     pub alpha: f64,
-    /// SemLA's retrieval settings.
+    /// SemLA's retrieval settings (similarity always; top-k and temperature when
+    /// `tune_images` is 0).
     pub retrieval: RetrievalParams,
+    /// Frames per domain on which SemLA's top-k and temperature are tuned
+    /// ([`TUNE_TOP_K`] x [`TUNE_TEMPERATURES`], h-mean of leave-one-out SemLA): train
+    /// frames that no adapter was trained on, never evaluation frames. 0: no tuning.
+    pub tune_images: usize,
     /// Seed of everything.
     pub seed: u64,
 }
@@ -121,6 +144,7 @@ impl CamVidBenchConfig {
                 temperature: 0.05,
                 ..RetrievalParams::default()
             },
+            tune_images: 12,
             seed: 7,
         }
     }
@@ -137,6 +161,37 @@ pub struct CamVidBenchOutcome {
     pub phases: Vec<(String, f64)>,
     /// Which parts were reused from an earlier run.
     pub reused: Vec<String>,
+    /// The retrieval settings SemLA was evaluated with (tuned or given).
+    pub retrieval: RetrievalParams,
+    /// The tuning grid's results, when tuning ran.
+    pub tuning: Option<Tuning>,
+}
+
+/// One point of the tuning grid.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct TuningPoint {
+    /// Adapters fused per image.
+    pub top_k: usize,
+    /// Softmax temperature.
+    pub temperature: f64,
+    /// Harmonic mean over the targets of leave-one-out SemLA mIoU (%) on the tuning
+    /// frames.
+    pub h_mean: f64,
+    /// Per-target mIoU (%), in domain order.
+    pub miou_percent: Vec<f64>,
+}
+
+/// SemLA's retrieval tuned on frames outside the evaluation split.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct Tuning {
+    /// The domains tuned over, in order.
+    pub domains: Vec<String>,
+    /// Frames per domain.
+    pub images: usize,
+    /// Every grid point, in the order tried.
+    pub points: Vec<TuningPoint>,
+    /// Index into `points` of the best h-mean (the first on ties).
+    pub best: usize,
 }
 
 /// `count` indices spread evenly over `0..len` (all when `count >= len`).
@@ -147,6 +202,37 @@ pub fn evenly_spaced(len: usize, count: Option<usize>) -> Vec<usize> {
     }
 }
 
+/// `count` indices spread evenly over those of `0..len` that
+/// `evenly_spaced(len, used)` does not pick (the frames an adapter was not trained
+/// on); over all of `0..len` when it picks every index.
+pub fn held_out_spaced(len: usize, used: Option<usize>, count: usize) -> Vec<usize> {
+    let taken = evenly_spaced(len, used);
+    let mut rest: Vec<usize> = (0..len)
+        .filter(|i| taken.binary_search(i).is_err())
+        .collect();
+    if rest.is_empty() {
+        rest = (0..len).collect();
+    }
+    evenly_spaced(rest.len(), Some(count))
+        .into_iter()
+        .map(|i| rest[i])
+        .collect()
+}
+
+/// Which frames of a split to load.
+#[derive(Clone, Copy, Debug)]
+pub enum Frames {
+    /// `evenly_spaced(len, count)`.
+    Spaced(Option<usize>),
+    /// `held_out_spaced(len, used, count)`.
+    HeldOut {
+        /// Frames per domain used for adapter training.
+        used: Option<usize>,
+        /// Frames wanted.
+        count: usize,
+    },
+}
+
 /// Loads the chosen samples of `domain` / `split` (resized to `size`) into memory, on
 /// two threads: corruptions are applied once per image, not once per training step.
 pub fn load_domain(
@@ -154,12 +240,15 @@ pub fn load_domain(
     domain: &str,
     split: Split,
     size: (usize, usize),
-    count: Option<usize>,
+    frames: Frames,
     progress: &mut dyn Progress,
 ) -> Result<InMemorySource> {
     let resolved = resolve_domain(domain, data_root)?;
     let source = DomainSource::new(resolved, split, Some(size))?;
-    let indices = evenly_spaced(source.len(), count);
+    let indices = match frames {
+        Frames::Spaced(count) => evenly_spaced(source.len(), count),
+        Frames::HeldOut { used, count } => held_out_spaced(source.len(), used, count),
+    };
     progress.begin(
         &format!("loading {domain} ({split}, {} images)", indices.len()),
         indices.len() as u64,
@@ -216,15 +305,6 @@ fn train_config(steps: usize, batch: usize, lr: f64, seed: u64) -> TrainConfig {
     config
 }
 
-/// The methods run, as (kind, fusion).
-pub const RUNS: [(ExperimentKind, Fusion); 5] = [
-    (ExperimentKind::ZeroShot, Fusion::Weights),
-    (ExperimentKind::Uniform, Fusion::Weights),
-    (ExperimentKind::Semla, Fusion::Outputs),
-    (ExperimentKind::Semla, Fusion::Weights),
-    (ExperimentKind::Oracle, Fusion::Weights),
-];
-
 /// Runs the benchmark into `out_dir`.
 pub fn run_camvid_bench(
     config: &CamVidBenchConfig,
@@ -267,7 +347,7 @@ pub fn run_camvid_bench(
             SOURCE_DOMAIN,
             Split::Train,
             size,
-            None,
+            Frames::Spaced(None),
             progress,
         )?;
         let classes = resolve_domain(SOURCE_DOMAIN, &config.data_root)?.classes;
@@ -344,7 +424,7 @@ pub fn run_camvid_bench(
             name,
             Split::Train,
             size,
-            config.train_images,
+            Frames::Spaced(config.train_images),
             progress,
         )?;
         if !have_adapter {
@@ -401,7 +481,76 @@ pub fn run_camvid_bench(
     record_prototypes(&library_dir, &prototypes, &embedder, "backbone")?;
     phase("adapters and prototypes", &mut phase_start);
 
-    // 3. The held-out frames of every domain.
+    // 3. SemLA's top-k and temperature, tuned on train frames no adapter saw.
+    let class_names = resolve_domain(SOURCE_DOMAIN, &config.data_root)?.classes;
+    let sources = SourceLibrary::open(&library_dir, &config.domains, true)?;
+    let base_settings = ExperimentSettings {
+        params: config.retrieval,
+        batch_size: 8,
+        ..ExperimentSettings::new(ExperimentKind::Semla)
+    };
+    let tuning = if config.tune_images > 0 {
+        let tuning_path = out_dir.join("tuning.json");
+        let earlier: Option<Tuning> = std::fs::read(&tuning_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .filter(|t: &Tuning| t.domains == config.domains && t.images == config.tune_images);
+        let tuning = match earlier {
+            Some(tuning) => {
+                reused.push("tuning".to_string());
+                tuning
+            }
+            None => {
+                let mut tune_sets = Vec::new();
+                for name in &config.domains {
+                    tune_sets.push(load_domain(
+                        &config.data_root,
+                        name,
+                        Split::Train,
+                        size,
+                        Frames::HeldOut {
+                            used: config.train_images,
+                            count: config.tune_images,
+                        },
+                        progress,
+                    )?);
+                }
+                let targets = make_targets(&config.domains, &tune_sets, &class_names);
+                let tuning = tune_retrieval(
+                    base.as_ref(),
+                    &sources,
+                    &embedder,
+                    &targets,
+                    &base_settings,
+                    config.tune_images,
+                    &device,
+                    progress,
+                )?;
+                write_atomic(
+                    &tuning_path,
+                    serde_json::to_string_pretty(&tuning)
+                        .unwrap_or_default()
+                        .as_bytes(),
+                )?;
+                tuning
+            }
+        };
+        Some(tuning)
+    } else {
+        None
+    };
+    let mut retrieval = config.retrieval;
+    if let Some(best) = tuning.as_ref().and_then(|t| t.points.get(t.best)) {
+        retrieval.top_k = best.top_k;
+        retrieval.temperature = best.temperature;
+        progress.note(&format!(
+            "tuned: top-k {}, T = {} (h-mean {:.1} on the tuning frames)",
+            best.top_k, best.temperature, best.h_mean
+        ));
+    }
+    phase("tuning", &mut phase_start);
+
+    // 4. The held-out frames of every domain.
     let mut eval_sets = Vec::new();
     for name in &config.domains {
         eval_sets.push(load_domain(
@@ -409,60 +558,43 @@ pub fn run_camvid_bench(
             name,
             config.eval_split,
             size,
-            config.eval_images,
+            Frames::Spaced(config.eval_images),
             progress,
         )?);
     }
     phase("loading evaluation frames", &mut phase_start);
 
-    // 4. The experiments, leave-one-out.
-    let class_names = resolve_domain(SOURCE_DOMAIN, &config.data_root)?.classes;
-    let sources = SourceLibrary::open(&library_dir, &config.domains, true)?;
-    let targets: Vec<Target<'_>> = config
-        .domains
-        .iter()
-        .zip(&eval_sets)
-        .map(|(name, source)| Target {
-            name: name.clone(),
-            source: source as &dyn SampleSource,
-            definition: Definition::Detectron2,
-            class_names: class_names.clone(),
-        })
+    // 5. The experiments, leave-one-out.
+    let targets = make_targets(&config.domains, &eval_sets, &class_names);
+    let outputs = run_leave_one_out(
+        base.as_ref(),
+        &sources,
+        &embedder,
+        &targets,
+        &TABLE_METHODS,
+        &ExperimentSettings {
+            params: retrieval,
+            ..base_settings
+        },
+        Some(&out_dir.join("experiments").join(config.eval_split.as_str())),
+        &device,
+        progress,
+    )?;
+    let results: Vec<(String, Vec<(String, f64)>)> = outputs
+        .into_iter()
+        .map(|(method, output)| (method, output.results))
         .collect();
-    let mut results = Vec::new();
-    for (kind, fusion) in RUNS {
-        let settings = ExperimentSettings {
-            fusion,
-            params: config.retrieval,
-            remove_target_adapter: true,
-            batch_size: 8,
-            ..ExperimentSettings::new(kind)
-        };
-        let method = settings.method_name();
-        let output = run_experiment(
-            base.as_ref(),
-            &sources,
-            Some(&embedder),
-            &targets,
-            &settings,
-            &device,
-            progress,
-        )?;
-        output.write(
-            &out_dir
-                .join("experiments")
-                .join(config.eval_split.as_str())
-                .join(&method),
-            &settings,
-        )?;
-        results.push((method, output.results.clone()));
-    }
     phase("experiments", &mut phase_start);
 
     let table = assemble(&config.domains, &results);
+    let mut markdown = render_markdown(&table);
+    if let Some(tuning) = &tuning {
+        markdown.push('\n');
+        markdown.push_str(&render_tuning(tuning));
+    }
     write_atomic(
         &out_dir.join(format!("table-{}.md", config.eval_split)),
-        render_markdown(&table).as_bytes(),
+        markdown.as_bytes(),
     )?;
     let seconds = started.elapsed().as_secs_f64();
     let summary = serde_json::json!({
@@ -472,6 +604,8 @@ pub fn run_camvid_bench(
         "seconds": seconds,
         "phases": phases,
         "reused": reused,
+        "retrieval": retrieval,
+        "tuning": tuning,
         "load_average_at_end": super::load_average(),
     });
     write_atomic(
@@ -485,7 +619,148 @@ pub fn run_camvid_bench(
         seconds,
         phases,
         reused,
+        retrieval,
+        tuning,
     })
+}
+
+fn make_targets<'a>(
+    domains: &[String],
+    sets: &'a [InMemorySource],
+    class_names: &[String],
+) -> Vec<Target<'a>> {
+    domains
+        .iter()
+        .zip(sets)
+        .map(|(name, source)| Target {
+            name: name.clone(),
+            source: source as &dyn SampleSource,
+            definition: Definition::Detectron2,
+            class_names: class_names.to_vec(),
+        })
+        .collect()
+}
+
+/// The grid of (top-k, temperature) tried: top-1 once, then every larger top-k with
+/// every temperature.
+pub fn tuning_grid() -> Vec<(usize, f64)> {
+    let mut grid = Vec::new();
+    for k in TUNE_TOP_K {
+        if k == 1 {
+            grid.push((1, TUNE_TEMPERATURES[0]));
+        } else {
+            grid.extend(TUNE_TEMPERATURES.iter().map(|&t| (k, t)));
+        }
+    }
+    grid
+}
+
+/// Runs leave-one-out SemLA (weight fusion) over `targets` at every point of
+/// [`tuning_grid`] and picks the best harmonic mean.
+#[allow(clippy::too_many_arguments)]
+pub fn tune_retrieval(
+    model: &dyn Segmenter,
+    sources: &SourceLibrary,
+    embedder: &Embedder<'_>,
+    targets: &[Target<'_>],
+    base_settings: &ExperimentSettings,
+    images: usize,
+    device: &Device,
+    progress: &mut dyn Progress,
+) -> Result<Tuning> {
+    let mut points = Vec::new();
+    for (top_k, temperature) in tuning_grid() {
+        let settings = ExperimentSettings {
+            params: RetrievalParams {
+                top_k,
+                temperature,
+                ..base_settings.params
+            },
+            ..base_settings.clone()
+        };
+        let mut outputs = run_leave_one_out(
+            model,
+            sources,
+            embedder,
+            targets,
+            &[(ExperimentKind::Semla, Fusion::Weights)],
+            &settings,
+            None,
+            device,
+            progress,
+        )?;
+        let (_, output) = outputs
+            .pop()
+            .ok_or_else(|| ExperimentError::Invalid("the tuning run produced no output".into()))?;
+        let miou_percent: Vec<f64> = output.results.iter().map(|(_, v)| *v).collect();
+        let h_mean = harmonic_mean(&miou_percent);
+        progress.note(&format!(
+            "tuning: top-k {top_k}, T = {temperature}: h-mean {h_mean:.2}"
+        ));
+        points.push(TuningPoint {
+            top_k,
+            temperature,
+            h_mean,
+            miou_percent,
+        });
+    }
+    let best = points
+        .iter()
+        .enumerate()
+        .fold(None::<(usize, f64)>, |best, (i, p)| match best {
+            Some((_, h)) if h >= p.h_mean => best,
+            _ => Some((i, p.h_mean)),
+        })
+        .map_or(0, |(i, _)| i);
+    Ok(Tuning {
+        domains: targets.iter().map(|t| t.name.clone()).collect(),
+        images,
+        points,
+        best,
+    })
+}
+
+/// The harmonic mean of percentages (0 when any is 0 or the list is empty).
+fn harmonic_mean(values: &[f64]) -> f64 {
+    if values.is_empty() || values.iter().any(|&v| v <= 0.0) {
+        return 0.0;
+    }
+    values.len() as f64 / values.iter().map(|v| 1.0 / v).sum::<f64>()
+}
+
+/// The tuning grid as a Markdown table: h-mean on the tuning frames per top-k
+/// (rows) and temperature (columns), the chosen point in bold.
+pub fn render_tuning(tuning: &Tuning) -> String {
+    let mut out = format!(
+        "SemLA h-mean (%) on {} tuning frames per domain (train frames no adapter was trained on; leave-one-out):\n\n| top-k |",
+        tuning.images
+    );
+    for t in TUNE_TEMPERATURES {
+        out.push_str(&format!(" T = {t} |"));
+    }
+    out.push_str("\n|---|");
+    for _ in TUNE_TEMPERATURES {
+        out.push_str("---:|");
+    }
+    out.push('\n');
+    for k in TUNE_TOP_K {
+        out.push_str(&format!("| {k} |"));
+        for t in TUNE_TEMPERATURES {
+            let found =
+                tuning.points.iter().enumerate().find(|(_, p)| {
+                    p.top_k == k && (p.temperature == t || (k == 1 && p.top_k == 1))
+                });
+            match found {
+                Some((i, p)) if i == tuning.best => {
+                    out.push_str(&format!(" **{:.1}** |", p.h_mean))
+                }
+                Some((_, p)) => out.push_str(&format!(" {:.1} |", p.h_mean)),
+                None => out.push_str(" - |"),
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// The benchmark's bar chart: one group per domain plus the h-mean, one bar per method.
@@ -520,6 +795,32 @@ mod tests {
         assert_eq!(evenly_spaced(3, Some(5)), vec![0, 1, 2]);
         assert_eq!(evenly_spaced(4, None), vec![0, 1, 2, 3]);
         assert_eq!(evenly_spaced(7, Some(3)), vec![0, 2, 4]);
+    }
+
+    #[test]
+    fn held_out_frames_avoid_the_training_frames() {
+        // 10 frames, 5 used for training (0, 2, 4, 6, 8): the rest are the odd ones.
+        assert_eq!(held_out_spaced(10, Some(5), 3), vec![1, 3, 7]);
+        assert_eq!(held_out_spaced(10, Some(5), 9), vec![1, 3, 5, 7, 9]);
+        // All used: fall back to every frame.
+        assert_eq!(held_out_spaced(4, None, 2), vec![0, 2]);
+        assert_eq!(held_out_spaced(4, Some(8), 2), vec![0, 2]);
+        let train = evenly_spaced(305, Some(96));
+        let held = held_out_spaced(305, Some(96), 12);
+        assert_eq!(held.len(), 12);
+        assert!(held.iter().all(|i| !train.contains(i)));
+    }
+
+    #[test]
+    fn tuning_grid_tries_top_one_once() {
+        let grid = tuning_grid();
+        assert_eq!(grid.iter().filter(|(k, _)| *k == 1).count(), 1);
+        assert_eq!(
+            grid.len(),
+            1 + (TUNE_TOP_K.len() - 1) * TUNE_TEMPERATURES.len()
+        );
+        assert!((harmonic_mean(&[10.0, 40.0]) - 16.0).abs() < 1e-12);
+        assert_eq!(harmonic_mean(&[10.0, 0.0]), 0.0);
     }
 
     #[test]
