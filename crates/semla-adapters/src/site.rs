@@ -133,6 +133,44 @@ impl FactoredSite {
     }
 }
 
+impl FactoredSite {
+    /// Whether this update is cheaper applied as a merged weight `W + ΔW` than in
+    /// factored form, for a batch of `batch` images with `out_rows` output positions
+    /// in all (tokens, or pixels of the output maps).
+    ///
+    /// Merging costs `out * fan_in * R` multiply-adds once per forward; the factored
+    /// form costs `out_rows * R * (fan_in + out)`. Merging is only possible when the
+    /// whole batch shares one mixture, and it is never used while the factors or
+    /// coefficients carry gradients (training must see the factored graph). Both forms
+    /// give the same result up to float rounding.
+    ///
+    /// Typical outcome: 1x1 convolutions on large feature maps merge (few weights,
+    /// many pixels); transformer linears on a few hundred tokens stay factored.
+    pub fn merge_is_cheaper(&self, batch: usize, out_rows: usize) -> Result<bool> {
+        if self.coeff.dim(0)? != 1 && batch != 1 {
+            return Ok(false);
+        }
+        if self.a.track_op() || self.b.track_op() || self.coeff.track_op() {
+            return Ok(false);
+        }
+        let rank = self.a.dim(0)?;
+        let fan_in = self.a.elem_count() / rank.max(1);
+        let out = self.b.dim(0)?;
+        let merge = out * fan_in * rank;
+        let factored = out_rows * rank * (fan_in + out);
+        Ok(merge < factored)
+    }
+
+    /// `base + ΔW` for the batch's one mixture, shaped and typed like `base`.
+    pub fn merged_weight(&self, base: &Tensor) -> Result<Tensor> {
+        let delta = self
+            .delta_weight(0)?
+            .to_dtype(base.dtype())?
+            .reshape(base.shape())?;
+        base + delta
+    }
+}
+
 /// A set of site updates for one forward pass. `Adaptation::none()` runs the
 /// base model.
 #[derive(Clone, Debug, Default)]
@@ -254,20 +292,31 @@ impl AdaptedLinear {
         let in_features = dims[dims.len() - 1];
         let rows = x.elem_count() / in_features.max(1);
         let x2 = x.reshape((rows, in_features))?;
+        let site = adaptation.get(&self.path);
+        let merged = match site {
+            Some(site) if site.merge_is_cheaper(dims[0], rows)? => {
+                Some(site.merged_weight(&self.weight)?)
+            }
+            _ => None,
+        };
         // Frozen path: during adapter training only `x` gets a gradient (see `frozen`).
-        let y = crate::frozen::linear(&x2, &self.weight, self.bias.as_ref())?;
+        let y = crate::frozen::linear(
+            &x2,
+            merged.as_ref().unwrap_or(&self.weight),
+            self.bias.as_ref(),
+        )?;
         let out = y.dim(1)?;
         let mut out_dims = dims;
         if let Some(last) = out_dims.last_mut() {
             *last = out;
         }
         let y = y.reshape(out_dims.as_slice())?;
-        match adaptation.get(&self.path) {
-            None => Ok(y),
-            Some(site) => {
+        match site {
+            Some(site) if merged.is_none() => {
                 let delta = linear_update(x, site)?;
                 y + delta
             }
+            _ => Ok(y),
         }
     }
 }
@@ -379,18 +428,34 @@ impl AdaptedConv2d {
     /// `adaptation` applied per image.
     pub fn forward(&self, x: &Tensor, adaptation: &Adaptation) -> Result<Tensor> {
         let g = self.geometry;
+        let site = adaptation.get(&self.path);
+        let merged = match site {
+            Some(site) => {
+                let (n, _, h, w) = x.dims4()?;
+                let span = g.dilation * g.kernel_size.saturating_sub(1) + 1;
+                let out_h = (h + 2 * g.padding).saturating_sub(span) / g.stride + 1;
+                let out_w = (w + 2 * g.padding).saturating_sub(span) / g.stride + 1;
+                if site.merge_is_cheaper(n, n * out_h * out_w)? {
+                    Some(site.merged_weight(&self.weight)?)
+                } else {
+                    None
+                }
+            }
+            None => None,
+        };
         // Frozen path: during adapter training only `x` gets a gradient (see `frozen`).
         let y = crate::frozen::conv2d(
             x,
-            &self.weight,
+            merged.as_ref().unwrap_or(&self.weight),
             self.bias.as_ref(),
             g.padding,
             g.stride,
             g.dilation,
             1,
         )?;
-        match adaptation.get(&self.path) {
+        match site {
             None => Ok(y),
+            Some(_) if merged.is_some() => Ok(y),
             Some(site) => {
                 let h = x.conv2d(&site.a, g.padding, g.stride, g.dilation, 1)?; // [N, R, H', W']
                 let coeff = site

@@ -361,3 +361,96 @@ fn bad_weights_are_errors() {
         .to_string();
     assert!(err.contains("at least 1"), "{err}");
 }
+
+/// A site update with rank `rank` on a `[out, fan_in]` weight and one mixture row.
+fn site_update(rank: usize, fan_in: usize, out: usize, seed: u64) -> semla_adapters::FactoredSite {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dev = Device::Cpu;
+    let a = Tensor::from_vec(randn(&mut rng, rank * fan_in), (rank, fan_in), &dev).unwrap();
+    let b = Tensor::from_vec(randn(&mut rng, out * rank), (out, rank), &dev).unwrap();
+    semla_adapters::FactoredSite::stack(&[(&a, &b, 0.5)], &[vec![1.0]]).unwrap()
+}
+
+#[test]
+fn the_merge_or_factor_choice_follows_the_multiply_add_count() {
+    // 64 -> 64, rank 8: merging costs 64*64*8 = 32768 multiply-adds, the factored
+    // form 8 * (64 + 64) = 1024 per row: merged from 33 rows on.
+    let site = site_update(8, 64, 64, 1);
+    assert!(!site.merge_is_cheaper(1, 32).unwrap());
+    assert!(site.merge_is_cheaper(1, 33).unwrap());
+    // A batch sharing the one mixture row may merge too.
+    assert!(site.merge_is_cheaper(4, 400).unwrap());
+    // Per-image rows in a batch of two: never merged.
+    let two = semla_adapters::FactoredSite {
+        coeff: Tensor::ones((2, 8), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        ..site.clone()
+    };
+    assert!(!two.merge_is_cheaper(2, 10_000).unwrap());
+    // Trainable factors: never merged, so gradients reach A and B.
+    let var = candle_core::Var::from_tensor(&site.a).unwrap();
+    let training = semla_adapters::FactoredSite {
+        a: var.as_tensor().clone(),
+        ..site
+    };
+    assert!(!training.merge_is_cheaper(1, 10_000).unwrap());
+}
+
+#[test]
+fn merged_and_factored_site_forms_give_the_same_output() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let dev = Device::Cpu;
+    let weight = Tensor::from_vec(randn(&mut rng, 16 * 12), (16, 12), &dev).unwrap();
+    let bias = Tensor::from_vec(randn(&mut rng, 16), 16, &dev).unwrap();
+    let linear = AdaptedLinear::new("lin", weight.clone(), Some(bias.clone()));
+    let site = site_update(3, 12, 16, 2);
+    let mut adaptation = Adaptation::none();
+    adaptation.insert("lin", site.clone());
+    // Hand reference: x W^T + b + s * (x A^T) B^T, with s = 0.5 folded in coeff.
+    let reference = |x: &Tensor| -> Tensor {
+        let base = x
+            .broadcast_matmul(&weight.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        let low = x
+            .broadcast_matmul(&site.a.t().unwrap())
+            .unwrap()
+            .affine(0.5, 0.0)
+            .unwrap();
+        (base + low.broadcast_matmul(&site.b.t().unwrap()).unwrap()).unwrap()
+    };
+    // 2 rows: factored (16*12*3 = 576 > 2*3*28 = 168); 40 rows: merged.
+    for rows in [2usize, 40] {
+        assert_eq!(site.merge_is_cheaper(1, rows).unwrap(), rows == 40);
+        let x = Tensor::from_vec(randn(&mut rng, rows * 12), (1, rows, 12), &dev).unwrap();
+        let got = linear.forward(&x, &adaptation).unwrap();
+        assert!(diff(&got, &reference(&x)) < 1e-5, "{rows} rows");
+    }
+    // A 1x1 convolution on a 12x12 map merges; the result equals the factored maths.
+    let conv = AdaptedConv2d::new(
+        "conv",
+        weight.reshape((16, 12, 1, 1)).unwrap(),
+        Some(bias.clone()),
+        1,
+        0,
+        1,
+    )
+    .unwrap();
+    let conv_site = semla_adapters::FactoredSite {
+        a: site.a.reshape((3, 12, 1, 1)).unwrap(),
+        b: site.b.reshape((16, 3, 1, 1)).unwrap(),
+        coeff: site.coeff.clone(),
+    };
+    assert!(conv_site.merge_is_cheaper(1, 144).unwrap());
+    let mut adaptation = Adaptation::none();
+    adaptation.insert("conv", conv_site);
+    let x = Tensor::from_vec(randn(&mut rng, 12 * 144), (1, 12, 12, 12), &dev).unwrap();
+    let got = conv.forward(&x, &adaptation).unwrap(); // [1, 16, 12, 12]
+    let tokens = x.flatten_from(2).unwrap().transpose(1, 2).unwrap(); // [1, 144, 12]
+    let want = reference(&tokens.contiguous().unwrap())
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((1, 16, 12, 12))
+        .unwrap();
+    assert!(diff(&got, &want) < 1e-5);
+}

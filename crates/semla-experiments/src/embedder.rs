@@ -27,18 +27,49 @@ pub enum EmbedderSpec {
     /// `clip:DIR`: a Hugging Face `CLIPModel` folder.
     Clip(PathBuf),
     /// `backbone` or `backbone:MODEL_DIR`: the segmenter's pooled features
-    /// (of `MODEL_DIR`, else of the model the command runs).
-    Backbone(Option<PathBuf>),
+    /// (of `MODEL_DIR`, else of the model the command runs); with a suffix `@F`
+    /// (`backbone@4`, `backbone:MODEL_DIR@4`), of the image average-pooled by `F`
+    /// in each direction first.
+    Backbone {
+        /// The segmenter folder, or `None` for the model the command runs.
+        model: Option<PathBuf>,
+        /// Downscale factor of the embedded image (1: the image as given).
+        downscale: usize,
+    },
+}
+
+impl EmbedderSpec {
+    /// `backbone` (the command's own model, full resolution).
+    pub fn backbone() -> Self {
+        Self::Backbone {
+            model: None,
+            downscale: 1,
+        }
+    }
 }
 
 impl std::str::FromStr for EmbedderSpec {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        if s == "backbone" {
-            return Ok(Self::Backbone(None));
-        }
-        if let Some(dir) = s.strip_prefix("backbone:") {
-            return Ok(Self::Backbone(Some(PathBuf::from(dir))));
+        if s == "backbone" || s.starts_with("backbone:") || s.starts_with("backbone@") {
+            let (body, downscale) = match s.rsplit_once('@') {
+                Some((body, factor)) => match factor.parse::<usize>() {
+                    Ok(f) if f >= 1 => (body, f),
+                    _ => {
+                        return Err(format!(
+                            "`{s}`: the downscale factor after `@` must be a whole number >= 1"
+                        ));
+                    }
+                },
+                None => (s, 1),
+            };
+            let model = match body.strip_prefix("backbone:") {
+                Some("") => return Err(format!("`{s}`: backbone: needs a model folder")),
+                Some(dir) => Some(PathBuf::from(dir)),
+                None if body == "backbone" => None,
+                None => return Err(format!("unknown embedder `{s}`")),
+            };
+            return Ok(Self::Backbone { model, downscale });
         }
         if let Some(dir) = s.strip_prefix("clip:")
             && !dir.is_empty()
@@ -55,8 +86,16 @@ impl std::fmt::Display for EmbedderSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Clip(dir) => write!(f, "clip:{}", dir.display()),
-            Self::Backbone(None) => f.write_str("backbone"),
-            Self::Backbone(Some(dir)) => write!(f, "backbone:{}", dir.display()),
+            Self::Backbone { model, downscale } => {
+                f.write_str("backbone")?;
+                if let Some(dir) = model {
+                    write!(f, ":{}", dir.display())?;
+                }
+                if *downscale > 1 {
+                    write!(f, "@{downscale}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -105,16 +144,35 @@ pub enum Embedder<'m> {
     Backbone {
         /// The segmenter.
         model: &'m dyn Segmenter,
-        /// Its identity (a fingerprint of its weights).
+        /// Its identity (a fingerprint of its weights, and the downscale factor).
         id: String,
+        /// The image is average-pooled by this factor in each direction before the
+        /// backbone sees it (1: not at all): the query embedding then costs about
+        /// `1 / downscale^2` of a full backbone pass.
+        downscale: usize,
     },
 }
 
 impl<'m> Embedder<'m> {
     /// The backbone embedder of `model`.
     pub fn backbone(model: &'m dyn Segmenter) -> Result<Self> {
-        let id = format!("backbone:{:016x}", model_fingerprint(model)?);
-        Ok(Self::Backbone { model, id })
+        Self::backbone_downscaled(model, 1)
+    }
+
+    /// The backbone embedder of `model` on images average-pooled by `downscale`
+    /// (`>= 1`) in each direction.
+    pub fn backbone_downscaled(model: &'m dyn Segmenter, downscale: usize) -> Result<Self> {
+        if downscale == 0 {
+            return Err(ExperimentError::Invalid(
+                "the backbone embedder's downscale factor must be at least 1".into(),
+            ));
+        }
+        let id = backbone_id(model_fingerprint(model)?, downscale);
+        Ok(Self::Backbone {
+            model,
+            id,
+            downscale,
+        })
     }
 
     /// The CLIP embedder of a model folder.
@@ -150,8 +208,19 @@ impl<'m> Embedder<'m> {
             return Ok(Vec::new());
         }
         match self {
-            Self::Backbone { model, .. } => {
-                let batch = normalized_batch(samples, model.normalization(), device)?;
+            Self::Backbone {
+                model, downscale, ..
+            } => {
+                let mut batch = normalized_batch(samples, model.normalization(), device)?;
+                if *downscale > 1 {
+                    let (_, _, h, w) = batch.dims4()?;
+                    if h < *downscale || w < *downscale {
+                        return Err(ExperimentError::Invalid(format!(
+                            "a {h}x{w} image is too small to embed at 1/{downscale} of its size"
+                        )));
+                    }
+                    batch = batch.avg_pool2d(*downscale)?;
+                }
                 rows(&model.embed(&batch)?)
             }
             Self::Clip(clip) => {
@@ -210,15 +279,24 @@ impl<'m> Embedder<'m> {
 pub fn spec_id(spec: &EmbedderSpec, device: &Device) -> Result<Option<String>> {
     Ok(match spec {
         EmbedderSpec::Clip(dir) => Some(format!("clip:{:016x}", folder_fingerprint(dir)?)),
-        EmbedderSpec::Backbone(Some(dir)) => {
+        EmbedderSpec::Backbone {
+            model: Some(dir),
+            downscale,
+        } => {
             let model = semla_models::segmenter::load_segmenter(dir, device)?;
-            Some(format!(
-                "backbone:{:016x}",
-                model_fingerprint(model.as_ref())?
-            ))
+            Some(backbone_id(model_fingerprint(model.as_ref())?, *downscale))
         }
-        EmbedderSpec::Backbone(None) => None,
+        EmbedderSpec::Backbone { model: None, .. } => None,
     })
+}
+
+/// `backbone:<fingerprint>`, with `@<downscale>` when the image is downscaled.
+fn backbone_id(fingerprint: u64, downscale: usize) -> String {
+    if downscale > 1 {
+        format!("backbone:{fingerprint:016x}@{downscale}")
+    } else {
+        format!("backbone:{fingerprint:016x}")
+    }
 }
 
 /// Samples `[3, H, W]` in `[0, 1]` as one normalised batch `[N, 3, H, W]`.
@@ -353,10 +431,27 @@ mod tests {
 
     #[test]
     fn specs_parse_and_print_back() {
-        for text in ["backbone", "backbone:models/base", "clip:weights/clip"] {
+        for text in [
+            "backbone",
+            "backbone:models/base",
+            "clip:weights/clip",
+            "backbone@4",
+            "backbone:models/base@2",
+        ] {
             let spec: EmbedderSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
         }
+        assert_eq!(
+            "backbone:m@4".parse::<EmbedderSpec>().unwrap(),
+            EmbedderSpec::Backbone {
+                model: Some(PathBuf::from("m")),
+                downscale: 4
+            }
+        );
+        assert!("backbone@0".parse::<EmbedderSpec>().is_err());
+        assert!("backbone@x".parse::<EmbedderSpec>().is_err());
+        assert!("backbone:".parse::<EmbedderSpec>().is_err());
+        assert!("backbones".parse::<EmbedderSpec>().is_err());
         assert!("clip:".parse::<EmbedderSpec>().is_err());
         assert!("resnet".parse::<EmbedderSpec>().is_err());
     }

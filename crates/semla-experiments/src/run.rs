@@ -4,9 +4,13 @@
 //! `weights.jsonl` outputs.
 //!
 //! Mixtures are applied in the factored form ([`Adaptation::from_adapters`]):
-//! no weight is merged, and one batch may hold images with different
+//! no model weight is changed, and one batch may hold images with different
 //! mixtures: the batch's adaptation stacks the union of the adapters its
 //! images selected, with a zero weight where an image did not select one.
+//! When a batch shares one mixture, each site picks whichever of `W + ΔW` and
+//! the factored update costs fewer multiply-adds
+//! ([`semla_adapters::FactoredSite::merge_is_cheaper`]), a per-forward choice that
+//! leaves the stored weights untouched.
 //! `--fusion outputs` instead runs every selected adapter alone and averages
 //! the class probabilities (softmax per adapter) with the image's weights.
 

@@ -48,11 +48,19 @@ pub fn pointwise(site: &AdaptedConv2d, x: &Tensor, adaptation: &Adaptation) -> R
     }
     let (n, cin, h, w) = x.dims4()?;
     let x3 = x.contiguous()?.reshape((n, cin, h * w))?;
-    let weight = site.weight();
+    let update = adaptation.get(site.path());
+    // One mixture for the batch and a large map: `W + ΔW` is cheaper than the factors.
+    let merged = match update {
+        Some(update) if update.merge_is_cheaper(n, n * h * w)? => {
+            Some(update.merged_weight(site.weight())?)
+        }
+        _ => None,
+    };
+    let weight = merged.as_ref().unwrap_or(site.weight());
     let cout = weight.dim(0)?;
     // Frozen path when adapter training: only `x` gets a gradient (see `semla_adapters::frozen`).
     let mut y = semla_adapters::frozen::pointwise(&x3, &weight.reshape((cout, cin))?, site.bias())?;
-    if let Some(update) = adaptation.get(site.path()) {
+    if let Some(update) = update.filter(|_| merged.is_none()) {
         let rank = update.a.dim(0)?;
         let a = update.a.reshape((rank, cin))?.broadcast_left(n)?;
         let b = update.b.reshape((cout, rank))?.broadcast_left(n)?;

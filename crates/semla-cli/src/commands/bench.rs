@@ -54,6 +54,10 @@ pub struct SpeedArgs {
     /// Segmenter input HEIGHTxWIDTH.
     #[arg(long, default_value = "360x480", value_parser = parse_size, value_name = "HxW")]
     pub segmenter_size: (usize, usize),
+    /// The segmenter's `semla-embed-downscaled` path embeds the image average-pooled
+    /// by this factor in each direction.
+    #[arg(long, default_value_t = 4)]
+    pub embed_downscale: usize,
     /// Adapters in the library-scale benchmark (0: skip it).
     #[arg(long, default_value_t = 10_000)]
     pub library_adapters: usize,
@@ -204,6 +208,7 @@ fn run_speed(args: SpeedArgs, ctx: &Context) -> anyhow::Result<()> {
     let config = SpeedConfig {
         runs: args.runs.max(1),
         segmenter_size: args.segmenter_size,
+        embed_downscale: args.embed_downscale.max(1),
         library_adapters: args.library_adapters,
         clip: !args.skip_clip,
         segmenter: !args.skip_segmenter,

@@ -70,8 +70,10 @@ pub fn run(args: EmbedArgs, ctx: &Context) -> anyhow::Result<()> {
         sources.push((name.clone(), domain));
     }
     let backbone_dir = match &args.embedder {
-        EmbedderSpec::Backbone(Some(dir)) => Some(dir.clone()),
-        EmbedderSpec::Backbone(None) => match &args.model {
+        EmbedderSpec::Backbone {
+            model: Some(dir), ..
+        } => Some(dir.clone()),
+        EmbedderSpec::Backbone { model: None, .. } => match &args.model {
             Some(dir) => Some(dir.clone()),
             None => bail!("--embedder backbone needs --model DIR (or use backbone:DIR)"),
         },
@@ -90,9 +92,13 @@ pub fn run(args: EmbedArgs, ctx: &Context) -> anyhow::Result<()> {
                 .with_context(|| format!("loading the CLIP embedder {}", dir.display()))?,
             args.embedder.to_string(),
         ),
-        (_, Some(model)) => (
-            Embedder::backbone(model.as_ref())?,
-            format!("backbone:{}", backbone_dir.unwrap_or_default().display()),
+        (EmbedderSpec::Backbone { downscale, .. }, Some(model)) => (
+            Embedder::backbone_downscaled(model.as_ref(), *downscale)?,
+            EmbedderSpec::Backbone {
+                model: backbone_dir,
+                downscale: *downscale,
+            }
+            .to_string(),
         ),
         (_, None) => bail!("no backbone model loaded"),
     };

@@ -131,17 +131,23 @@ pub fn make_embedder<'m>(
     let spec = spec
         .cloned()
         .or(recorded)
-        .unwrap_or(EmbedderSpec::Backbone(None));
+        .unwrap_or(EmbedderSpec::backbone());
     let embedder = match &spec {
         EmbedderSpec::Clip(dir) => Embedder::clip(dir, device)
             .with_context(|| format!("loading the CLIP embedder {}", dir.display()))?,
-        EmbedderSpec::Backbone(None) => Embedder::backbone(model)?,
-        EmbedderSpec::Backbone(Some(dir)) => {
+        EmbedderSpec::Backbone {
+            model: None,
+            downscale,
+        } => Embedder::backbone_downscaled(model, *downscale)?,
+        EmbedderSpec::Backbone {
+            model: Some(dir),
+            downscale,
+        } => {
             let other = load_segmenter(dir, device)
                 .with_context(|| format!("loading the backbone embedder {}", dir.display()))?;
             let slot: &'m mut Box<dyn Segmenter> = Option::insert(loaded, other);
             let other: &'m dyn Segmenter = &**slot;
-            Embedder::backbone(other)?
+            Embedder::backbone_downscaled(other, *downscale)?
         }
     };
     Ok((embedder, spec.to_string()))

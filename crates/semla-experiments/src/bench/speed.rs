@@ -95,6 +95,9 @@ pub struct SpeedConfig {
     pub rank: usize,
     /// Adapters fused per image (top-k).
     pub top_k: usize,
+    /// The segmenter's `semla-embed-downscaled` path embeds the image average-pooled
+    /// by this factor in each direction (see `Embedder::backbone_downscaled`).
+    pub embed_downscale: usize,
     /// Adapters in the library-scale benchmark (0: skip it).
     pub library_adapters: usize,
     /// Whether to time CLIP ViT-B/16.
@@ -111,6 +114,7 @@ impl Default for SpeedConfig {
             adapters: 5,
             rank: 8,
             top_k: 3,
+            embed_downscale: 4,
             library_adapters: 10_000,
             clip: true,
             segmenter: true,
@@ -425,7 +429,7 @@ pub fn time_segmenter(config: &SpeedConfig, progress: &mut dyn Progress) -> Resu
     let label = format!("efficientnet-lite0-lraspp-{h}x{w}");
     let mut out = Vec::new();
     let runs = config.runs;
-    progress.begin(&format!("timing the segmenter at {h}x{w} (4 paths)"), 4);
+    progress.begin(&format!("timing the segmenter at {h}x{w} (5 paths)"), 5);
     push(
         &mut out,
         &label,
@@ -439,11 +443,16 @@ pub fn time_segmenter(config: &SpeedConfig, progress: &mut dyn Progress) -> Resu
     progress.set(1);
     {
         let model = model.as_ref();
-        let semla_path = |with_embedding: bool| -> Result<()> {
-            let query: Vec<f32> = if with_embedding {
-                model.embed(&images)?.flatten_all()?.to_vec1()?
-            } else {
-                set.prototypes()[0].embedding.clone()
+        let downscale = config.embed_downscale.max(1);
+        // `Some(f)`: embed the image pooled by `f`; `None`: take a stored embedding.
+        let semla_path = |embed_at: Option<usize>| -> Result<()> {
+            let query: Vec<f32> = match embed_at {
+                Some(1) => model.embed(&images)?.flatten_all()?.to_vec1()?,
+                Some(f) => model
+                    .embed(&images.avg_pool2d(f)?)?
+                    .flatten_all()?
+                    .to_vec1()?,
+                None => set.prototypes()[0].embedding.clone(),
             };
             let (picked, weights) = mixture(&set, &adapters, &query, config.top_k)?;
             let adaptation = Adaptation::from_adapters(&picked, &[weights])?;
@@ -454,18 +463,26 @@ pub fn time_segmenter(config: &SpeedConfig, progress: &mut dyn Progress) -> Resu
             &mut out,
             &label,
             "semla",
-            time_median(runs, || semla_path(true))?,
+            time_median(runs, || semla_path(Some(1)))?,
             runs,
         );
         progress.set(2);
         push(
             &mut out,
             &label,
-            "semla-given-embedding",
-            time_median(runs, || semla_path(false))?,
+            "semla-embed-downscaled",
+            time_median(runs, || semla_path(Some(downscale)))?,
             runs,
         );
         progress.set(3);
+        push(
+            &mut out,
+            &label,
+            "semla-given-embedding",
+            time_median(runs, || semla_path(None))?,
+            runs,
+        );
+        progress.set(4);
     }
     // Merge per image: add delta W to every site, forward, subtract it again.
     let query = set.prototypes()[0].embedding.clone();
@@ -482,7 +499,7 @@ pub fn time_segmenter(config: &SpeedConfig, progress: &mut dyn Progress) -> Resu
         Ok(())
     })?;
     push(&mut out, &label, "merge", timing, runs);
-    progress.set(4);
+    progress.set(5);
     progress.end();
     Ok(out)
 }
