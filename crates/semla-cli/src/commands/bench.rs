@@ -139,6 +139,10 @@ pub struct CamvidArgs {
     /// LoRA rank.
     #[arg(long, default_value_t = 8)]
     pub rank: usize,
+    /// SemLA: the backbone embedder sees each image average-pooled by this factor
+    /// in each direction (1: full size); prototypes are recomputed when it changes.
+    #[arg(long, default_value_t = 1)]
+    pub embed_downscale: usize,
     /// SemLA: frames per domain on which top-k and temperature are tuned (train
     /// frames no adapter was trained on; 0: no tuning, use --top-k and --temperature).
     #[arg(long, default_value_t = 12)]
@@ -371,6 +375,7 @@ fn run_camvid(args: CamvidArgs, ctx: &Context) -> anyhow::Result<()> {
     config.retrieval.top_k = args.top_k;
     config.retrieval.temperature = args.temperature;
     config.tune_images = args.tune_images;
+    config.embed_downscale = args.embed_downscale.max(1);
     if let Some(similarity) = args.similarity {
         config.retrieval.similarity = similarity;
     }

@@ -30,10 +30,10 @@ use semla_train::trainer::{Session, TrainConfig};
 use serde::Serialize;
 
 use super::table::{assemble, render_markdown, summarise};
-use crate::embedder::Embedder;
+use crate::embedder::{Embedder, EmbedderSpec};
 use crate::error::{ExperimentError, Result, write_atomic};
 use crate::progress::Progress;
-use crate::prototypes::{EmbedOptions, record_prototypes, source_prototype};
+use crate::prototypes::{EmbedOptions, LibraryRecord, record_prototypes, source_prototype};
 use crate::run::{
     ExperimentKind, ExperimentSettings, Fusion, SourceLibrary, TABLE_METHODS, Target,
     run_leave_one_out,
@@ -107,6 +107,9 @@ pub struct CamVidBenchConfig {
     pub eval_images: Option<usize>,
     /// LoRA rank.
     pub rank: usize,
+    /// The backbone embedder sees each image average-pooled by this factor in each
+    /// direction (1: full size); prototypes and queries alike.
+    pub embed_downscale: usize,
     /// LoRA alpha.
     pub alpha: f64,
     /// SemLA's retrieval settings (similarity always; top-k and temperature when
@@ -138,6 +141,7 @@ impl CamVidBenchConfig {
             train_images: Some(96),
             eval_images: Some(50),
             rank: 8,
+            embed_downscale: 1,
             alpha: 16.0,
             retrieval: RetrievalParams {
                 top_k: 3,
@@ -184,6 +188,8 @@ pub struct TuningPoint {
 /// SemLA's retrieval tuned on frames outside the evaluation split.
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct Tuning {
+    /// The embedder of the prototypes ([`Embedder::id`]).
+    pub embedder: String,
     /// The domains tuned over, in order.
     pub domains: Vec<String>,
     /// Frames per domain.
@@ -398,7 +404,15 @@ pub fn run_camvid_bench(
     // 2. One adapter per domain (prototypes from the same training images).
     let library_dir = out_dir.join("library");
     std::fs::create_dir_all(&library_dir).map_err(|e| ExperimentError::io(&library_dir, e))?;
-    let embedder = Embedder::backbone(base.as_ref())?;
+    let embedder = Embedder::backbone_downscaled(base.as_ref(), config.embed_downscale)?;
+    let embedder_spec = EmbedderSpec::Backbone {
+        model: None,
+        downscale: config.embed_downscale,
+    }
+    .to_string();
+    // Prototypes made by another embedder (say, another downscale) are recomputed.
+    let same_embedder =
+        LibraryRecord::read(&library_dir)?.is_none_or(|record| record.embedder_id == embedder.id());
     let settings = LoraSettings {
         rank: config.rank,
         alpha: config.alpha,
@@ -410,6 +424,7 @@ pub fn run_camvid_bench(
         let library = AdapterLibrary::open(&library_dir)?;
         let have_adapter = library.names().contains(&name.as_str());
         let have_prototype = have_adapter
+            && same_embedder
             && library
                 .entry(name)
                 .map(|e| e.has_prototype())
@@ -475,10 +490,13 @@ pub fn run_camvid_bench(
             progress,
         )?;
         prototypes.push((name.clone(), prototype, count));
-        // Record after every domain, so that an interrupted run keeps what it has.
-        record_prototypes(&library_dir, &prototypes, &embedder, "backbone")?;
+        // Record after every domain, so that an interrupted run keeps what it has
+        // (with a new embedder, only once all are made: the record is all-or-nothing).
+        if same_embedder {
+            record_prototypes(&library_dir, &prototypes, &embedder, &embedder_spec)?;
+        }
     }
-    record_prototypes(&library_dir, &prototypes, &embedder, "backbone")?;
+    record_prototypes(&library_dir, &prototypes, &embedder, &embedder_spec)?;
     phase("adapters and prototypes", &mut phase_start);
 
     // 3. SemLA's top-k and temperature, tuned on train frames no adapter saw.
@@ -494,7 +512,11 @@ pub fn run_camvid_bench(
         let earlier: Option<Tuning> = std::fs::read(&tuning_path)
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .filter(|t: &Tuning| t.domains == config.domains && t.images == config.tune_images);
+            .filter(|t: &Tuning| {
+                t.domains == config.domains
+                    && t.images == config.tune_images
+                    && t.embedder == embedder.id()
+            });
         let tuning = match earlier {
             Some(tuning) => {
                 reused.push("tuning".to_string());
@@ -713,6 +735,7 @@ pub fn tune_retrieval(
         })
         .map_or(0, |(i, _)| i);
     Ok(Tuning {
+        embedder: embedder.id().to_string(),
         domains: targets.iter().map(|t| t.name.clone()).collect(),
         images,
         points,
