@@ -247,6 +247,35 @@ fn experiments_write_official_results_and_refuse_another_embedder() {
         assert!(out.join("report.json").is_file());
     }
 
+    // --split picks the frames evaluated: the test frames are other images.
+    let images_of = |split: &str| -> Vec<String> {
+        let out = dir.path().join(format!("zeroshot-{split}"));
+        let mut args: Vec<&str> = common.to_vec();
+        args.extend([
+            "--experiment",
+            "zeroshot",
+            "--split",
+            split,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        ok_json(&args);
+        std::fs::read_to_string(out.join("weights.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let record: Value = serde_json::from_str(line).unwrap();
+                record["image"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let (val, test) = (images_of("val"), images_of("test"));
+    assert_eq!((val.len(), test.len()), (6, 6));
+    assert!(
+        val.iter().all(|image| !test.contains(image)),
+        "{val:?} {test:?}"
+    );
+
     // A query embedder other than the one that made the prototypes is refused.
     let other = write_model(dir.path(), "other", 3);
     let out = dir.path().join("refused");

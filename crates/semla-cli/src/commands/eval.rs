@@ -111,6 +111,7 @@ pub fn run(args: EvalArgs, ctx: &Context) -> anyhow::Result<()> {
             model: &args.model,
             data_root: args.data_root.as_deref(),
             resize: args.resize,
+            split: args.split,
             limit: args.limit,
             definition: args.definition,
         };

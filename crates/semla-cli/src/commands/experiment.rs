@@ -68,6 +68,8 @@ pub struct EvalCommon<'a> {
     pub data_root: Option<&'a Path>,
     /// `--resize`.
     pub resize: Option<(usize, usize)>,
+    /// `--split`: the split of every target domain evaluated.
+    pub split: Split,
     /// `--limit`.
     pub limit: Option<usize>,
     /// `--definition`.
@@ -194,8 +196,8 @@ pub fn run(
         let domain = resolve(name, common.data_root)?;
         let definition = common.definition.unwrap_or_else(|| definition_of(&domain));
         let classes = domain.classes.clone();
-        let source = DomainSource::new(domain, Split::Val, common.resize)
-            .with_context(|| format!("target domain {name}"))?;
+        let source = DomainSource::new(domain, common.split, common.resize)
+            .with_context(|| format!("target domain {name} ({})", common.split))?;
         domain_sources.push((name.clone(), source, definition, classes));
     }
     let targets: Vec<Target<'_>> = domain_sources
