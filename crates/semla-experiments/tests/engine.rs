@@ -397,6 +397,36 @@ fn a_query_from_another_embedder_is_refused() {
     let err = check_library_embedder(&setup.library, &same, 12).unwrap_err();
     assert!(err.to_string().contains("dimension"), "{err}");
 
+    // The same backbone on downscaled images is another embedder: refused, and its
+    // embedding is the full-size backbone's of the average-pooled batch.
+    let half = Embedder::backbone_downscaled(setup.model.as_ref(), 2).unwrap();
+    assert_ne!(half.id(), same.id());
+    let err = check_library_embedder(&setup.library, &half, 16).unwrap_err();
+    assert!(err.to_string().contains("embedder"), "{err}");
+    let sample = setup.val[0].sample(0).unwrap();
+    let pooled = {
+        let batch = semla_experiments::embedder::normalized_batch(
+            &[&sample],
+            setup.model.as_ref().normalization(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let pooled = batch.avg_pool2d(2).unwrap();
+        setup
+            .model
+            .embed(&pooled)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let embedded = half.embed_samples(&[&sample], &Device::Cpu).unwrap();
+    let full = same.embed_samples(&[&sample], &Device::Cpu).unwrap();
+    assert_eq!(embedded[0], pooled);
+    assert_ne!(embedded[0], full[0]);
+    assert!(Embedder::backbone_downscaled(setup.model.as_ref(), 0).is_err());
+
     let config = SegmenterConfig::Tiny(TinySegConfig::new(semla_data::synthetic::NUM_CLASSES));
     let (other, _) = semla_train::runs::build_trainable(&config, None, 99, &Device::Cpu).unwrap();
     let other = Embedder::backbone(other.as_ref()).unwrap();
