@@ -8,6 +8,7 @@
 
 pub mod clip;
 pub mod efficientnet;
+pub mod kernels;
 pub mod lraspp;
 pub mod segmenter;
 pub mod tiny;

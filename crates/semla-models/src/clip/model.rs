@@ -88,10 +88,13 @@ impl candle_core::CustomOp1 for QuickGelu {
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("quick-gelu: input must be contiguous")
         };
-        let out: Vec<f32> = data[start..end]
-            .iter()
-            .map(|&v| v / (1.0 + (-1.702 * v).exp()))
-            .collect();
+        let input = &data[start..end];
+        let mut out = vec![0f32; input.len()];
+        crate::kernels::parallel_chunks(&mut out, 1024, |offset, chunk| {
+            for (o, &v) in chunk.iter_mut().zip(&input[offset..]) {
+                *o = v / (1.0 + (-1.702 * v).exp());
+            }
+        });
         Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
     }
 }
@@ -206,6 +209,20 @@ impl Attention {
         let (n, l, d) = x.dims3()?;
         let scale = (self.head_dim as f64).powf(-0.5);
         let (q, k, v) = self.project_qkv(x, adaptation)?;
+        if kernels == Kernels::Fused
+            && mask.is_none()
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+        {
+            let out = q.contiguous()?.apply_op3_no_bwd(
+                &k.contiguous()?,
+                &v.contiguous()?,
+                &crate::kernels::FusedAttention {
+                    scale: scale as f32,
+                },
+            )?; // [N, L, D]
+            return self.out_proj.forward(&out, adaptation);
+        }
         let q = (q * scale)?;
         let mut scores = q.matmul(&k.t()?)?; // [N, H, L, L]
         if let Some(mask) = mask {
