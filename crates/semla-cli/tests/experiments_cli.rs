@@ -80,6 +80,10 @@ fn write_library(dir: &Path, model: &Path) -> PathBuf {
 }
 
 fn embed(library: &Path, model: &Path) -> Value {
+    embed_with(library, &format!("backbone:{}", model.display()))
+}
+
+fn embed_with(library: &Path, embedder: &str) -> Value {
     ok_json(&[
         "library",
         "embed",
@@ -88,7 +92,7 @@ fn embed(library: &Path, model: &Path) -> Value {
         "--sources",
         SOURCES,
         "--embedder",
-        &format!("backbone:{}", model.display()),
+        embedder,
         "--limit",
         "4",
         "--resize",
@@ -292,6 +296,38 @@ fn experiments_write_official_results_and_refuse_another_embedder() {
     let err = error_of(&args);
     assert!(err.contains("embedder"), "{err}");
     assert!(!out.join("results.json").exists());
+
+    // The style embedder (early channel statistics, here on half-size images):
+    // recorded with the prototypes and used by the experiment without being named.
+    let style = format!("style:{m}@2");
+    embed_with(&library, &style);
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(library.join("semla_library.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["embedder"], "style");
+    assert_eq!(record["embedder_spec"], style.as_str());
+    assert_eq!(
+        record["dimension"], 8,
+        "tiny width 4: mean and std of 4 stem channels"
+    );
+    let out = dir.path().join("semla-style");
+    let mut args: Vec<&str> = common.to_vec();
+    args.extend([
+        "--experiment",
+        "semla",
+        "--remove-target-adapter",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    ok_json(&args);
+    assert_eq!(
+        std::fs::read_to_string(out.join("weights.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        6
+    );
+    embed(&library, &model);
 
     // semla segment: a mask and an overlay per image, and the adapters used.
     let image = dir.path().join("fog.png");

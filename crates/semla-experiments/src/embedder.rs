@@ -6,6 +6,12 @@
 //!   normalised) after `CLIPImageProcessor` preprocessing.
 //! - `backbone` ([`Embedder::Backbone`]): the segmenter's own pooled base
 //!   features ([`Segmenter::embed`]), on the image exactly as the segmenter sees it.
+//! - `style`: the same segmenter's early-layer channel statistics
+//!   ([`Segmenter::embed_style`]): what a shift does to an image (contrast, colour,
+//!   noise, blur) more than what the image shows, for a fraction of a forward pass.
+//!
+//! Both segmenter embedders take an optional suffix `@F`: the image is
+//! average-pooled by `F` in each direction first.
 //!
 //! Every embedder has an identity ([`Embedder::id`]) that changes with its
 //! weights, so a library can refuse queries from another embedder.
@@ -26,16 +32,52 @@ use crate::error::{ExperimentError, Result};
 pub enum EmbedderSpec {
     /// `clip:DIR`: a Hugging Face `CLIPModel` folder.
     Clip(PathBuf),
-    /// `backbone` or `backbone:MODEL_DIR`: the segmenter's pooled features
-    /// (of `MODEL_DIR`, else of the model the command runs); with a suffix `@F`
-    /// (`backbone@4`, `backbone:MODEL_DIR@4`), of the image average-pooled by `F`
+    /// `backbone` or `backbone:MODEL_DIR` (pooled features), `style` or
+    /// `style:MODEL_DIR` (early channel statistics), of the segmenter in
+    /// `MODEL_DIR`, else of the model the command runs; with a suffix `@F`
+    /// (`backbone@4`, `style:MODEL_DIR@2`), of the image average-pooled by `F`
     /// in each direction first.
     Backbone {
         /// The segmenter folder, or `None` for the model the command runs.
         model: Option<PathBuf>,
         /// Downscale factor of the embedded image (1: the image as given).
         downscale: usize,
+        /// Which summary of the segmenter's features.
+        summary: BackboneSummary,
     },
+}
+
+/// What a segmenter embedder takes from the segmenter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackboneSummary {
+    /// `backbone`: [`Segmenter::embed`], pooled deep features.
+    Pooled,
+    /// `style`: [`Segmenter::embed_style`], early channel statistics.
+    Style,
+}
+
+impl BackboneSummary {
+    /// The spec prefix and embedder kind: `backbone` or `style`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pooled => "backbone",
+            Self::Style => "style",
+        }
+    }
+}
+
+impl std::str::FromStr for BackboneSummary {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "backbone" => Ok(Self::Pooled),
+            "style" => Ok(Self::Style),
+            other => Err(format!(
+                "unknown segmenter embedder `{other}` (backbone or style)"
+            )),
+        }
+    }
 }
 
 impl EmbedderSpec {
@@ -44,6 +86,7 @@ impl EmbedderSpec {
         Self::Backbone {
             model: None,
             downscale: 1,
+            summary: BackboneSummary::Pooled,
         }
     }
 }
@@ -51,8 +94,15 @@ impl EmbedderSpec {
 impl std::str::FromStr for EmbedderSpec {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        if s == "backbone" || s.starts_with("backbone:") || s.starts_with("backbone@") {
-            let (body, downscale) = match s.rsplit_once('@') {
+        for summary in [BackboneSummary::Pooled, BackboneSummary::Style] {
+            let prefix = summary.as_str();
+            let Some(rest) = s.strip_prefix(prefix) else {
+                continue;
+            };
+            if !(rest.is_empty() || rest.starts_with(':') || rest.starts_with('@')) {
+                continue;
+            }
+            let (body, downscale) = match rest.rsplit_once('@') {
                 Some((body, factor)) => match factor.parse::<usize>() {
                     Ok(f) if f >= 1 => (body, f),
                     _ => {
@@ -61,15 +111,18 @@ impl std::str::FromStr for EmbedderSpec {
                         ));
                     }
                 },
-                None => (s, 1),
+                None => (rest, 1),
             };
-            let model = match body.strip_prefix("backbone:") {
-                Some("") => return Err(format!("`{s}`: backbone: needs a model folder")),
+            let model = match body.strip_prefix(':') {
+                Some("") => return Err(format!("`{s}`: `{prefix}:` needs a model folder")),
                 Some(dir) => Some(PathBuf::from(dir)),
-                None if body == "backbone" => None,
-                None => return Err(format!("unknown embedder `{s}`")),
+                None => None,
             };
-            return Ok(Self::Backbone { model, downscale });
+            return Ok(Self::Backbone {
+                model,
+                downscale,
+                summary,
+            });
         }
         if let Some(dir) = s.strip_prefix("clip:")
             && !dir.is_empty()
@@ -77,7 +130,7 @@ impl std::str::FromStr for EmbedderSpec {
             return Ok(Self::Clip(PathBuf::from(dir)));
         }
         Err(format!(
-            "unknown embedder `{s}` (expected clip:DIR, backbone or backbone:MODEL_DIR)"
+            "unknown embedder `{s}` (expected clip:DIR, backbone[:MODEL_DIR][@F] or style[:MODEL_DIR][@F])"
         ))
     }
 }
@@ -86,8 +139,12 @@ impl std::fmt::Display for EmbedderSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Clip(dir) => write!(f, "clip:{}", dir.display()),
-            Self::Backbone { model, downscale } => {
-                f.write_str("backbone")?;
+            Self::Backbone {
+                model,
+                downscale,
+                summary,
+            } => {
+                f.write_str(summary.as_str())?;
                 if let Some(dir) = model {
                     write!(f, ":{}", dir.display())?;
                 }
@@ -150,6 +207,8 @@ pub enum Embedder<'m> {
         /// backbone sees it (1: not at all): the query embedding then costs about
         /// `1 / downscale^2` of a full backbone pass.
         downscale: usize,
+        /// Pooled deep features or early channel statistics.
+        summary: BackboneSummary,
     },
 }
 
@@ -162,16 +221,27 @@ impl<'m> Embedder<'m> {
     /// The backbone embedder of `model` on images average-pooled by `downscale`
     /// (`>= 1`) in each direction.
     pub fn backbone_downscaled(model: &'m dyn Segmenter, downscale: usize) -> Result<Self> {
+        Self::segmenter(model, BackboneSummary::Pooled, downscale)
+    }
+
+    /// A segmenter embedder: `summary` of `model`'s features of images
+    /// average-pooled by `downscale` (`>= 1`) in each direction.
+    pub fn segmenter(
+        model: &'m dyn Segmenter,
+        summary: BackboneSummary,
+        downscale: usize,
+    ) -> Result<Self> {
         if downscale == 0 {
             return Err(ExperimentError::Invalid(
                 "the backbone embedder's downscale factor must be at least 1".into(),
             ));
         }
-        let id = backbone_id(model_fingerprint(model)?, downscale);
+        let id = backbone_id(summary, model_fingerprint(model)?, downscale);
         Ok(Self::Backbone {
             model,
             id,
             downscale,
+            summary,
         })
     }
 
@@ -184,7 +254,7 @@ impl<'m> Embedder<'m> {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Clip(_) => "clip",
-            Self::Backbone { .. } => "backbone",
+            Self::Backbone { summary, .. } => summary.as_str(),
         }
     }
 
@@ -209,7 +279,10 @@ impl<'m> Embedder<'m> {
         }
         match self {
             Self::Backbone {
-                model, downscale, ..
+                model,
+                downscale,
+                summary,
+                ..
             } => {
                 let mut batch = normalized_batch(samples, model.normalization(), device)?;
                 if *downscale > 1 {
@@ -221,7 +294,10 @@ impl<'m> Embedder<'m> {
                     }
                     batch = batch.avg_pool2d(*downscale)?;
                 }
-                rows(&model.embed(&batch)?)
+                rows(&match summary {
+                    BackboneSummary::Pooled => model.embed(&batch)?,
+                    BackboneSummary::Style => model.embed_style(&batch)?,
+                })
             }
             Self::Clip(clip) => {
                 let mut pixels = Vec::with_capacity(samples.len());
@@ -282,20 +358,27 @@ pub fn spec_id(spec: &EmbedderSpec, device: &Device) -> Result<Option<String>> {
         EmbedderSpec::Backbone {
             model: Some(dir),
             downscale,
+            summary,
         } => {
             let model = semla_models::segmenter::load_segmenter(dir, device)?;
-            Some(backbone_id(model_fingerprint(model.as_ref())?, *downscale))
+            Some(backbone_id(
+                *summary,
+                model_fingerprint(model.as_ref())?,
+                *downscale,
+            ))
         }
         EmbedderSpec::Backbone { model: None, .. } => None,
     })
 }
 
-/// `backbone:<fingerprint>`, with `@<downscale>` when the image is downscaled.
-fn backbone_id(fingerprint: u64, downscale: usize) -> String {
+/// `backbone:<fingerprint>` (or `style:...`), with `@<downscale>` when the image
+/// is downscaled.
+fn backbone_id(summary: BackboneSummary, fingerprint: u64, downscale: usize) -> String {
+    let kind = summary.as_str();
     if downscale > 1 {
-        format!("backbone:{fingerprint:016x}@{downscale}")
+        format!("{kind}:{fingerprint:016x}@{downscale}")
     } else {
-        format!("backbone:{fingerprint:016x}")
+        format!("{kind}:{fingerprint:016x}")
     }
 }
 
@@ -437,6 +520,9 @@ mod tests {
             "clip:weights/clip",
             "backbone@4",
             "backbone:models/base@2",
+            "style",
+            "style@2",
+            "style:models/base",
         ] {
             let spec: EmbedderSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
@@ -445,13 +531,15 @@ mod tests {
             "backbone:m@4".parse::<EmbedderSpec>().unwrap(),
             EmbedderSpec::Backbone {
                 model: Some(PathBuf::from("m")),
-                downscale: 4
+                downscale: 4,
+                summary: BackboneSummary::Pooled,
             }
         );
         assert!("backbone@0".parse::<EmbedderSpec>().is_err());
         assert!("backbone@x".parse::<EmbedderSpec>().is_err());
         assert!("backbone:".parse::<EmbedderSpec>().is_err());
         assert!("backbones".parse::<EmbedderSpec>().is_err());
+        assert!("styles".parse::<EmbedderSpec>().is_err());
         assert!("clip:".parse::<EmbedderSpec>().is_err());
         assert!("resnet".parse::<EmbedderSpec>().is_err());
     }

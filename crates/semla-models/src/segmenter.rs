@@ -53,6 +53,14 @@ pub trait Segmenter: Send + Sync {
     /// (the `backbone` embedder of SemLA's retrieval): `[N, 3, H, W]` -> `[N, D]`.
     fn embed(&self, images: &Tensor) -> Result<Tensor>;
 
+    /// Style statistics of each image: the per-channel mean and standard deviation
+    /// of the base model's early feature maps (the layers before the first adapter
+    /// site, or the first few blocks), `[N, 3, H, W]` -> `[N, D]`.
+    ///
+    /// They describe contrast, colour, noise and blur more than scene content, which
+    /// is what tells domain shifts apart; and they cost only the early layers.
+    fn embed_style(&self, images: &Tensor) -> Result<Tensor>;
+
     /// The adapter sites of the model, in a stable order.
     fn sites(&self) -> Vec<SiteInfo>;
 
@@ -65,6 +73,18 @@ pub trait Segmenter: Send + Sync {
 
     /// The configuration that rebuilds this model (the `config.json` of its folder).
     fn config(&self) -> SegmenterConfig;
+}
+
+/// Per-channel mean and standard deviation of `[N, C, H, W]` feature maps,
+/// concatenated as `[N, 2C]` (means first). The standard deviation is the
+/// population one, with `1e-6` added to the variance.
+pub fn channel_statistics(features: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = features.dims4()?;
+    let flat = features.reshape((n, c, h * w))?;
+    let mean = flat.mean_keepdim(2)?; // [N, C, 1]
+    let var = flat.broadcast_sub(&mean)?.sqr()?.mean(2)?; // [N, C]
+    let std = (var + 1e-6)?.sqrt()?;
+    Tensor::cat(&[&mean.squeeze(2)?, &std], 1)
 }
 
 /// Configuration of any segmenter kind, as stored in a model folder's
@@ -268,4 +288,24 @@ pub fn rgb_to_tensor(
         }
     }
     Tensor::from_vec(data, (1, 3, h, w), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_statistics_are_means_then_population_deviations() {
+        // One image, two channels of four pixels: [1, 2, 3, 4] and [5, 5, 5, 5].
+        let x = Tensor::new(&[1f32, 2., 3., 4., 5., 5., 5., 5.], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 2, 2, 2))
+            .unwrap();
+        let stats = channel_statistics(&x).unwrap().to_vec2::<f32>().unwrap();
+        // Variance of [1, 2, 3, 4] is 1.25; of a constant, 0 (+ 1e-6).
+        let want = [2.5, 5.0, (1.25f32 + 1e-6).sqrt(), 1e-3];
+        for (got, want) in stats[0].iter().zip(want) {
+            assert!((got - want).abs() < 1e-5, "{stats:?}");
+        }
+    }
 }

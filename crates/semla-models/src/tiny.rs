@@ -137,6 +137,11 @@ impl Segmenter for TinySeg {
         head.mean(3)?.mean(2)
     }
 
+    /// Statistics of the stem's output (no adapter site precedes it): `[N, 2 * width]`.
+    fn embed_style(&self, images: &Tensor) -> Result<Tensor> {
+        crate::segmenter::channel_statistics(&self.stem.forward(images)?)
+    }
+
     fn sites(&self) -> Vec<SiteInfo> {
         self.sites_ref().iter().map(|s| s.info()).collect()
     }

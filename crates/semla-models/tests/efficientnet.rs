@@ -178,6 +178,11 @@ fn efficientnet_lora_factored_equals_merged() {
         &[1, 5, 64, 48]
     );
     assert_eq!(model.embed(&x).unwrap().dims(), &[1, 1280]);
+    // Mean and std of the stem's 32 channels and block 2's 24.
+    let style = model.embed_style(&x).unwrap();
+    assert_eq!(style.dims(), &[1, 112]);
+    let deviations = style.narrow(1, 32, 32).unwrap().min_all().unwrap();
+    assert!(deviations.to_scalar::<f32>().unwrap() > 0.0);
     for path in [
         "_blocks.3._project_conv",
         "_blocks.7._expand_conv",

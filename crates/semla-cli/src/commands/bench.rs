@@ -14,6 +14,7 @@ use semla_experiments::bench::speed::{
     ReferenceTiming, SpeedConfig, Timing, library_scale, speed_charts, time_clip, time_segmenter,
 };
 use semla_experiments::bench::table::{render_markdown, summarise};
+use semla_experiments::embedder::BackboneSummary;
 use semla_experiments::progress::Progress;
 use semla_experiments::table::ResultsTable;
 use semla_retrieval::SimilarityMeasure;
@@ -139,7 +140,12 @@ pub struct CamvidArgs {
     /// LoRA rank.
     #[arg(long, default_value_t = 8)]
     pub rank: usize,
-    /// SemLA: the backbone embedder sees each image average-pooled by this factor
+    /// SemLA: the query embedder, `backbone` (the base model's pooled deep features)
+    /// or `style` (its early channel statistics); prototypes are recomputed when it
+    /// changes.
+    #[arg(long, default_value = "backbone", value_name = "E")]
+    pub embedder: BackboneSummary,
+    /// SemLA: the embedder sees each image average-pooled by this factor
     /// in each direction (1: full size); prototypes are recomputed when it changes.
     #[arg(long, default_value_t = 1)]
     pub embed_downscale: usize,
@@ -376,6 +382,7 @@ fn run_camvid(args: CamvidArgs, ctx: &Context) -> anyhow::Result<()> {
     config.retrieval.temperature = args.temperature;
     config.tune_images = args.tune_images;
     config.embed_downscale = args.embed_downscale.max(1);
+    config.embedder = args.embedder;
     if let Some(similarity) = args.similarity {
         config.retrieval.similarity = similarity;
     }

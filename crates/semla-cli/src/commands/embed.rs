@@ -30,7 +30,9 @@ pub struct EmbedArgs {
     #[arg(long, value_name = "FILE|A,B,..")]
     pub sources: Option<String>,
     /// `clip:DIR` (the official embedder, a Hugging Face CLIPModel folder),
-    /// `backbone:MODEL_DIR`, or `backbone` with --model.
+    /// `backbone:MODEL_DIR` or `backbone` with --model (pooled deep features),
+    /// `style:MODEL_DIR` or `style` (early channel statistics); a suffix `@F`
+    /// embeds the image average-pooled by F (`style@2`).
     #[arg(long, value_name = "E")]
     pub embedder: EmbedderSpec,
     /// Segmenter model folder for `--embedder backbone`.
@@ -92,11 +94,17 @@ pub fn run(args: EmbedArgs, ctx: &Context) -> anyhow::Result<()> {
                 .with_context(|| format!("loading the CLIP embedder {}", dir.display()))?,
             args.embedder.to_string(),
         ),
-        (EmbedderSpec::Backbone { downscale, .. }, Some(model)) => (
-            Embedder::backbone_downscaled(model.as_ref(), *downscale)?,
+        (
+            EmbedderSpec::Backbone {
+                downscale, summary, ..
+            },
+            Some(model),
+        ) => (
+            Embedder::segmenter(model.as_ref(), *summary, *downscale)?,
             EmbedderSpec::Backbone {
                 model: backbone_dir,
                 downscale: *downscale,
+                summary: *summary,
             }
             .to_string(),
         ),

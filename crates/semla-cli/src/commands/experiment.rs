@@ -47,9 +47,10 @@ pub struct ExperimentOptions {
     /// of the adapters' class probabilities (ablation).
     #[arg(long, default_value = "weights", value_name = "HOW")]
     pub fusion: Fusion,
-    /// Query embedder for semla: `clip:DIR`, `backbone` (the --model's) or
-    /// `backbone:DIR` (default: the one recorded with the library's prototypes,
-    /// else `backbone`).
+    /// Query embedder for semla: `clip:DIR`, `backbone` (the --model's),
+    /// `backbone:DIR`, `style[:DIR]`, each segmenter one with an optional `@F`
+    /// downscale (default: the one recorded with the library's prototypes, else
+    /// `backbone`).
     #[arg(long, value_name = "E")]
     pub embedder: Option<EmbedderSpec>,
     /// Images per forward pass (same-size images only).
@@ -140,16 +141,18 @@ pub fn make_embedder<'m>(
         EmbedderSpec::Backbone {
             model: None,
             downscale,
-        } => Embedder::backbone_downscaled(model, *downscale)?,
+            summary,
+        } => Embedder::segmenter(model, *summary, *downscale)?,
         EmbedderSpec::Backbone {
             model: Some(dir),
             downscale,
+            summary,
         } => {
             let other = load_segmenter(dir, device)
                 .with_context(|| format!("loading the backbone embedder {}", dir.display()))?;
             let slot: &'m mut Box<dyn Segmenter> = Option::insert(loaded, other);
             let other: &'m dyn Segmenter = &**slot;
-            Embedder::backbone_downscaled(other, *downscale)?
+            Embedder::segmenter(other, *summary, *downscale)?
         }
     };
     Ok((embedder, spec.to_string()))

@@ -30,7 +30,7 @@ use semla_train::trainer::{Session, TrainConfig};
 use serde::Serialize;
 
 use super::table::{assemble, render_markdown, summarise};
-use crate::embedder::{Embedder, EmbedderSpec};
+use crate::embedder::{BackboneSummary, Embedder, EmbedderSpec};
 use crate::error::{ExperimentError, Result, write_atomic};
 use crate::progress::Progress;
 use crate::prototypes::{EmbedOptions, LibraryRecord, record_prototypes, source_prototype};
@@ -107,7 +107,10 @@ pub struct CamVidBenchConfig {
     pub eval_images: Option<usize>,
     /// LoRA rank.
     pub rank: usize,
-    /// The backbone embedder sees each image average-pooled by this factor in each
+    /// The query embedder: the base model's pooled deep features (`backbone`) or its
+    /// early channel statistics (`style`).
+    pub embedder: BackboneSummary,
+    /// The embedder sees each image average-pooled by this factor in each
     /// direction (1: full size); prototypes and queries alike.
     pub embed_downscale: usize,
     /// LoRA alpha.
@@ -141,6 +144,7 @@ impl CamVidBenchConfig {
             train_images: Some(96),
             eval_images: Some(50),
             rank: 8,
+            embedder: BackboneSummary::Pooled,
             embed_downscale: 1,
             alpha: 16.0,
             retrieval: RetrievalParams {
@@ -404,10 +408,11 @@ pub fn run_camvid_bench(
     // 2. One adapter per domain (prototypes from the same training images).
     let library_dir = out_dir.join("library");
     std::fs::create_dir_all(&library_dir).map_err(|e| ExperimentError::io(&library_dir, e))?;
-    let embedder = Embedder::backbone_downscaled(base.as_ref(), config.embed_downscale)?;
+    let embedder = Embedder::segmenter(base.as_ref(), config.embedder, config.embed_downscale)?;
     let embedder_spec = EmbedderSpec::Backbone {
         model: None,
         downscale: config.embed_downscale,
+        summary: config.embedder,
     }
     .to_string();
     // Prototypes made by another embedder (say, another downscale) are recomputed.

@@ -48,6 +48,9 @@ pub const HEAD_CHANNELS: usize = 1280;
 pub const LOW_CHANNELS: usize = 40;
 /// Index of the last block of stage 2 (1/8 resolution).
 pub const LOW_LEVEL_BLOCK: usize = 4;
+
+/// The last block whose output feeds [`Segmenter::embed_style`] (24 channels, 1/4 size).
+pub const STYLE_BLOCK: usize = 2;
 /// ImageNet classes of the classifier head.
 pub const IMAGENET_CLASSES: usize = 1000;
 
@@ -615,6 +618,24 @@ impl Segmenter for EfficientLiteSeg {
     fn embed(&self, images: &Tensor) -> Result<Tensor> {
         let feats = self.backbone.features(images, &Adaptation::none(), false)?;
         global_average_pool(&feats.head)
+    }
+
+    /// Statistics of the stem (32 channels at 1/2 size) and of block
+    /// [`STYLE_BLOCK`] (24 channels at 1/4 size): `[N, 112]`. Runs the stem and the
+    /// first `STYLE_BLOCK + 1` blocks only, unadapted.
+    fn embed_style(&self, images: &Tensor) -> Result<Tensor> {
+        let stem = relu6(&self.backbone.stem.forward(images)?)?;
+        let mut x = stem.clone();
+        for block in &self.backbone.blocks[..=STYLE_BLOCK] {
+            x = block.forward(&x, &Adaptation::none())?;
+        }
+        Tensor::cat(
+            &[
+                &crate::segmenter::channel_statistics(&stem)?,
+                &crate::segmenter::channel_statistics(&x)?,
+            ],
+            1,
+        )
     }
 
     fn sites(&self) -> Vec<SiteInfo> {
