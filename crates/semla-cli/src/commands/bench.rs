@@ -55,9 +55,9 @@ pub struct SpeedArgs {
     /// Segmenter input HEIGHTxWIDTH.
     #[arg(long, default_value = "360x480", value_parser = parse_size, value_name = "HxW")]
     pub segmenter_size: (usize, usize),
-    /// The segmenter's `semla-embed-downscaled` path embeds the image average-pooled
-    /// by this factor in each direction.
-    #[arg(long, default_value_t = 4)]
+    /// The segmenter's `semla-style` path embeds the image average-pooled by this
+    /// factor in each direction (1: full size).
+    #[arg(long, default_value_t = 1)]
     pub embed_downscale: usize,
     /// Adapters in the library-scale benchmark (0: skip it).
     #[arg(long, default_value_t = 10_000)]

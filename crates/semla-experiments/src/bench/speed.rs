@@ -95,8 +95,8 @@ pub struct SpeedConfig {
     pub rank: usize,
     /// Adapters fused per image (top-k).
     pub top_k: usize,
-    /// The segmenter's `semla-embed-downscaled` path embeds the image average-pooled
-    /// by this factor in each direction (see `Embedder::backbone_downscaled`).
+    /// The segmenter's `semla-style` path embeds the image average-pooled by this
+    /// factor in each direction (1: full size; see `Embedder::segmenter`).
     pub embed_downscale: usize,
     /// Adapters in the library-scale benchmark (0: skip it).
     pub library_adapters: usize,
@@ -114,7 +114,7 @@ impl Default for SpeedConfig {
             adapters: 5,
             rank: 8,
             top_k: 3,
-            embed_downscale: 4,
+            embed_downscale: 1,
             library_adapters: 10_000,
             clip: true,
             segmenter: true,
@@ -408,6 +408,17 @@ pub fn time_clip(config: &SpeedConfig, progress: &mut dyn Progress) -> Result<Ve
     Ok(out)
 }
 
+/// Where the segmenter's SemLA path gets its query embedding.
+#[derive(Clone, Copy)]
+enum Query {
+    /// `Segmenter::embed`: a backbone pass of the unadapted model.
+    Backbone,
+    /// `Segmenter::embed_style`: the stem and first blocks only.
+    Style,
+    /// A stored embedding (no embedding cost).
+    Given,
+}
+
 /// Times the EfficientNet-Lite0 + LR-ASPP segmenter (11 classes) at `config.segmenter_size`.
 pub fn time_segmenter(config: &SpeedConfig, progress: &mut dyn Progress) -> Result<Vec<Timing>> {
     let device = Device::Cpu;
@@ -444,17 +455,27 @@ pub fn time_segmenter(config: &SpeedConfig, progress: &mut dyn Progress) -> Resu
     {
         let model = model.as_ref();
         let downscale = config.embed_downscale.max(1);
-        // `Some(f)`: embed the image pooled by `f`; `None`: take a stored embedding.
-        let semla_path = |embed_at: Option<usize>| -> Result<()> {
-            let query: Vec<f32> = match embed_at {
-                Some(1) => model.embed(&images)?.flatten_all()?.to_vec1()?,
-                Some(f) => model
-                    .embed(&images.avg_pool2d(f)?)?
-                    .flatten_all()?
-                    .to_vec1()?,
-                None => set.prototypes()[0].embedding.clone(),
+        let style_dim = model.embed_style(&images)?.dim(1)?;
+        let (style_set, _) = prototypes(&names, style_dim, 3)?;
+        // The query: the pooled backbone features, the style statistics (of the image
+        // pooled by `downscale`), or a stored embedding.
+        let semla_path = |query: Query| -> Result<()> {
+            let (set, query): (&PrototypeSet, Vec<f32>) = match query {
+                Query::Backbone => (&set, model.embed(&images)?.flatten_all()?.to_vec1()?),
+                Query::Style => {
+                    let pooled = if downscale > 1 {
+                        images.avg_pool2d(downscale)?
+                    } else {
+                        images.clone()
+                    };
+                    (
+                        &style_set,
+                        model.embed_style(&pooled)?.flatten_all()?.to_vec1()?,
+                    )
+                }
+                Query::Given => (&set, set.prototypes()[0].embedding.clone()),
             };
-            let (picked, weights) = mixture(&set, &adapters, &query, config.top_k)?;
+            let (picked, weights) = mixture(set, &adapters, &query, config.top_k)?;
             let adaptation = Adaptation::from_adapters(&picked, &[weights])?;
             model.forward(&images, &adaptation)?;
             Ok(())
@@ -463,15 +484,15 @@ pub fn time_segmenter(config: &SpeedConfig, progress: &mut dyn Progress) -> Resu
             &mut out,
             &label,
             "semla",
-            time_median(runs, || semla_path(Some(1)))?,
+            time_median(runs, || semla_path(Query::Backbone))?,
             runs,
         );
         progress.set(2);
         push(
             &mut out,
             &label,
-            "semla-embed-downscaled",
-            time_median(runs, || semla_path(Some(downscale)))?,
+            "semla-style",
+            time_median(runs, || semla_path(Query::Style))?,
             runs,
         );
         progress.set(3);
@@ -479,7 +500,7 @@ pub fn time_segmenter(config: &SpeedConfig, progress: &mut dyn Progress) -> Resu
             &mut out,
             &label,
             "semla-given-embedding",
-            time_median(runs, || semla_path(None))?,
+            time_median(runs, || semla_path(Query::Given))?,
             runs,
         );
         progress.set(4);
