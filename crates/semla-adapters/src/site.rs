@@ -131,9 +131,7 @@ impl FactoredSite {
         shape[0] = out;
         delta.reshape(shape)
     }
-}
 
-impl FactoredSite {
     /// Whether this update is cheaper applied as a merged weight `W + ΔW` than in
     /// factored form, for a batch of `batch` images with `out_rows` output positions
     /// in all (tokens, or pixels of the output maps).

@@ -56,8 +56,8 @@ pub struct SpeedArgs {
     #[arg(long, default_value = "360x480", value_parser = parse_size, value_name = "HxW")]
     pub segmenter_size: (usize, usize),
     /// The segmenter's `semla-style` path embeds the image average-pooled by this
-    /// factor in each direction (1: full size).
-    #[arg(long, default_value_t = 1)]
+    /// factor in each direction (1: full size; 2, the default, as `bench camvid`).
+    #[arg(long, default_value_t = 2)]
     pub embed_downscale: usize,
     /// Adapters in the library-scale benchmark (0: skip it).
     #[arg(long, default_value_t = 10_000)]
@@ -140,14 +140,14 @@ pub struct CamvidArgs {
     /// LoRA rank.
     #[arg(long, default_value_t = 8)]
     pub rank: usize,
-    /// SemLA: the query embedder, `backbone` (the base model's pooled deep features)
-    /// or `style` (its early channel statistics); prototypes are recomputed when it
-    /// changes.
-    #[arg(long, default_value = "backbone", value_name = "E")]
+    /// SemLA: the query embedder, `style` (the base model's early channel
+    /// statistics) or `backbone` (its pooled deep features); prototypes are
+    /// recomputed when it changes.
+    #[arg(long, default_value = "style", value_name = "E")]
     pub embedder: BackboneSummary,
     /// SemLA: the embedder sees each image average-pooled by this factor
     /// in each direction (1: full size); prototypes are recomputed when it changes.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 2)]
     pub embed_downscale: usize,
     /// SemLA: frames per domain on which top-k and temperature are tuned (train
     /// frames no adapter was trained on; 0: no tuning, use --top-k and --temperature).

@@ -96,7 +96,7 @@ pub struct SpeedConfig {
     /// Adapters fused per image (top-k).
     pub top_k: usize,
     /// The segmenter's `semla-style` path embeds the image average-pooled by this
-    /// factor in each direction (1: full size; see `Embedder::segmenter`).
+    /// factor in each direction (1: full size; default 2, as `bench camvid`).
     pub embed_downscale: usize,
     /// Adapters in the library-scale benchmark (0: skip it).
     pub library_adapters: usize,
@@ -114,7 +114,7 @@ impl Default for SpeedConfig {
             adapters: 5,
             rank: 8,
             top_k: 3,
-            embed_downscale: 1,
+            embed_downscale: 2,
             library_adapters: 10_000,
             clip: true,
             segmenter: true,
@@ -334,89 +334,56 @@ pub fn time_clip(config: &SpeedConfig, progress: &mut dyn Progress) -> Result<Ve
     let label = "clip-vit-b16-224";
     let mut out = Vec::new();
     let runs = config.runs;
-    progress.begin("timing CLIP ViT-B/16 (4 paths)", 4);
-    push(
-        &mut out,
-        label,
-        "plain",
-        time_median(runs, || {
-            model.get_image_features(&pixels, &none)?;
-            Ok(())
-        })?,
-        runs,
+    const PATHS: [&str; 4] = ["plain", "semla", "semla-given-embedding", "merge"];
+    progress.begin(
+        "timing CLIP ViT-B/16 (4 paths, round-robin)",
+        PATHS.len() as u64,
     );
-    progress.set(1);
-    let semla_path = |with_embedding: bool| -> Result<()> {
-        let query: Vec<f32> = if with_embedding {
-            model
+    let stored = set.prototypes()[0].embedding.clone();
+    let timings = time_round_robin(runs, PATHS.len(), |path| {
+        let query: Vec<f32> = match PATHS[path] {
+            "plain" => {
+                model.get_image_features(&pixels, &none)?;
+                return Ok(());
+            }
+            "merge" => {
+                // Merge per image: ΔW of the mixture added to the base weights (a model
+                // built on the merged tensors: the weights are written, as peft's merge
+                // writes them), forward; the unmerged base stays untouched (peft's
+                // delete/unmerge).
+                let (picked, weights) = mixture(&set, &adapters, &stored, config.top_k)?;
+                let deltas = delta_weights(&picked, &weights)?;
+                let mut merged = tensors.clone();
+                for (site, delta) in deltas {
+                    let key = format!("{site}.weight");
+                    let base = merged
+                        .get(&key)
+                        .ok_or_else(|| ExperimentError::Invalid(format!("no weight {key}")))?;
+                    let sum = (base + delta)?;
+                    merged.insert(key, sum);
+                }
+                let model =
+                    ClipModel::new(&VarBuilder::from_tensors(merged, DType::F32, &device), &cfg)?;
+                model.get_image_features(&pixels, &none)?;
+                return Ok(());
+            }
+            "semla" => model
                 .get_image_features(&pixels, &none)?
                 .flatten_all()?
-                .to_vec1()?
-        } else {
-            set.prototypes()[0].embedding.clone()
+                .to_vec1()?,
+            _ => stored.clone(),
         };
         let (picked, weights) = mixture(&set, &adapters, &query, config.top_k)?;
         let adaptation = Adaptation::from_adapters(&picked, &[weights])?;
         model.get_image_features(&pixels, &adaptation)?;
         Ok(())
-    };
-    push(
-        &mut out,
-        label,
-        "semla",
-        time_median(runs, || semla_path(true))?,
-        runs,
-    );
-    progress.set(2);
-    push(
-        &mut out,
-        label,
-        "semla-given-embedding",
-        time_median(runs, || semla_path(false))?,
-        runs,
-    );
-    progress.set(3);
-    // Merge per image: delta W of the mixture added to the base weights (a model built
-    // on the merged tensors: the weights are written, as peft's merge writes them),
-    // forward; the unmerged base stays untouched (peft's delete/unmerge).
-    let query = set.prototypes()[0].embedding.clone();
-    let merged_path = || -> Result<()> {
-        let (picked, weights) = mixture(&set, &adapters, &query, config.top_k)?;
-        let deltas = delta_weights(&picked, &weights)?;
-        let mut merged = tensors.clone();
-        for (path, delta) in deltas {
-            let key = format!("{path}.weight");
-            let base = merged
-                .get(&key)
-                .ok_or_else(|| ExperimentError::Invalid(format!("no weight {key}")))?;
-            let sum = (base + delta)?;
-            merged.insert(key, sum);
-        }
-        let model = ClipModel::new(&VarBuilder::from_tensors(merged, DType::F32, &device), &cfg)?;
-        model.get_image_features(&pixels, &none)?;
-        Ok(())
-    };
-    push(
-        &mut out,
-        label,
-        "merge",
-        time_median(runs, merged_path)?,
-        runs,
-    );
-    progress.set(4);
+    })?;
+    for (path, timing) in PATHS.iter().zip(timings) {
+        push(&mut out, label, path, timing, runs);
+    }
+    progress.set(PATHS.len() as u64);
     progress.end();
     Ok(out)
-}
-
-/// Where the segmenter's SemLA path gets its query embedding.
-#[derive(Clone, Copy)]
-enum Query {
-    /// `Segmenter::embed`: a backbone pass of the unadapted model.
-    Backbone,
-    /// `Segmenter::embed_style`: the stem and first blocks only.
-    Style,
-    /// A stored embedding (no embedding cost).
-    Given,
 }
 
 /// Times the EfficientNet-Lite0 + LR-ASPP segmenter (11 classes) at `config.segmenter_size`.
@@ -440,89 +407,97 @@ pub fn time_segmenter(config: &SpeedConfig, progress: &mut dyn Progress) -> Resu
     let label = format!("efficientnet-lite0-lraspp-{h}x{w}");
     let mut out = Vec::new();
     let runs = config.runs;
-    progress.begin(&format!("timing the segmenter at {h}x{w} (5 paths)"), 5);
-    push(
-        &mut out,
-        &label,
+    let downscale = config.embed_downscale.max(1);
+    let style_dim = model.embed_style(&images)?.dim(1)?;
+    let (style_set, _) = prototypes(&names, style_dim, 3)?;
+    let stored = set.prototypes()[0].embedding.clone();
+    const PATHS: [&str; 5] = [
         "plain",
-        time_median(runs, || {
-            model.forward(&images, &none)?;
-            Ok(())
-        })?,
-        runs,
+        "semla",
+        "semla-style",
+        "semla-given-embedding",
+        "merge",
+    ];
+    progress.begin(
+        &format!("timing the segmenter at {h}x{w} (5 paths, round-robin)"),
+        PATHS.len() as u64,
     );
-    progress.set(1);
-    {
-        let model = model.as_ref();
-        let downscale = config.embed_downscale.max(1);
-        let style_dim = model.embed_style(&images)?.dim(1)?;
-        let (style_set, _) = prototypes(&names, style_dim, 3)?;
-        // The query: the pooled backbone features, the style statistics (of the image
-        // pooled by `downscale`), or a stored embedding.
-        let semla_path = |query: Query| -> Result<()> {
-            let (set, query): (&PrototypeSet, Vec<f32>) = match query {
-                Query::Backbone => (&set, model.embed(&images)?.flatten_all()?.to_vec1()?),
-                Query::Style => {
-                    let pooled = if downscale > 1 {
-                        images.avg_pool2d(downscale)?
-                    } else {
-                        images.clone()
-                    };
-                    (
-                        &style_set,
-                        model.embed_style(&pooled)?.flatten_all()?.to_vec1()?,
-                    )
+    let timings = time_round_robin(runs, PATHS.len(), |path| {
+        // The SemLA paths differ only in the query: the pooled backbone features, the
+        // style statistics (of the image pooled by `downscale`), or a stored embedding.
+        let (prototypes, query): (&PrototypeSet, Vec<f32>) = match PATHS[path] {
+            "plain" => {
+                model.forward(&images, &none)?;
+                return Ok(());
+            }
+            "merge" => {
+                // Merge per image: add ΔW to every site, forward, subtract it again.
+                let (picked, weights) = mixture(&set, &adapters, &stored, config.top_k)?;
+                let deltas = delta_weights(&picked, &weights)?;
+                for (site, delta) in &deltas {
+                    model.merge_delta(site, delta)?;
                 }
-                Query::Given => (&set, set.prototypes()[0].embedding.clone()),
-            };
-            let (picked, weights) = mixture(set, &adapters, &query, config.top_k)?;
-            let adaptation = Adaptation::from_adapters(&picked, &[weights])?;
-            model.forward(&images, &adaptation)?;
-            Ok(())
+                model.forward(&images, &none)?;
+                for (site, delta) in &deltas {
+                    model.merge_delta(site, &delta.neg()?)?;
+                }
+                return Ok(());
+            }
+            "semla" => (&set, model.embed(&images)?.flatten_all()?.to_vec1()?),
+            "semla-style" => {
+                let pooled = if downscale > 1 {
+                    images.avg_pool2d(downscale)?
+                } else {
+                    images.clone()
+                };
+                (
+                    &style_set,
+                    model.embed_style(&pooled)?.flatten_all()?.to_vec1()?,
+                )
+            }
+            _ => (&set, stored.clone()),
         };
-        push(
-            &mut out,
-            &label,
-            "semla",
-            time_median(runs, || semla_path(Query::Backbone))?,
-            runs,
-        );
-        progress.set(2);
-        push(
-            &mut out,
-            &label,
-            "semla-style",
-            time_median(runs, || semla_path(Query::Style))?,
-            runs,
-        );
-        progress.set(3);
-        push(
-            &mut out,
-            &label,
-            "semla-given-embedding",
-            time_median(runs, || semla_path(Query::Given))?,
-            runs,
-        );
-        progress.set(4);
-    }
-    // Merge per image: add delta W to every site, forward, subtract it again.
-    let query = set.prototypes()[0].embedding.clone();
-    let timing = time_median(runs, || {
-        let (picked, weights) = mixture(&set, &adapters, &query, config.top_k)?;
-        let deltas = delta_weights(&picked, &weights)?;
-        for (path, delta) in &deltas {
-            model.merge_delta(path, delta)?;
-        }
-        model.forward(&images, &none)?;
-        for (path, delta) in &deltas {
-            model.merge_delta(path, &delta.neg()?)?;
-        }
+        let (picked, weights) = mixture(prototypes, &adapters, &query, config.top_k)?;
+        let adaptation = Adaptation::from_adapters(&picked, &[weights])?;
+        model.forward(&images, &adaptation)?;
         Ok(())
     })?;
-    push(&mut out, &label, "merge", timing, runs);
-    progress.set(5);
+    for (path, timing) in PATHS.iter().zip(timings) {
+        push(&mut out, &label, path, timing, runs);
+    }
+    progress.set(PATHS.len() as u64);
     progress.end();
     Ok(out)
+}
+
+/// Median and minimum time of each of `paths` paths, run round-robin (`step(0)`,
+/// `step(1)`, ..., then again) for 2 warm-up rounds and `runs` timed ones, so that
+/// a change of machine load touches every path alike.
+pub fn time_round_robin(
+    runs: usize,
+    paths: usize,
+    mut step: impl FnMut(usize) -> Result<()>,
+) -> Result<Vec<(f64, f64)>> {
+    for _ in 0..2 {
+        for path in 0..paths {
+            step(path)?;
+        }
+    }
+    let mut times = vec![Vec::with_capacity(runs.max(1)); paths];
+    for _ in 0..runs.max(1) {
+        for (path, samples) in times.iter_mut().enumerate() {
+            let t = Instant::now();
+            step(path)?;
+            samples.push(t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|mut samples| {
+            samples.sort_by(f64::total_cmp);
+            (samples[samples.len() / 2], samples[0])
+        })
+        .collect())
 }
 
 /// Generates a library of `count` small adapters (one 64x64 rank-4 Linear site each)
