@@ -130,8 +130,8 @@ pub struct CamVidBenchConfig {
 }
 
 impl CamVidBenchConfig {
-    /// The defaults: the documented run (about 20 minutes on 2 idle cores in a release
-    /// build; 31 minutes on a shared, loaded machine).
+    /// The defaults: the documented run (15 domains, `style@2` embedder, tuning; about
+    /// 40 minutes from scratch on 2 idle cores in a release build).
     pub fn new(data_root: PathBuf, weights: PathBuf) -> Self {
         Self {
             data_root,
