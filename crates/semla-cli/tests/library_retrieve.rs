@@ -457,7 +457,22 @@ fn image_with_backbone_embedder_matches_the_embedding_path() {
         "--embedder",
         "resnet:x",
     ]);
-    assert!(err.contains("clip:DIR or backbone:DIR"), "{err}");
+    assert!(
+        err.contains("clip:DIR") && err.contains("backbone"),
+        "{err}"
+    );
+    // The style embedder (mean and std of the tiny model's stem channels) is
+    // accepted, and its shorter query cannot be compared with 8-d prototypes.
+    let style = format!("style:{}@2", model_dir.display());
+    let err = retrieve_error(&[
+        "--library",
+        lib,
+        "--image",
+        image.to_str().unwrap(),
+        "--embedder",
+        &style,
+    ]);
+    assert!(err.contains("dimension"), "{err}");
     let err = retrieve_error(&["--library", lib, "--image", image.to_str().unwrap()]);
     assert!(err.contains("--embedder"), "{err}");
 }

@@ -18,12 +18,11 @@
 //! embedder must be the one the library's prototypes were computed with.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use anyhow::{Context as _, bail};
 use candle_core::Device;
-use semla_adapters::{Adaptation, AdapterLibrary};
-use semla_models::clip::{ClipModel, ImageProcessor};
+use semla_adapters::AdapterLibrary;
+use semla_experiments::embedder::{Embedder, EmbedderSpec};
 use semla_retrieval::{
     Prototype, PrototypeSet, RetrievalParams, Selection, SemlaConfig, SimilarityMeasure,
     read_domain_list,
@@ -47,9 +46,10 @@ pub struct RetrieveArgs {
     #[arg(long, value_name = "FILE", requires = "embedder")]
     pub image: Option<PathBuf>,
     /// How `--image` is embedded: `clip:DIR` (a Hugging Face CLIP folder,
-    /// SemLA's embedder) or `backbone:DIR` (a segmenter model folder).
+    /// SemLA's embedder), `backbone:DIR` or `style:DIR` (a segmenter model folder;
+    /// `@F` downscales the image first, as in `semla library embed`).
     #[arg(long, value_name = "KIND:DIR", requires = "image")]
-    pub embedder: Option<Embedder>,
+    pub embedder: Option<EmbedderSpec>,
     /// Candidate adapters in source order (`source_domains.yaml` or a JSON
     /// list); default: every adapter of the library, sorted by name.
     #[arg(long, value_name = "FILE")]
@@ -106,17 +106,13 @@ pub fn run(args: RetrieveArgs, ctx: &Context) -> anyhow::Result<()> {
 
     let (query_path, query) = match (&args.embedding, &args.image, &args.embedder) {
         (Some(path), _, _) => (path.clone(), read_query(path)?),
-        (None, Some(image), Some(embedder)) => (image.clone(), embedder.embed(image)?),
+        (None, Some(image), Some(embedder)) => (image.clone(), embed_image(embedder, image)?),
         _ => bail!("give --embedding FILE, or --image FILE with --embedder KIND:DIR"),
     };
     // The library's record (written by `semla library embed`) names the
     // embedder of its prototypes: a query from another one is refused.
     let embedder_id = match &args.embedder {
-        Some(e) => {
-            let spec: semla_experiments::embedder::EmbedderSpec =
-                e.to_string().parse().map_err(anyhow::Error::msg)?;
-            semla_experiments::embedder::spec_id(&spec, &Device::Cpu)?
-        }
+        Some(spec) => semla_experiments::embedder::spec_id(spec, &Device::Cpu)?,
         None => None,
     };
     semla_experiments::prototypes::check_query_identity(
@@ -141,7 +137,7 @@ pub fn run(args: RetrieveArgs, ctx: &Context) -> anyhow::Result<()> {
         return ctx.print_json(&RetrieveReport {
             library: &args.library,
             query: &query_path,
-            embedder: args.embedder.as_ref().map(Embedder::to_string),
+            embedder: args.embedder.as_ref().map(EmbedderSpec::to_string),
             dimension: query.len(),
             similarity: params.similarity,
             top_k: params.top_k,
@@ -217,71 +213,26 @@ pub fn read_query(path: &Path) -> anyhow::Result<Vec<f32>> {
     }
 }
 
-/// How a query image is embedded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Embedder {
-    /// `clip:DIR`: a Hugging Face `CLIPModel` folder (`config.json`,
-    /// `model.safetensors`, optional `preprocessor_config.json`).
-    Clip(PathBuf),
-    /// `backbone:DIR`: a segmenter model folder (`config.json`,
-    /// `model.safetensors`).
-    Backbone(PathBuf),
-}
-
-impl FromStr for Embedder {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text.split_once(':') {
-            Some(("clip", dir)) if !dir.is_empty() => Ok(Self::Clip(PathBuf::from(dir))),
-            Some(("backbone", dir)) if !dir.is_empty() => Ok(Self::Backbone(PathBuf::from(dir))),
-            _ => Err(format!(
-                "'{text}' is not an embedder: expected clip:DIR or backbone:DIR"
-            )),
+/// The embedding `[D]` of the image at `path` by the embedder `spec` names
+/// (segmenter embedders need their model folder: `backbone:DIR`, `style:DIR`).
+fn embed_image(spec: &EmbedderSpec, path: &Path) -> anyhow::Result<Vec<f32>> {
+    let device = Device::Cpu;
+    let embedding = match spec {
+        EmbedderSpec::Clip(dir) => Embedder::clip(dir, &device)
+            .with_context(|| format!("loading CLIP model from {}", dir.display()))?
+            .embed_file(path, &device)?,
+        EmbedderSpec::Backbone {
+            model: Some(dir),
+            downscale,
+            summary,
+        } => {
+            let model = semla_models::segmenter::load_segmenter(dir, &device)
+                .with_context(|| format!("loading the segmenter from {}", dir.display()))?;
+            Embedder::segmenter(model.as_ref(), *summary, *downscale)?.embed_file(path, &device)?
         }
-    }
-}
-
-impl std::fmt::Display for Embedder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Clip(dir) => write!(f, "clip:{}", dir.display()),
-            Self::Backbone(dir) => write!(f, "backbone:{}", dir.display()),
+        EmbedderSpec::Backbone { model: None, .. } => {
+            bail!("--embedder {spec} needs the segmenter's folder: {spec}:DIR is not given")
         }
-    }
-}
-
-impl Embedder {
-    /// The embedding `[D]` of the image at `path`.
-    pub fn embed(&self, path: &Path) -> anyhow::Result<Vec<f32>> {
-        let device = Device::Cpu;
-        let features = match self {
-            Self::Clip(dir) => {
-                let model = ClipModel::from_dir(dir, &device)
-                    .with_context(|| format!("loading CLIP model from {}", dir.display()))?;
-                let processor_config = dir.join("preprocessor_config.json");
-                let processor = if processor_config.is_file() {
-                    ImageProcessor::from_file(&processor_config)?
-                } else {
-                    ImageProcessor::default()
-                };
-                let pixels = processor.preprocess_file(path)?.unsqueeze(0)?;
-                model.get_image_features(&pixels, &Adaptation::none())?
-            }
-            Self::Backbone(dir) => {
-                let model = semla_models::segmenter::load_segmenter(dir, &device)
-                    .with_context(|| format!("loading the segmenter from {}", dir.display()))?;
-                let image = semla_models::clip::preprocess::load_rgb(path)?;
-                let pixels =
-                    semla_models::segmenter::rgb_to_tensor(&image, model.normalization(), &device)?;
-                model.embed(&pixels)?
-            }
-        };
-        let values: Vec<f32> = features
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()
-            .with_context(|| format!("embedding {}", path.display()))?;
-        Ok(values)
-    }
+    };
+    Ok(embedding)
 }
