@@ -10,7 +10,6 @@
 //! unless already set), `CLIP_BENCH_ITERS` (default 10), `CLIP_BENCH_PYTHON`
 //! (default `python3`; set to an empty string to skip PyTorch).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -25,65 +24,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Random vision-tower weights with the checkpoint's names and shapes.
-fn random_vit_b16(
-    cfg: &ClipConfig,
-    device: &Device,
-) -> candle_core::Result<HashMap<String, Tensor>> {
-    let v = &cfg.vision_config;
-    let d = v.hidden_size;
-    let g = v.grid_size();
-    let mut t = HashMap::new();
-    let mut put = |name: String, shape: &[usize], std: f64| -> candle_core::Result<()> {
-        t.insert(name, Tensor::randn(0f32, std as f32, shape, device)?);
-        Ok(())
-    };
-    put("vision_model.embeddings.class_embedding".into(), &[d], 0.02)?;
-    put(
-        "vision_model.embeddings.patch_embedding.weight".into(),
-        &[d, 3, v.patch_size, v.patch_size],
-        0.02,
-    )?;
-    put(
-        "vision_model.embeddings.position_embedding.weight".into(),
-        &[g * g + 1, d],
-        0.02,
-    )?;
-    for ln in ["vision_model.pre_layrnorm", "vision_model.post_layernorm"] {
-        put(format!("{ln}.weight"), &[d], 1.0)?;
-        put(format!("{ln}.bias"), &[d], 0.02)?;
-    }
-    for i in 0..v.num_hidden_layers {
-        let p = format!("vision_model.encoder.layers.{i}");
-        for ln in ["layer_norm1", "layer_norm2"] {
-            put(format!("{p}.{ln}.weight"), &[d], 1.0)?;
-            put(format!("{p}.{ln}.bias"), &[d], 0.02)?;
-        }
-        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            put(format!("{p}.self_attn.{proj}.weight"), &[d, d], 0.02)?;
-            put(format!("{p}.self_attn.{proj}.bias"), &[d], 0.02)?;
-        }
-        put(
-            format!("{p}.mlp.fc1.weight"),
-            &[v.intermediate_size, d],
-            0.02,
-        )?;
-        put(format!("{p}.mlp.fc1.bias"), &[v.intermediate_size], 0.02)?;
-        put(
-            format!("{p}.mlp.fc2.weight"),
-            &[d, v.intermediate_size],
-            0.02,
-        )?;
-        put(format!("{p}.mlp.fc2.bias"), &[d], 0.02)?;
-    }
-    put(
-        "visual_projection.weight".into(),
-        &[cfg.projection_dim, d],
-        0.02,
-    )?;
-    Ok(t)
 }
 
 /// CPU time of the calling thread in seconds (Linux `/proc/thread-self/schedstat`),
@@ -130,7 +70,11 @@ fn main() -> candle_core::Result<()> {
     let iters = env_usize("CLIP_BENCH_ITERS", 10).max(1);
     let device = Device::Cpu;
     let cfg = ClipConfig::vit_b16();
-    let vb = VarBuilder::from_tensors(random_vit_b16(&cfg, &device)?, DType::F32, &device);
+    let vb = VarBuilder::from_tensors(
+        semla_models::clip::random_vision_weights(&cfg, &device)?,
+        DType::F32,
+        &device,
+    );
     let mut model = ClipModel::new(&vb, &cfg)?;
     let pixels = Tensor::randn(0f32, 1.0, (1, 3, 224, 224), &device)?;
     let none = Adaptation::none();

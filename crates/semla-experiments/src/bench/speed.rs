@@ -20,7 +20,6 @@
 //! Every timing is the median of repeated runs after warm-ups, with the machine's load
 //! average read next to it.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -231,62 +230,6 @@ fn mixture<'a>(
     Ok((picked, weights))
 }
 
-/// Random ViT-B/16 vision tower weights with the checkpoint's names and shapes.
-fn random_vit_b16(cfg: &ClipConfig, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let v = &cfg.vision_config;
-    let d = v.hidden_size;
-    let g = v.grid_size();
-    let mut t = HashMap::new();
-    let mut put = |name: String, shape: &[usize], std: f64| -> Result<()> {
-        t.insert(name, Tensor::randn(0f32, std as f32, shape, device)?);
-        Ok(())
-    };
-    put("vision_model.embeddings.class_embedding".into(), &[d], 0.02)?;
-    put(
-        "vision_model.embeddings.patch_embedding.weight".into(),
-        &[d, 3, v.patch_size, v.patch_size],
-        0.02,
-    )?;
-    put(
-        "vision_model.embeddings.position_embedding.weight".into(),
-        &[g * g + 1, d],
-        0.02,
-    )?;
-    for ln in ["vision_model.pre_layrnorm", "vision_model.post_layernorm"] {
-        put(format!("{ln}.weight"), &[d], 1.0)?;
-        put(format!("{ln}.bias"), &[d], 0.02)?;
-    }
-    for i in 0..v.num_hidden_layers {
-        let p = format!("vision_model.encoder.layers.{i}");
-        for ln in ["layer_norm1", "layer_norm2"] {
-            put(format!("{p}.{ln}.weight"), &[d], 1.0)?;
-            put(format!("{p}.{ln}.bias"), &[d], 0.02)?;
-        }
-        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
-            put(format!("{p}.self_attn.{proj}.weight"), &[d, d], 0.02)?;
-            put(format!("{p}.self_attn.{proj}.bias"), &[d], 0.02)?;
-        }
-        put(
-            format!("{p}.mlp.fc1.weight"),
-            &[v.intermediate_size, d],
-            0.02,
-        )?;
-        put(format!("{p}.mlp.fc1.bias"), &[v.intermediate_size], 0.02)?;
-        put(
-            format!("{p}.mlp.fc2.weight"),
-            &[d, v.intermediate_size],
-            0.02,
-        )?;
-        put(format!("{p}.mlp.fc2.bias"), &[d], 0.02)?;
-    }
-    put(
-        "visual_projection.weight".into(),
-        &[cfg.projection_dim, d],
-        0.02,
-    )?;
-    Ok(t)
-}
-
 fn push(out: &mut Vec<Timing>, model: &str, path: &str, (median, min): (f64, f64), runs: usize) {
     let plain = out
         .iter()
@@ -308,7 +251,7 @@ fn push(out: &mut Vec<Timing>, model: &str, path: &str, (median, min): (f64, f64
 pub fn time_clip(config: &SpeedConfig, progress: &mut dyn Progress) -> Result<Vec<Timing>> {
     let device = Device::Cpu;
     let cfg = ClipConfig::vit_b16();
-    let tensors = random_vit_b16(&cfg, &device)?;
+    let tensors = semla_models::clip::random_vision_weights(&cfg, &device)?;
     let model = ClipModel::new(
         &VarBuilder::from_tensors(tensors.clone(), DType::F32, &device),
         &cfg,

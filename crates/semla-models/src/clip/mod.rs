@@ -20,7 +20,7 @@ pub mod tokenizer;
 use std::path::PathBuf;
 
 pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
-pub use model::{ClipModel, DenseTokens, Kernels, VisionOutput};
+pub use model::{ClipModel, DenseTokens, Kernels, VisionOutput, random_vision_weights};
 pub use preprocess::{ImageProcessor, Resample};
 pub use tokenizer::{ClipTokenizer, Padding};
 

@@ -1000,3 +1000,61 @@ fn safetensors_files(dir: &Path) -> std::result::Result<Vec<PathBuf>, ClipError>
     }
     Ok(files)
 }
+
+/// Random vision-tower weights (normal, std 0.02; layer-norm scales std 1) under
+/// the checkpoint's names and shapes, for benchmarks of a model size without its
+/// weights: build with `VarBuilder::from_tensors` and [`ClipModel::new`].
+pub fn random_vision_weights(cfg: &ClipConfig, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let v = &cfg.vision_config;
+    let d = v.hidden_size;
+    let g = v.grid_size();
+    let mut t = HashMap::new();
+    let mut put = |name: String, shape: &[usize], std: f64| -> Result<()> {
+        t.insert(name, Tensor::randn(0f32, std as f32, shape, device)?);
+        Ok(())
+    };
+    put("vision_model.embeddings.class_embedding".into(), &[d], 0.02)?;
+    put(
+        "vision_model.embeddings.patch_embedding.weight".into(),
+        &[d, 3, v.patch_size, v.patch_size],
+        0.02,
+    )?;
+    put(
+        "vision_model.embeddings.position_embedding.weight".into(),
+        &[g * g + 1, d],
+        0.02,
+    )?;
+    for ln in ["vision_model.pre_layrnorm", "vision_model.post_layernorm"] {
+        put(format!("{ln}.weight"), &[d], 1.0)?;
+        put(format!("{ln}.bias"), &[d], 0.02)?;
+    }
+    for i in 0..v.num_hidden_layers {
+        let p = format!("vision_model.encoder.layers.{i}");
+        for ln in ["layer_norm1", "layer_norm2"] {
+            put(format!("{p}.{ln}.weight"), &[d], 1.0)?;
+            put(format!("{p}.{ln}.bias"), &[d], 0.02)?;
+        }
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            put(format!("{p}.self_attn.{proj}.weight"), &[d, d], 0.02)?;
+            put(format!("{p}.self_attn.{proj}.bias"), &[d], 0.02)?;
+        }
+        put(
+            format!("{p}.mlp.fc1.weight"),
+            &[v.intermediate_size, d],
+            0.02,
+        )?;
+        put(format!("{p}.mlp.fc1.bias"), &[v.intermediate_size], 0.02)?;
+        put(
+            format!("{p}.mlp.fc2.weight"),
+            &[d, v.intermediate_size],
+            0.02,
+        )?;
+        put(format!("{p}.mlp.fc2.bias"), &[d], 0.02)?;
+    }
+    put(
+        "visual_projection.weight".into(),
+        &[cfg.projection_dim, d],
+        0.02,
+    )?;
+    Ok(t)
+}
