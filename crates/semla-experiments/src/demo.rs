@@ -286,10 +286,7 @@ pub fn run_demo(
             &train_sets[0],
             &train,
             &Session::default(),
-            &mut |p| {
-                progress.set(p.step as u64);
-                progress.message(&format!("loss {:.3}", p.loss));
-            },
+            &mut |p| progress.training_step(p.step, p.loss),
         )?;
         progress.end();
         save_segmenter(model.as_ref(), &model_dir)?;
@@ -326,10 +323,7 @@ pub fn run_demo(
             &train_sets[i],
             &train,
             &Session::default(),
-            &mut |p| {
-                progress.set(p.step as u64);
-                progress.message(&format!("loss {:.3}", p.loss));
-            },
+            &mut |p| progress.training_step(p.step, p.loss),
         )?;
         progress.end();
         library.add(&lora.to_adapter(name)?, None)?;

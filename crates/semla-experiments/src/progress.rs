@@ -11,6 +11,11 @@ pub trait Progress {
     fn message(&mut self, _text: &str) {}
     /// The current stage is finished.
     fn end(&mut self);
+    /// A training stage finished step `step` with loss `loss`.
+    fn training_step(&mut self, step: usize, loss: f32) {
+        self.set(step as u64);
+        self.message(&format!("loss {loss:.3}"));
+    }
     /// A line of text to show the user without breaking the bars.
     fn note(&mut self, _text: &str) {}
 }

@@ -397,10 +397,7 @@ pub fn run_camvid_bench(
                 resume: true,
                 stop_at: None,
             },
-            &mut |p| {
-                progress.set(p.step as u64);
-                progress.message(&format!("loss {:.3}", p.loss));
-            },
+            &mut |p| progress.training_step(p.step, p.loss),
         )?;
         progress.end();
         save_segmenter(model.as_ref(), &model_dir)?;
@@ -475,10 +472,7 @@ pub fn run_camvid_bench(
                     resume: true,
                     stop_at: None,
                 },
-                &mut |p| {
-                    progress.set(p.step as u64);
-                    progress.message(&format!("loss {:.3}", p.loss));
-                },
+                &mut |p| progress.training_step(p.step, p.loss),
             )?;
             progress.end();
             let mut library = AdapterLibrary::open(&library_dir)?;
