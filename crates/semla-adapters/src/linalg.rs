@@ -141,31 +141,54 @@ fn reflect(v: &[f64], x: &mut [f64]) {
     }
 }
 
-/// Thin SVD of an `m x n` matrix by one-sided Jacobi rotations:
+/// Thin SVD of an `m x n` matrix by one-sided (Hestenes) Jacobi rotations:
 /// `M = U diag(S) V^T` with `U` `[m, k]`, `S` `[k]` descending, `V` `[n, k]`,
 /// `k = min(m, n)`. Accurate to a few ulps relative to the largest singular
-/// value; meant for small matrices (the core of a low-rank product).
+/// value. Columns are stored contiguously and their norms are updated with each
+/// rotation (recomputed exactly at every sweep), which makes it usable on the
+/// `320 x 320` triangles of EfficientNet's widest layers (SoMA runs a QR first).
 pub fn svd(m: &Matrix) -> (Matrix, Vec<f64>, Matrix) {
     if m.rows < m.cols {
         let (u, s, v) = svd(&m.transpose());
         return (v, s, u);
     }
     let (rows, n) = (m.rows, m.cols);
-    // Work on columns: cols[j] is column j of the matrix being orthogonalised.
-    let mut cols: Vec<Vec<f64>> = (0..n)
-        .map(|j| (0..rows).map(|i| m.at(i, j)).collect())
-        .collect();
-    let mut v: Vec<Vec<f64>> = (0..n)
-        .map(|j| (0..n).map(|i| f64::from(u8::from(i == j))).collect())
-        .collect();
+    let mut cols = vec![0f64; rows * n];
+    for i in 0..rows {
+        for j in 0..n {
+            cols[j * rows + i] = m.at(i, j);
+        }
+    }
+    let mut v = vec![0f64; n * n];
+    for j in 0..n {
+        v[j * n + j] = 1.0;
+    }
+    let dot = |x: &[f64], y: &[f64]| -> f64 { x.iter().zip(y).map(|(a, b)| a * b).sum() };
+    let rotate = |data: &mut [f64], len: usize, p: usize, q: usize, c: f64, s: f64| {
+        let (left, right) = data.split_at_mut(q * len);
+        let x = &mut left[p * len..(p + 1) * len];
+        let y = &mut right[..len];
+        for (a, b) in x.iter_mut().zip(y.iter_mut()) {
+            let (xp, yq) = (*a, *b);
+            *a = c * xp - s * yq;
+            *b = s * xp + c * yq;
+        }
+    };
     let eps = 1e-15;
+    let mut norms = vec![0f64; n];
     for _sweep in 0..60 {
+        for (j, norm) in norms.iter_mut().enumerate() {
+            let col = &cols[j * rows..(j + 1) * rows];
+            *norm = dot(col, col);
+        }
         let mut rotated = false;
         for p in 0..n {
             for q in p + 1..n {
-                let alpha: f64 = cols[p].iter().map(|x| x * x).sum();
-                let beta: f64 = cols[q].iter().map(|x| x * x).sum();
-                let gamma: f64 = cols[p].iter().zip(&cols[q]).map(|(x, y)| x * y).sum();
+                let (alpha, beta) = (norms[p], norms[q]);
+                let gamma = dot(
+                    &cols[p * rows..(p + 1) * rows],
+                    &cols[q * rows..(q + 1) * rows],
+                );
                 if gamma == 0.0 || gamma.abs() <= eps * (alpha * beta).sqrt() {
                     continue;
                 }
@@ -174,39 +197,40 @@ pub fn svd(m: &Matrix) -> (Matrix, Vec<f64>, Matrix) {
                 let t = zeta.signum() / (zeta.abs() + (1.0 + zeta * zeta).sqrt());
                 let c = 1.0 / (1.0 + t * t).sqrt();
                 let s = c * t;
-                for vecs in [&mut cols, &mut v] {
-                    let (left, right) = vecs.split_at_mut(q);
-                    for (x, y) in left[p].iter_mut().zip(right[0].iter_mut()) {
-                        let (xp, yq) = (*x, *y);
-                        *x = c * xp - s * yq;
-                        *y = s * xp + c * yq;
-                    }
-                }
+                rotate(&mut cols, rows, p, q, c, s);
+                rotate(&mut v, n, p, q, c, s);
+                norms[p] = alpha - t * gamma;
+                norms[q] = beta + t * gamma;
             }
         }
         if !rotated {
             break;
         }
     }
-    let mut order: Vec<(usize, f64)> = cols
-        .iter()
-        .enumerate()
-        .map(|(j, c)| (j, c.iter().map(|x| x * x).sum::<f64>().sqrt()))
+    let mut order: Vec<(usize, f64)> = (0..n)
+        .map(|j| {
+            let col = &cols[j * rows..(j + 1) * rows];
+            (j, dot(col, col).sqrt())
+        })
         .collect();
     order.sort_by(|a, b| b.1.total_cmp(&a.1));
     let mut u = Matrix::zeros(rows, n);
     let mut vm = Matrix::zeros(n, n);
-    let mut s = Vec::with_capacity(n);
-    for (k, &(j, sigma)) in order.iter().enumerate() {
-        s.push(sigma);
+    let mut sigma = Vec::with_capacity(n);
+    for (k, &(j, value)) in order.iter().enumerate() {
+        sigma.push(value);
         for i in 0..rows {
-            *u.at_mut(i, k) = if sigma > 0.0 { cols[j][i] / sigma } else { 0.0 };
+            *u.at_mut(i, k) = if value > 0.0 {
+                cols[j * rows + i] / value
+            } else {
+                0.0
+            };
         }
         for i in 0..n {
-            *vm.at_mut(i, k) = v[j][i];
+            *vm.at_mut(i, k) = v[j * n + i];
         }
     }
-    (u, s, vm)
+    (u, sigma, vm)
 }
 
 /// SVD of the low-rank product `M = B diag(c) A` with `B` `[m, R]`, `c` `[R]`,
