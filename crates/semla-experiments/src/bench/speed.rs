@@ -123,17 +123,9 @@ impl Default for SpeedConfig {
 
 /// Median and minimum of `runs` calls of `f` after 2 warm-ups.
 pub fn time_median(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
-    for _ in 0..2 {
-        f()?;
-    }
-    let mut times = Vec::with_capacity(runs.max(1));
-    for _ in 0..runs.max(1) {
-        let t = Instant::now();
-        f()?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    Ok((times[times.len() / 2], times[0]))
+    time_round_robin(runs, 1, |_| f())?
+        .pop()
+        .ok_or_else(|| ExperimentError::Invalid("no timing was taken".into()))
 }
 
 /// A small deterministic generator (SplitMix64): benchmark weights need no quality
