@@ -3,6 +3,7 @@
 //! in PEFT format, for `tools/reference/peft_fusion.py verify` to load in Python peft.
 //!
 //! `cargo run -p semla-adapters --example write_fixture_merges`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::Path;
 

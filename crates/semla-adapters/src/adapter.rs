@@ -242,4 +242,37 @@ impl Adapter {
             sites: out,
         })
     }
+
+    /// A random rank-`rank` adapter on `sites` (Linear and Conv2d), `alpha = 2 r`,
+    /// factors uniform in `[-0.05, 0.05)` from a SplitMix64 seeded with `seed`:
+    /// for benchmarks and tests that need adapters of a model's shape.
+    pub fn random(
+        name: impl Into<String>,
+        sites: &[crate::site::SiteInfo],
+        rank: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let mut rng = semla_core::SplitMix64::new(seed);
+        let mut parts = Vec::new();
+        for site in sites {
+            let (a_shape, b_shape) = match site.kind {
+                crate::site::SiteKind::Linear => {
+                    (vec![rank, site.in_features], vec![site.out_features, rank])
+                }
+                crate::site::SiteKind::Conv2d(geometry) => (
+                    vec![
+                        rank,
+                        site.in_features,
+                        geometry.kernel_size,
+                        geometry.kernel_size,
+                    ],
+                    vec![site.out_features, rank, 1, 1],
+                ),
+            };
+            let a = rng.signed_values(a_shape.iter().product(), 0.05);
+            let b = rng.signed_values(b_shape.iter().product(), 0.05);
+            parts.push((site.path.clone(), (a, a_shape, b, b_shape)));
+        }
+        Self::from_host(name, LoraConfig::new(rank, 2.0 * rank as f64), parts)
+    }
 }

@@ -66,5 +66,11 @@ impl AdapterError {
     }
 }
 
+impl From<semla_core::FsError> for AdapterError {
+    fn from(e: semla_core::FsError) -> Self {
+        Self::io(e.path, e.source)
+    }
+}
+
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, AdapterError>;

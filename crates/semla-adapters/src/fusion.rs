@@ -42,11 +42,16 @@ use crate::config::{LoraConfig, TargetModules};
 use crate::error::{AdapterError, Result};
 use crate::linalg::{Matrix, low_rank_svd};
 
-/// How to combine adapters (see the module docs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+/// How to combine adapters (see the module docs); PEFT's `combination_type`.
+/// Only the types semla fuses exactly or documents are accepted (PEFT's
+/// `ties`, `dare_*` and `magnitude_prune*` are rejected).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Combination {
-    /// Exact: stacked factors, rank `sum r_i`.
+    /// Exact: stacked factors, rank `sum r_i` (SemLA's choice).
+    #[default]
     Cat,
     /// PEFT's "linear": factors mixed separately (equal ranks, not exact).
     Linear,

@@ -8,7 +8,8 @@
 //!   `alpha_pattern` matched as PEFT does.
 //! - [`adapter`]: an adapter in memory ([`Adapter`], [`LoraSite`]), validation against a model.
 //! - [`peft`]: PEFT folders ([`peft::load_adapter`], [`peft::save_adapter`]).
-//! - [`library`]: SemLA's `loradb` library with prototypes ([`AdapterLibrary`]).
+//! - [`library`]: SemLA's `loradb` library with prototypes and the record of the embedder
+//!   that made them ([`AdapterLibrary`], [`EmbedderRecord`]): the one owner of the format.
 //! - [`npz`]: NumPy `.npz` float arrays.
 //! - [`fusion`]: PEFT's `cat`, `linear` and `svd` merges ([`fusion::merge`]).
 //! - [`apply`]: a mixture applied factored per image ([`Adaptation::from_adapters`]) or
@@ -23,7 +24,6 @@ pub mod apply;
 pub mod config;
 pub mod error;
 pub mod frozen;
-mod fsutil;
 pub mod fusion;
 pub mod library;
 pub mod linalg;
@@ -35,5 +35,5 @@ pub use adapter::{Adapter, LoraSite, SiteShape};
 pub use config::{LoraConfig, TargetModules};
 pub use error::{AdapterError, Result};
 pub use fusion::{Combination, merge};
-pub use library::{AdapterLibrary, LibraryEntry};
+pub use library::{AdapterLibrary, EmbedderIdentity, EmbedderRecord, LibraryEntry};
 pub use site::{Adaptation, AdaptedConv2d, AdaptedLinear, FactoredSite, SiteInfo, SiteKind};

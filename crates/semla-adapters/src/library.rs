@@ -6,6 +6,12 @@
 //! <lib>/<name>/<name>_statistics.npz       (prototype: train_average_embedding, f32 (1, D))
 //! ```
 //!
+//! and, at the root, `semla_library.json`: the record of which embedder made
+//! the prototypes ([`EmbedderRecord`]), so that a query embedded differently is
+//! refused. This module is the one owner of the format: adapters, prototypes and
+//! the record are read and written here only, and prototypes are only written
+//! together with the record ([`AdapterLibrary::set_prototypes`]).
+//!
 //! [`AdapterLibrary::open`] reads only the configs and the safetensors
 //! headers (checking that factors pair up, chain, are float and match the
 //! configured ranks); tensors are memory-mapped and read by
@@ -19,6 +25,109 @@ use crate::config::LoraConfig;
 use crate::error::{AdapterError, Result};
 use crate::npz::{read_npz_array, write_npz};
 use crate::peft::{self, CONFIG_FILE, Factor};
+use semla_core::fs::write_atomic;
+
+/// File name of the embedder record at a library's root.
+pub const RECORD_FILE: &str = "semla_library.json";
+
+/// Format tag (schema and version) of [`EmbedderRecord`].
+pub const RECORD_FORMAT: &str = "semla-library/1";
+
+/// Which embedder made a library's prototypes (`semla_library.json`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EmbedderRecord {
+    /// [`RECORD_FORMAT`].
+    pub format: String,
+    /// Embedder kind (`clip`, `backbone`, `style`, ...).
+    pub embedder: String,
+    /// Embedder identity: kind and a fingerprint of its weights (and settings).
+    pub embedder_id: String,
+    /// Prototype dimension `D`.
+    pub dimension: usize,
+    /// How the embedder was named when the prototypes were made (`style@2`,
+    /// `clip:DIR`), so that queries can be embedded the same way.
+    #[serde(default)]
+    pub embedder_spec: String,
+    /// Number of images averaged into each prototype, by adapter name.
+    #[serde(default)]
+    pub images: BTreeMap<String, usize>,
+}
+
+/// The embedder a set of prototypes comes from, as the record stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmbedderIdentity {
+    /// Kind (`clip`, `style`, ...).
+    pub kind: String,
+    /// Identity (kind and fingerprint).
+    pub id: String,
+    /// Spec the embedder was named by.
+    pub spec: String,
+}
+
+impl EmbedderRecord {
+    /// Reads `<root>/semla_library.json`; `None` if the library has none
+    /// (an official `loradb`).
+    pub fn read(root: &Path) -> Result<Option<Self>> {
+        let path = root.join(RECORD_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| AdapterError::io(&path, e))?;
+        let record: Self = serde_json::from_str(&text)
+            .map_err(|e| AdapterError::invalid(&path, format!("invalid JSON: {e}")))?;
+        if record.format != RECORD_FORMAT {
+            return Err(AdapterError::invalid(
+                &path,
+                format!(
+                    "unknown format `{}` (expected `{RECORD_FORMAT}`)",
+                    record.format
+                ),
+            ));
+        }
+        Ok(Some(record))
+    }
+
+    /// Writes `<root>/semla_library.json` (atomic).
+    fn write(&self, root: &Path) -> Result<PathBuf> {
+        let path = root.join(RECORD_FILE);
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| AdapterError::invalid(&path, format!("cannot serialise: {e}")))?;
+        write_atomic(&path, text.as_bytes())?;
+        Ok(path)
+    }
+
+    /// Checks that a query embedding of dimension `dimension` by the embedder
+    /// `embedder_id` (`None`: a precomputed embedding of unknown origin, only the
+    /// dimension is checked) may be compared with these prototypes; `root`
+    /// names the library in the error.
+    pub fn check_query(
+        &self,
+        embedder_id: Option<&str>,
+        dimension: usize,
+        root: &Path,
+    ) -> Result<()> {
+        if let Some(id) = embedder_id
+            && id != self.embedder_id
+        {
+            return Err(AdapterError::InvalidArgument(format!(
+                "the prototypes of {} were made by the embedder {} ({}), but the query is embedded by {id}; \
+                 re-run `semla library embed` with this embedder or pass the matching --embedder",
+                root.display(),
+                self.embedder_id,
+                self.embedder_spec,
+            )));
+        }
+        if self.dimension != dimension {
+            return Err(AdapterError::InvalidArgument(format!(
+                "the prototypes of {} have dimension {} ({}), but the query embedding has dimension {dimension}",
+                root.display(),
+                self.dimension,
+                self.embedder_spec
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// Array name of a prototype inside `<name>_statistics.npz`.
 pub const PROTOTYPE_ARRAY: &str = "train_average_embedding";
@@ -158,6 +267,7 @@ impl LibraryEntry {
 pub struct AdapterLibrary {
     root: PathBuf,
     entries: BTreeMap<String, LibraryEntry>,
+    record: Option<EmbedderRecord>,
 }
 
 impl AdapterLibrary {
@@ -182,10 +292,103 @@ impl AdapterLibrary {
             let entry = LibraryEntry::read(&dir, &name)?;
             entries.insert(name, entry);
         }
+        let record = EmbedderRecord::read(root)?;
         Ok(Self {
             root: root.to_path_buf(),
             entries,
+            record,
         })
+    }
+
+    /// The record of which embedder made the prototypes, if the library has one.
+    pub fn record(&self) -> Option<&EmbedderRecord> {
+        self.record.as_ref()
+    }
+
+    /// Checks a query embedding of dimension `dimension` by `embedder_id` (see
+    /// [`EmbedderRecord::check_query`]); a library without a record (an official
+    /// `loradb`) only gets a warning, the dimension is checked at retrieval.
+    pub fn check_query(&self, embedder_id: Option<&str>, dimension: usize) -> Result<()> {
+        match &self.record {
+            Some(record) => record.check_query(embedder_id, dimension, &self.root),
+            None => {
+                tracing::warn!(
+                    "{} has no {RECORD_FILE}: cannot check which embedder made its prototypes",
+                    self.root.display()
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the prototypes `(adapter name, prototype, images averaged)` made by
+    /// `embedder` and records it in `semla_library.json`.
+    ///
+    /// If the record names another embedder, every adapter that has a prototype
+    /// must be among the new ones (so that no stale prototype of the other
+    /// embedder survives); otherwise it is an error and nothing is written.
+    pub fn set_prototypes(
+        &mut self,
+        embedder: &EmbedderIdentity,
+        prototypes: &[(String, Vec<f32>, usize)],
+    ) -> Result<&EmbedderRecord> {
+        let Some(dimension) = prototypes.first().map(|p| p.1.len()) else {
+            return Err(AdapterError::InvalidArgument(
+                "no source domain to embed".into(),
+            ));
+        };
+        for (name, prototype, _) in prototypes {
+            self.entry(name)?;
+            if prototype.len() != dimension {
+                return Err(AdapterError::InvalidArgument(format!(
+                    "prototype of {name} has dimension {} but the first has {dimension}",
+                    prototype.len()
+                )));
+            }
+        }
+        let mut images = BTreeMap::new();
+        match &self.record {
+            Some(prev) if prev.embedder_id == embedder.id => images = prev.images.clone(),
+            previous => {
+                let stale: Vec<&str> = self
+                    .entries()
+                    .filter(|e| {
+                        e.has_prototype() && !prototypes.iter().any(|(n, _, _)| n == &e.name)
+                    })
+                    .map(|e| e.name.as_str())
+                    .collect();
+                if !stale.is_empty() {
+                    return Err(AdapterError::InvalidArgument(format!(
+                        "{}: the prototypes of {} were made by {}; embed every adapter of the library \
+                         with the new embedder (add them to the sources) or remove their statistics files",
+                        self.root.display(),
+                        stale.join(", "),
+                        previous
+                            .as_ref()
+                            .map(|p| p.embedder_id.as_str())
+                            .unwrap_or("an unrecorded embedder")
+                    )));
+                }
+            }
+        }
+        for (name, prototype, count) in prototypes {
+            let dir = self.entry(name)?.dir.clone();
+            let path = write_prototype(&dir, name, prototype)?;
+            if let Some(entry) = self.entries.get_mut(name) {
+                entry.prototype_file = Some(path);
+            }
+            images.insert(name.clone(), *count);
+        }
+        let record = EmbedderRecord {
+            format: RECORD_FORMAT.into(),
+            embedder: embedder.kind.clone(),
+            embedder_id: embedder.id.clone(),
+            dimension,
+            embedder_spec: embedder.spec.clone(),
+            images,
+        };
+        record.write(&self.root)?;
+        Ok(self.record.insert(record))
     }
 
     /// The library folder.
@@ -243,19 +446,21 @@ impl AdapterLibrary {
         read_prototype(path)
     }
 
-    /// Writes the prototype of `name` (see [`write_prototype`]) and records it.
-    pub fn set_prototype(&mut self, name: &str, prototype: &[f32]) -> Result<()> {
-        let dir = self.entry(name)?.dir.clone();
-        let path = write_prototype(&dir, name, prototype)?;
-        if let Some(entry) = self.entries.get_mut(name) {
-            entry.prototype_file = Some(path);
-        }
-        Ok(())
-    }
-
     /// Saves `adapter` as `<root>/<adapter.name>/` (PEFT format, atomic
     /// files), with its prototype if given, and adds it to the listing.
+    ///
+    /// A prototype of unknown origin can only join a library without an embedder
+    /// record (an official `loradb`); where the library records its embedder,
+    /// prototypes are written with [`set_prototypes`](Self::set_prototypes).
     pub fn add(&mut self, adapter: &Adapter, prototype: Option<&[f32]>) -> Result<()> {
+        if let (Some(_), Some(record)) = (prototype, &self.record) {
+            return Err(AdapterError::InvalidArgument(format!(
+                "{}: the library records its embedder ({}); a prototype of unknown origin \
+                 cannot join it",
+                self.root.display(),
+                record.embedder_spec
+            )));
+        }
         if adapter.name.is_empty()
             || adapter.name.contains(['/', '\\'])
             || adapter.name.starts_with('.')

@@ -7,7 +7,7 @@ use std::io::{Cursor, Read, Write};
 use std::path::Path;
 
 use crate::error::{AdapterError, Result};
-use crate::fsutil::write_atomic;
+use semla_core::fs::write_atomic;
 
 /// One array read from an `.npy` member, as `f32` in C (row-major) order.
 #[derive(Clone, Debug, PartialEq)]
@@ -194,7 +194,7 @@ pub fn encode_npz(path: &Path, arrays: &[(&str, &[usize], &[f32])]) -> Result<Ve
 /// Writes float32 arrays `(name, shape, data)` to a plain `.npz` archive at
 /// `path` (see [`encode_npz`]), atomically.
 pub fn write_npz(path: &Path, arrays: &[(&str, &[usize], &[f32])]) -> Result<()> {
-    write_atomic(path, &encode_npz(path, arrays)?)
+    Ok(write_atomic(path, &encode_npz(path, arrays)?)?)
 }
 
 #[cfg(test)]

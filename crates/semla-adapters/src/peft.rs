@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::adapter::{Adapter, LoraSite};
 use crate::config::LoraConfig;
 use crate::error::{AdapterError, Result};
-use crate::fsutil::{create_dir, write_atomic};
+use semla_core::fs::write_atomic;
 
 /// File name of the config.
 pub const CONFIG_FILE: &str = "adapter_config.json";
@@ -262,7 +262,7 @@ pub fn read_tensor_shapes(file: &Path) -> Result<Vec<(String, String, Vec<usize>
 /// config without `target_modules` is written with the list of site paths.
 pub fn save_adapter(dir: &Path, adapter: &Adapter) -> Result<()> {
     adapter.validate(&dir.join(SAFETENSORS_FILE))?;
-    create_dir(dir)?;
+    std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
     let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (path, site) in &adapter.sites {
         for (factor, t) in [("lora_A", &site.a), ("lora_B", &site.b)] {
@@ -298,7 +298,7 @@ pub fn save_adapter(dir: &Path, adapter: &Adapter) -> Result<()> {
     }
     // Like peft: 2-space indent, sorted keys, no trailing newline.
     let text = config.to_json_string();
-    write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())
+    Ok(write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?)
 }
 
 #[cfg(test)]

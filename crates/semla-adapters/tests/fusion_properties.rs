@@ -2,6 +2,7 @@
 //! list (weight 1 reproduces, weight 0 removes, negative subtracts, mixed
 //! ranks, rsLoRA after a merge) and the agreement of the merged and factored
 //! paths, per image.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::collections::BTreeMap;
 

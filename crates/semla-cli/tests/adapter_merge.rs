@@ -1,5 +1,6 @@
 //! `semla adapter merge` and `semla library list/show` on the peft fixture
 //! library of semla-adapters (expected deltas from Python peft).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

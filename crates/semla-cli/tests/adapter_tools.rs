@@ -1,5 +1,6 @@
 //! `semla adapter bake` and `semla adapter extract` on a tiny model folder
 //! and adapter written by the test (no data needed).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::collections::HashMap;
 use std::path::Path;

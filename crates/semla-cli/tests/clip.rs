@@ -1,4 +1,5 @@
 //! `semla clip` end to end on the tiny CLIP fixture of semla-models.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,9 +1,11 @@
 //! `semla data stats` and `semla data show` end to end.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use semla_data::labels::{LabelMap, read_rgb, write_label_map, write_rgb_png};
+use semla_data::image_io::{read_rgb, write_rgb_png};
+use semla_data::labels::{LabelMap, write_label_map};
 
 fn semla(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_semla"))
@@ -29,7 +31,7 @@ fn frame(dir: &Path, split: &str, name: &str, values: &[u16]) {
         values: values.to_vec(),
     };
     write_label_map(&labels.join(name), &map).unwrap();
-    write_rgb_png(&images.join(name), &semla_data::labels::RgbImage::new(2, 2)).unwrap();
+    write_rgb_png(&images.join(name), &semla_data::RgbImage::new(2, 2)).unwrap();
 }
 
 #[test]
@@ -114,7 +116,7 @@ fn show_colours_and_blends() {
     assert_eq!(picture.get_pixel(2, 0).0, [60, 40, 222]); // Pavement
 
     let photo = dir.path().join("photo.png");
-    let white = semla_data::labels::RgbImage::from_pixel(3, 1, semla_data::labels::Rgb([255; 3]));
+    let white = semla_data::RgbImage::from_pixel(3, 1, semla_data::Rgb([255; 3]));
     write_rgb_png(&photo, &white).unwrap();
     let (ok, _, err) = semla(&[
         "data",
@@ -137,7 +139,7 @@ fn show_colours_and_blends() {
     assert_eq!(picture.get_pixel(1, 0).0, [238, 138, 158]);
 
     // A photo of another size is an error naming it.
-    write_rgb_png(&photo, &semla_data::labels::RgbImage::new(2, 2)).unwrap();
+    write_rgb_png(&photo, &semla_data::RgbImage::new(2, 2)).unwrap();
     let (ok, _, err) = semla(&[
         "data",
         "show",

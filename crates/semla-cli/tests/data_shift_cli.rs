@@ -1,9 +1,11 @@
 //! `semla data corrupt` and `semla data materialize` end to end.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::Path;
 use std::process::Command;
 
-use semla_data::labels::{LabelMap, Rgb, RgbImage, read_rgb, write_label_map, write_rgb_png};
+use semla_data::image_io::{Rgb, RgbImage, read_rgb, write_rgb_png};
+use semla_data::labels::{LabelMap, write_label_map};
 
 fn semla(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_semla"))

@@ -1,6 +1,7 @@
 //! `semla library embed`, `semla library retrieve`, `semla eval --experiment`
 //! and `semla segment` on generated synthetic domains (no files needed) with
 //! an untrained tiny segmenter and random adapters written by the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,8 +9,8 @@ use std::process::Command;
 use candle_core::Device;
 use semla_adapters::AdapterLibrary;
 use semla_adapters::npz::read_npz_array;
-use semla_models::segmenter::{SegmenterConfig, save_segmenter};
 use semla_models::tiny::TinySegConfig;
+use semla_models::{SegmenterConfig, save_segmenter};
 use semla_train::lora::{LoraSettings, LoraTrainee};
 use serde_json::Value;
 
@@ -59,7 +60,7 @@ fn write_model(dir: &Path, name: &str, seed: u64) -> PathBuf {
 
 /// One random rank-2 adapter per source, without prototypes.
 fn write_library(dir: &Path, model: &Path) -> PathBuf {
-    let model = semla_models::segmenter::load_segmenter(model, &Device::Cpu).unwrap();
+    let model = semla_models::load_segmenter(model, &Device::Cpu).unwrap();
     let root = dir.join("loradb");
     std::fs::create_dir_all(&root).unwrap();
     let mut library = AdapterLibrary::open(&root).unwrap();
@@ -181,15 +182,33 @@ fn embedded_prototypes_are_official_npz_and_retrieve_agrees() {
     // The prototype is the mean of the backbone embeddings of the first 4
     // training images at 48x64, as the library API computes it.
     let domain = semla_data::domains::resolve_domain("synthetic-night", Path::new("")).unwrap();
-    let source = semla_train::data::DomainSource::new(
-        domain,
-        semla_data::domains::Split::Train,
-        Some((48, 64)),
-    )
-    .unwrap();
-    let loaded = semla_models::segmenter::load_segmenter(&model, &Device::Cpu).unwrap();
-    let expected =
-        semla_train::runs::mean_embedding(loaded.as_ref(), &source, 4, &Device::Cpu).unwrap();
+    let source =
+        semla_data::DomainSource::new(domain, semla_data::domains::Split::Train, Some((48, 64)))
+            .unwrap();
+    let loaded = semla_models::load_segmenter(&model, &Device::Cpu).unwrap();
+    let expected: Vec<f32> = {
+        use semla_data::SampleSource as _;
+        let mut sum: Vec<f64> = Vec::new();
+        for i in 0..4 {
+            let sample = source.sample(i).unwrap();
+            let image = loaded
+                .normalization()
+                .batch(&[&sample], &Device::Cpu)
+                .unwrap();
+            let e: Vec<f32> = loaded
+                .embed(&image)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            sum.resize(e.len(), 0.0);
+            for (s, v) in sum.iter_mut().zip(e) {
+                *s += f64::from(v);
+            }
+        }
+        sum.iter().map(|s| (s / 4.0) as f32).collect()
+    };
     let stored = read_npz_array(
         &library.join("synthetic-night/synthetic-night_statistics.npz"),
         "train_average_embedding",
@@ -355,7 +374,7 @@ fn experiments_write_official_results_and_refuse_another_embedder() {
     ]);
     let first = &segmented["images"][0];
     assert_eq!(first["adapters"].as_array().unwrap().len(), 2);
-    let mask = semla_data::labels::read_rgb(Path::new(first["mask"].as_str().unwrap())).unwrap();
+    let mask = semla_data::image_io::read_rgb(Path::new(first["mask"].as_str().unwrap())).unwrap();
     assert_eq!((mask.width(), mask.height()), (64, 48));
     assert!(Path::new(first["overlay"].as_str().unwrap()).is_file());
 }

@@ -1,4 +1,5 @@
 //! `semla library retrieve --embedding` on a tiny library written by the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -395,7 +396,7 @@ fn write_tiny_segmenter(dir: &Path) -> PathBuf {
 
 #[test]
 fn image_with_backbone_embedder_matches_the_embedding_path() {
-    use semla_models::segmenter::{load_segmenter, rgb_to_tensor};
+    use semla_models::load_segmenter;
     let dir = tempfile::tempdir().unwrap();
     let model_dir = write_tiny_segmenter(dir.path());
     let (w, h) = (20u32, 16u32);
@@ -406,9 +407,9 @@ fn image_with_backbone_embedder_matches_the_embedding_path() {
     // The embedding the library API gives for that image.
     let device = candle_core::Device::Cpu;
     let model = load_segmenter(&model_dir, &device).unwrap();
-    let img = semla_models::clip::preprocess::load_rgb(&image).unwrap();
+    let img = semla_data::image_io::read_rgb(&image).unwrap();
     assert_eq!(img.as_raw(), &rgb);
-    let pixels = rgb_to_tensor(&img, model.normalization(), &device).unwrap();
+    let pixels = model.normalization().image(&img, &device).unwrap();
     let embedding: Vec<f32> = model
         .embed(&pixels)
         .unwrap()

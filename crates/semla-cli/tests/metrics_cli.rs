@@ -1,4 +1,5 @@
 //! `semla metrics` end to end on label maps the test writes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::Path;
 use std::process::Command;

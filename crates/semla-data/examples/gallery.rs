@@ -9,6 +9,7 @@
 //! frame is given, `OUT_DIR/corruptions.png` (the frame, then every
 //! corruption at severity 3, row-major in `CorruptionKind::ALL` order, each
 //! downscaled to 120x90). Prints the generator speed at 128x96 on this thread.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,9 +20,7 @@ use semla_data::corrupt::{Corruption, CorruptionKind};
 use semla_data::synthetic::{Split, SyntheticWorld, colorize_labels};
 
 fn save(img: &RgbImage, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let tmp = path.with_extension("png.tmp");
-    img.save_with_format(&tmp, image::ImageFormat::Png)?;
-    std::fs::rename(&tmp, path)?;
+    semla_data::image_io::write_rgb_png(path, img)?;
     println!("wrote {}", path.display());
     Ok(())
 }

@@ -36,18 +36,34 @@ pub use plasma::plasma_fractal;
 pub enum CorruptError {
     /// The kind part of a name is not one of [`CorruptionKind::ALL`].
     #[error("unknown corruption kind `{name}` (known: {known})")]
-    UnknownKind { name: String, known: String },
+    UnknownKind {
+        /// The kind given.
+        name: String,
+        /// The known kinds, comma-separated.
+        known: String,
+    },
     /// A corruption name without a trailing severity digit, like `fog`.
     #[error(
         "corruption name `{name}` has no severity: expected a kind followed by 1-5, like `fog3`"
     )]
-    MissingSeverity { name: String },
+    MissingSeverity {
+        /// The name given.
+        name: String,
+    },
     /// Severity outside `1..=5`.
     #[error("corruption severity {severity} is out of range: expected 1 to 5")]
-    BadSeverity { severity: u32 },
+    BadSeverity {
+        /// The severity given.
+        severity: u32,
+    },
     /// The image has no pixels.
     #[error("cannot corrupt an empty image ({width}x{height})")]
-    EmptyImage { width: u32, height: u32 },
+    EmptyImage {
+        /// Its width.
+        width: u32,
+        /// Its height.
+        height: u32,
+    },
     /// The JPEG round trip failed.
     #[error("JPEG compression failed: {0}")]
     Jpeg(#[from] image::ImageError),
@@ -160,8 +176,11 @@ impl FromStr for CorruptionKind {
 /// seed of its random stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Corruption {
+    /// Which shift.
     pub kind: CorruptionKind,
+    /// How strong, `1..=5` (ImageNet-C's severities).
     pub severity: u8,
+    /// Seed of the random stream (mixed with each image's index).
     pub seed: u64,
 }
 
@@ -214,10 +233,13 @@ impl Corruption {
     /// The random stream of image number `image_index` under this corruption:
     /// a [`StdRng`] seeded by mixing `(seed, kind, severity, image_index)`.
     pub fn rng(&self, image_index: u64) -> StdRng {
-        let mut state = mix64(self.seed ^ 0x5345_4d4c_4143_4f52);
-        state = mix64(state ^ self.kind.index().wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        state = mix64(state ^ u64::from(self.severity).wrapping_mul(0xD1B5_4A32_D192_ED03));
-        state = mix64(state ^ image_index.wrapping_mul(0xA24B_AED4_963E_E407));
+        let mut state = semla_core::rng::mix64(self.seed ^ 0x5345_4d4c_4143_4f52);
+        state =
+            semla_core::rng::mix64(state ^ self.kind.index().wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        state = semla_core::rng::mix64(
+            state ^ u64::from(self.severity).wrapping_mul(0xD1B5_4A32_D192_ED03),
+        );
+        state = semla_core::rng::mix64(state ^ image_index.wrapping_mul(0xA24B_AED4_963E_E407));
         StdRng::seed_from_u64(state)
     }
 
@@ -290,14 +312,6 @@ pub fn corrupt(
     seed: u64,
 ) -> Result<RgbImage, CorruptError> {
     Corruption::new(kind, severity, seed)?.apply(image, 0)
-}
-
-/// SplitMix64 finaliser: decorrelates the seed components.
-fn mix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 // ---------------------------------------------------------------------------

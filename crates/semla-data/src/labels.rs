@@ -1,4 +1,4 @@
-//! Label maps with their raw indices, RGB photos, and label-id mappings.
+//! Label maps with their raw indices and label-id mappings (photos: [`crate::image_io`]).
 //!
 //! Label maps are read with the `png` crate and no colour transformation, so a palette
 //! PNG yields its palette *indices* (Mapillary Vistas, PASCAL VOC style files) and a
@@ -6,10 +6,8 @@
 //! would expand palettes to RGB and lose the indices.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
-
-pub use image::{Rgb, RgbImage};
 
 /// Errors reading or writing label maps and photos; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +177,7 @@ pub fn write_label_map(path: &Path, map: &LabelMap) -> Result<(), LabelError> {
     } else {
         png::BitDepth::Eight
     };
-    write_png(
+    crate::image_io::write_png(
         path,
         map.width,
         map.height,
@@ -187,93 +185,6 @@ pub fn write_label_map(path: &Path, map: &LabelMap) -> Result<(), LabelError> {
         depth,
         &data,
     )
-}
-
-/// Reads a photo as 8-bit RGB (any colour type and depth the `image` crate decodes).
-pub fn read_rgb(path: &Path) -> Result<image::RgbImage, LabelError> {
-    let reader = image::ImageReader::open(path).map_err(|source| LabelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let reader = reader
-        .with_guessed_format()
-        .map_err(|source| LabelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let image = reader.decode().map_err(|err| LabelError::Image {
-        path: path.to_path_buf(),
-        message: err.to_string(),
-    })?;
-    Ok(image.to_rgb8())
-}
-
-/// Width and height of a photo, read from its header only.
-pub fn image_size(path: &Path) -> Result<(u32, u32), LabelError> {
-    image::image_dimensions(path).map_err(|err| LabelError::Image {
-        path: path.to_path_buf(),
-        message: err.to_string(),
-    })
-}
-
-/// Writes an 8-bit RGB PNG through a temporary file renamed into place.
-pub fn write_rgb_png(path: &Path, image: &image::RgbImage) -> Result<(), LabelError> {
-    write_png(
-        path,
-        image.width(),
-        image.height(),
-        png::ColorType::Rgb,
-        png::BitDepth::Eight,
-        image.as_raw(),
-    )
-}
-
-/// Writes raw PNG samples to `path` via a temporary sibling file and a rename.
-fn write_png(
-    path: &Path,
-    width: u32,
-    height: u32,
-    color: png::ColorType,
-    depth: png::BitDepth,
-    data: &[u8],
-) -> Result<(), LabelError> {
-    let io_error = |source| LabelError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let png_error = |err: png::EncodingError| LabelError::Png {
-        path: path.to_path_buf(),
-        message: err.to_string(),
-    };
-    let tmp = temporary_sibling(path);
-    let result = (|| {
-        let file = File::create(&tmp).map_err(io_error)?;
-        let mut writer = BufWriter::new(file);
-        {
-            let mut encoder = png::Encoder::new(&mut writer, width, height);
-            encoder.set_color(color);
-            encoder.set_depth(depth);
-            let mut png_writer = encoder.write_header().map_err(png_error)?;
-            png_writer.write_image_data(data).map_err(png_error)?;
-            png_writer.finish().map_err(png_error)?;
-        }
-        writer.flush().map_err(io_error)?;
-        std::fs::rename(&tmp, path).map_err(io_error)
-    })();
-    if result.is_err() {
-        // Best effort: never leave a half-written temporary file behind.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// `dir/.name.tmp-<pid>` next to `path`, so the final rename stays on one file system.
-fn temporary_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "output".into());
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
 /// The ignore value of Cityscapes train ids.
@@ -378,6 +289,8 @@ impl LabelEncoding {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image_io::{image_size, read_rgb, write_rgb_png};
+    use std::io::BufWriter;
 
     fn write_raw(
         path: &Path,

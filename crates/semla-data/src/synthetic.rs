@@ -61,33 +61,58 @@ pub const PALETTE: [[u8; 3]; NUM_CLASSES] = [
 
 /// Label values of the synthetic world.
 pub mod class {
+    /// Road surface.
     pub const ROAD: u8 = 0;
+    /// Sidewalk.
     pub const SIDEWALK: u8 = 1;
+    /// Building facades.
     pub const BUILDING: u8 = 2;
+    /// Lamp and sign poles.
     pub const POLE: u8 = 3;
+    /// Traffic signs.
     pub const SIGN: u8 = 4;
+    /// Trees and bushes.
     pub const VEGETATION: u8 = 5;
+    /// Grass and soil.
     pub const TERRAIN: u8 = 6;
+    /// Sky.
     pub const SKY: u8 = 7;
+    /// Pedestrians.
     pub const PERSON: u8 = 8;
+    /// Cars.
     pub const CAR: u8 = 9;
 }
 
 /// What can go wrong when asking the synthetic world for a sample.
 #[derive(Debug, thiserror::Error)]
 pub enum SyntheticError {
+    /// The domain name is not one of the world's styles.
     #[error("unknown synthetic domain `{name}` (known: {known})")]
-    UnknownDomain { name: String, known: String },
+    UnknownDomain {
+        /// The name given.
+        name: String,
+        /// The known styles, comma-separated.
+        known: String,
+    },
+    /// The requested image is smaller than the renderer supports.
     #[error("synthetic images must be at least 8x8 pixels, got {width}x{height}")]
-    TooSmall { width: u32, height: u32 },
+    TooSmall {
+        /// Width asked for.
+        width: u32,
+        /// Height asked for.
+        height: u32,
+    },
 }
 
 /// A split of a synthetic domain. Each split draws its scenes from its own
 /// random stream, so train and validation never share a scene.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Split {
+    /// Training scenes.
     Train,
+    /// Validation scenes.
     Val,
+    /// Test scenes.
     Test,
 }
 
@@ -188,6 +213,33 @@ impl SyntheticWorld {
     }
 }
 
+/// The first `count` samples of `domain` / `split` at `width` x `height`,
+/// rendered into memory as a sample source (10 classes, ignore value 255).
+pub fn render_source(
+    domain: &str,
+    split: Split,
+    count: usize,
+    width: u32,
+    height: u32,
+) -> Result<crate::samples::InMemorySource, SyntheticError> {
+    let mut samples = Vec::with_capacity(count);
+    for index in 0..count {
+        let s = SyntheticWorld::generate_named(domain, split, index as u64, width, height)?;
+        let labels = s.labels.iter().map(|&l| u32::from(l)).collect();
+        samples.push(crate::samples::Sample::from_rgb8(
+            s.image.as_raw(),
+            labels,
+            height as usize,
+            width as usize,
+        ));
+    }
+    Ok(crate::samples::InMemorySource::new(
+        samples,
+        NUM_CLASSES,
+        255,
+    ))
+}
+
 /// Colours a label map with [`PALETTE`] (values outside it become black).
 pub fn colorize_labels(labels: &[u8], width: u32, height: u32) -> RgbImage {
     RgbImage::from_fn(width, height, |x, y| {
@@ -203,10 +255,9 @@ pub fn colorize_labels(labels: &[u8], width: u32, height: u32) -> RgbImage {
 
 /// The seed of one sample: the domain name, split and index mixed together.
 fn sample_seed(domain: &str, split: Split, index: u64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in domain.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
+    let mut fnv = semla_core::hash::Fnv::new();
+    fnv.write(domain.as_bytes());
+    let h = fnv.finish();
     noise::mix64(noise::mix64(h ^ split.tag()) ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 

@@ -1,5 +1,6 @@
 //! Each official layout on a tiny tree built in a temporary folder, plus the real
 //! Cityscapes sample and CamVid from `../shared/data` when present.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::{Path, PathBuf};
 
@@ -489,8 +490,8 @@ fn custom_layout_through_the_trait() {
         fn describe(&self) -> String {
             "generated in memory".into()
         }
-        fn pairs(&self, split: Split) -> Result<Vec<semla_data::domains::Sample>, DomainError> {
-            Ok(vec![semla_data::domains::Sample {
+        fn pairs(&self, split: Split) -> Result<Vec<semla_data::domains::ImagePair>, DomainError> {
+            Ok(vec![semla_data::domains::ImagePair {
                 image: PathBuf::from(format!("generated/{split}/0")),
                 label: PathBuf::from(format!("generated/{split}/0")),
                 encoding: LabelEncoding::TrainIds,
@@ -498,13 +499,13 @@ fn custom_layout_through_the_trait() {
         }
         fn load_image(
             &self,
-            _sample: &semla_data::domains::Sample,
+            _sample: &semla_data::domains::ImagePair,
         ) -> Result<image::RgbImage, DomainError> {
             Ok(image::RgbImage::from_pixel(4, 2, image::Rgb([1, 2, 3])))
         }
         fn load_label(
             &self,
-            _sample: &semla_data::domains::Sample,
+            _sample: &semla_data::domains::ImagePair,
         ) -> Result<LabelMap, DomainError> {
             Ok(LabelMap::filled(4, 2, 1))
         }

@@ -1,31 +1,24 @@
 //! # semla-experiments
 //!
-//! SemLA's experiments end to end, on top of the other crates:
+//! SemLA's experiments over target domains, on the per-image path of
+//! `semla-pipeline`:
 //!
-//! - [`embedder`]: the retrieval embedders (`clip:DIR`, the official one, and
-//!   `backbone`, the segmenter's own pooled features) with their identities.
-//! - [`prototypes`]: domain prototypes (mean embedding of the training
-//!   images, official `_statistics.npz`) and the library's embedder record.
-//! - [`run`]: the experiment engine (`zeroshot`, `oracle`, `uniform`,
-//!   `semla`, late fusion) and its output files.
-//! - [`segment`]: SemLA on individual images (masks, overlays, chosen adapters).
-//! - [`render`]: coloured masks, overlays and PNG encoding.
-//! - [`demo`]: the self-contained demonstration on the synthetic world.
-//! - [`table`]: the Table-1 style summary (per-domain mIoU, harmonic mean,
-//!   gap closure of SemLA between zero-shot and oracle).
-//! - [`report`]: the self-contained HTML report (bar chart, sample images).
-//! - [`progress`]: progress reporting hooks for the binary's bars.
+//! - [`settings`]: the four official modes (`zeroshot`, `oracle`, `uniform`,
+//!   `semla`), weight or late fusion, leave-one-out, batching; the targets.
+//! - [`engine`]: [`run_experiment`] over targets and [`evaluate`] of one fixed
+//!   adaptation (`semla eval`), sharing one scoring loop.
+//! - [`output`]: what a run produced, and the official `results.json` with the
+//!   richer `report.json` and `weights.jsonl`.
+//!
+//! Studies that train models (the demo, the CamVid benchmark) are in
+//! `semla-bench`; nothing here trains.
 
-pub mod bench;
-pub mod demo;
-pub mod embedder;
+pub mod engine;
 pub mod error;
-pub mod progress;
-pub mod prototypes;
-pub mod render;
-pub mod report;
-pub mod run;
-pub mod segment;
-pub mod table;
+pub mod output;
+pub mod settings;
 
+pub use engine::{EvalReport, evaluate, run_experiment};
 pub use error::{ExperimentError, Result};
+pub use output::ExperimentOutput;
+pub use settings::{ExperimentKind, ExperimentSettings, Target};

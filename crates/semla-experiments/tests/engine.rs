@@ -1,25 +1,26 @@
 //! The experiment engine on a tiny synthetic setup: 3 domains of the
 //! synthetic world at 32x24, a random tiny segmenter (untrained: every check
 //! here is an identity, not a learning result) and random rank-2 adapters.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use semla_adapters::{Adapter, AdapterLibrary};
-use semla_experiments::demo::render_domain;
-use semla_experiments::embedder::Embedder;
-use semla_experiments::progress::NoProgress;
-use semla_experiments::prototypes::{
-    EmbedOptions, LibraryRecord, check_library_embedder, record_prototypes, source_prototype,
-};
-use semla_experiments::run::{
-    AdapterChoice, ExperimentKind, ExperimentSettings, Fusion, SourceLibrary, Target, argmax_maps,
-    batch_mixture, mixture_scores, run_experiment,
+use semla_adapters::{Adapter, AdapterLibrary, EmbedderRecord};
+use semla_core::NoProgress;
+use semla_data::synthetic::render_source as render_domain;
+use semla_data::{InMemorySource, SampleSource};
+use semla_experiments::{
+    ExperimentError, ExperimentKind, ExperimentSettings, Target, evaluate, run_experiment,
 };
 use semla_metrics::Definition;
-use semla_models::segmenter::{Segmenter, SegmenterConfig, load_segmenter, save_segmenter};
 use semla_models::tiny::TinySegConfig;
-use semla_train::data::{InMemorySource, SampleSource};
+use semla_models::{Segmenter, SegmenterConfig, load_segmenter, save_segmenter};
+use semla_pipeline::embed::segmenter::SegmenterEmbedder;
+use semla_pipeline::mixture::{AdapterChoice, argmax_maps, batch_mixture, mixture_scores};
+use semla_pipeline::prototype::{EmbedOptions, record_prototypes, source_prototype};
+use semla_pipeline::{Embed, EmbedderSpec, Fusion, Semla, SemlaSettings, SourceLibrary};
 use semla_train::lora::{LoraSettings, LoraTrainee};
 
 const DOMAINS: [&str; 3] = ["clear", "night", "fog"];
@@ -29,7 +30,7 @@ const H: u32 = 24;
 struct Setup {
     _dir: tempfile::TempDir,
     library: std::path::PathBuf,
-    model: Box<dyn Segmenter>,
+    model: Arc<dyn Segmenter>,
     val: Vec<InMemorySource>,
 }
 
@@ -74,7 +75,7 @@ fn setup() -> Setup {
         semla_train::runs::build_trainable(&config, None, 3, &device).unwrap();
     let model_dir = dir.path().join("model");
     save_segmenter(trainable.as_ref(), &model_dir).unwrap();
-    let model = load_segmenter(&model_dir, &device).unwrap();
+    let model: Arc<dyn Segmenter> = Arc::from(load_segmenter(&model_dir, &device).unwrap());
     let library = dir.path().join("library");
     std::fs::create_dir_all(&library).unwrap();
     let mut lib = AdapterLibrary::open(&library).unwrap();
@@ -86,7 +87,7 @@ fn setup() -> Setup {
         train.push(render_domain(name, semla_data::synthetic::Split::Train, 3, W, H).unwrap());
         val.push(render_domain(name, semla_data::synthetic::Split::Val, 4, W, H).unwrap());
     }
-    let embedder = Embedder::backbone(model.as_ref()).unwrap();
+    let embedder = SegmenterEmbedder::backbone(model.clone(), 1).unwrap();
     let prototypes: Vec<(String, Vec<f32>, usize)> = DOMAINS
         .iter()
         .zip(&train)
@@ -103,7 +104,7 @@ fn setup() -> Setup {
             (name.to_string(), p, n)
         })
         .collect();
-    record_prototypes(&library, &prototypes, &embedder, "backbone").unwrap();
+    record_prototypes(&library, &prototypes, &embedder).unwrap();
     Setup {
         _dir: dir,
         library,
@@ -129,19 +130,30 @@ fn names() -> Vec<String> {
     DOMAINS.iter().map(|s| s.to_string()).collect()
 }
 
-fn run(setup: &Setup, settings: &ExperimentSettings) -> semla_experiments::run::ExperimentOutput {
-    let library = SourceLibrary::open(&setup.library, &names(), true).unwrap();
-    let embedder = Embedder::backbone(setup.model.as_ref()).unwrap();
-    run_experiment(
-        setup.model.as_ref(),
-        &library,
-        Some(&embedder),
-        &targets(setup),
-        settings,
+fn semla(setup: &Setup, embedder: Box<dyn Embed>) -> Result<Semla, ExperimentError> {
+    let library = SourceLibrary::open(&setup.library, &names(), true)?;
+    Ok(Semla::new(
+        setup.model.clone(),
+        library,
+        Some(embedder),
+        SemlaSettings::default(),
         &Device::Cpu,
-        &mut NoProgress,
-    )
-    .unwrap()
+    )?)
+}
+
+fn run(setup: &Setup, settings: &ExperimentSettings) -> semla_experiments::ExperimentOutput {
+    let embedder = SegmenterEmbedder::backbone(setup.model.clone(), 1).unwrap();
+    let semla = semla(setup, Box::new(embedder)).unwrap();
+    run_experiment(&semla, &targets(setup), settings, &mut NoProgress).unwrap()
+}
+
+/// The library's record check of a query by `embedder` of dimension `dimension`.
+fn check_library_embedder(
+    library: &Path,
+    embedder: &dyn Embed,
+    dimension: usize,
+) -> Result<(), semla_adapters::AdapterError> {
+    AdapterLibrary::open(library)?.check_query(Some(embedder.id()), dimension)
 }
 
 #[test]
@@ -214,14 +226,14 @@ fn oracle_equals_evaluating_the_target_adapter_directly() {
     for (i, name) in DOMAINS.iter().enumerate() {
         let adapter = library.load(name).unwrap();
         let adaptation = semla_adapters::apply::adaptation_for(&[&adapter], &[vec![1.0]]).unwrap();
-        let direct = semla_train::evaluate::evaluate(
+        let direct = evaluate(
             setup.model.as_ref(),
             &adaptation,
             &setup.val[i],
             Definition::Detectron2,
             None,
             &Device::Cpu,
-            &mut |_, _| {},
+            &mut NoProgress,
         )
         .unwrap();
         assert_eq!(output.results[i].0, *name);
@@ -274,12 +286,7 @@ fn a_mixed_batch_equals_its_images_run_one_by_one() {
     let samples: Vec<_> = (0..4)
         .map(|i| setup.val[i % 3].sample(i / 3).unwrap())
         .collect();
-    let choice = |name: &str, weight: f64| AdapterChoice {
-        name: name.into(),
-        distance: None,
-        similarity: None,
-        weight,
-    };
+    let choice = |name: &str, weight: f64| AdapterChoice::weighted(name, weight);
     let mixtures = [
         vec![choice("clear", 0.7), choice("night", 0.3)],
         vec![choice("fog", 1.0)],
@@ -296,12 +303,10 @@ fn a_mixed_batch_equals_its_images_run_one_by_one() {
         assert_eq!(union, ["clear", "night", "fog"]);
         let adapters: Vec<&Adapter> = union.iter().map(|n| library.adapter(n).unwrap()).collect();
         let batch_refs: Vec<_> = samples.iter().collect();
-        let images = semla_experiments::embedder::normalized_batch(
-            &batch_refs,
-            model.normalization(),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let images = model
+            .normalization()
+            .batch(&batch_refs, &Device::Cpu)
+            .unwrap();
         // Image 3 has no adapter: in the batch it gets all-zero weights, which
         // with weight fusion is the base model; late fusion of nothing is not
         // defined, so it is left out there.
@@ -350,12 +355,10 @@ fn late_fusion_is_the_weighted_average_of_softmax_outputs() {
     let library = SourceLibrary::open(&setup.library, &names(), false).unwrap();
     let model = setup.model.as_ref();
     let sample = setup.val[1].sample(0).unwrap();
-    let images = semla_experiments::embedder::normalized_batch(
-        &[&sample],
-        model.normalization(),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let images = model
+        .normalization()
+        .batch(&[&sample], &Device::Cpu)
+        .unwrap();
     let a = library.adapter("clear").unwrap();
     let b = library.adapter("fog").unwrap();
     let fused = mixture_scores(
@@ -385,32 +388,31 @@ fn late_fusion_is_the_weighted_average_of_softmax_outputs() {
 #[test]
 fn a_query_from_another_embedder_is_refused() {
     let setup = setup();
-    let record = LibraryRecord::read(&setup.library).unwrap().unwrap();
+    let record = EmbedderRecord::read(&setup.library).unwrap().unwrap();
     assert_eq!(record.embedder, "backbone");
     assert_eq!(
         record.dimension, 16,
         "tiny width 4: head has 4 * 4 channels"
     );
     assert_eq!(record.images["night"], 3);
-    let same = Embedder::backbone(setup.model.as_ref()).unwrap();
+    let same = SegmenterEmbedder::backbone(setup.model.clone(), 1).unwrap();
     check_library_embedder(&setup.library, &same, 16).unwrap();
     let err = check_library_embedder(&setup.library, &same, 12).unwrap_err();
     assert!(err.to_string().contains("dimension"), "{err}");
 
     // The same backbone on downscaled images is another embedder: refused, and its
     // embedding is the full-size backbone's of the average-pooled batch.
-    let half = Embedder::backbone_downscaled(setup.model.as_ref(), 2).unwrap();
+    let half = SegmenterEmbedder::backbone(setup.model.clone(), 2).unwrap();
     assert_ne!(half.id(), same.id());
     let err = check_library_embedder(&setup.library, &half, 16).unwrap_err();
     assert!(err.to_string().contains("embedder"), "{err}");
     let sample = setup.val[0].sample(0).unwrap();
     let pooled = {
-        let batch = semla_experiments::embedder::normalized_batch(
-            &[&sample],
-            setup.model.as_ref().normalization(),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let batch = setup
+            .model
+            .normalization()
+            .batch(&[&sample], &Device::Cpu)
+            .unwrap();
         let pooled = batch.avg_pool2d(2).unwrap();
         setup
             .model
@@ -425,25 +427,23 @@ fn a_query_from_another_embedder_is_refused() {
     let full = same.embed_samples(&[&sample], &Device::Cpu).unwrap();
     assert_eq!(embedded[0], pooled);
     assert_ne!(embedded[0], full[0]);
-    assert!(Embedder::backbone_downscaled(setup.model.as_ref(), 0).is_err());
+    assert!(SegmenterEmbedder::backbone(setup.model.clone(), 0).is_err());
 
     let config = SegmenterConfig::Tiny(TinySegConfig::new(semla_data::synthetic::NUM_CLASSES));
     let (other, _) = semla_train::runs::build_trainable(&config, None, 99, &Device::Cpu).unwrap();
-    let other = Embedder::backbone(other.as_ref()).unwrap();
+    let other = SegmenterEmbedder::backbone(Arc::from(other), 1).unwrap();
     let err = check_library_embedder(&setup.library, &other, 16).unwrap_err();
     assert!(err.to_string().contains("embedder"), "{err}");
 
     // The semla experiment refuses it too, before scoring anything.
-    let library = SourceLibrary::open(&setup.library, &names(), true).unwrap();
-    let result = run_experiment(
-        setup.model.as_ref(),
-        &library,
-        Some(&other),
-        &targets(&setup),
-        &ExperimentSettings::new(ExperimentKind::Semla),
-        &Device::Cpu,
-        &mut NoProgress,
-    );
+    let result = semla(&setup, Box::new(other)).and_then(|semla| {
+        run_experiment(
+            &semla,
+            &targets(&setup),
+            &ExperimentSettings::new(ExperimentKind::Semla),
+            &mut NoProgress,
+        )
+    });
     assert!(result.is_err());
 }
 
@@ -455,7 +455,15 @@ fn clip_embedder_matches_transformers_features_from_files_and_samples() {
     let outputs: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(clip.join("tiny/outputs.json")).unwrap())
             .unwrap();
-    let embedder = Embedder::clip(&clip.join("tiny"), &Device::Cpu).unwrap();
+    let spec: EmbedderSpec = format!("clip:{}", clip.join("tiny").display())
+        .parse()
+        .unwrap();
+    let embedder = spec
+        .build(&semla_pipeline::embed::BuildContext {
+            device: &Device::Cpu,
+            model: None,
+        })
+        .unwrap();
     assert_eq!(embedder.kind(), "clip");
     assert!(embedder.id().starts_with("clip:"));
     for (i, photo) in ["photo_a.png", "photo_b.png"].iter().enumerate() {
@@ -466,10 +474,9 @@ fn clip_embedder_matches_transformers_features_from_files_and_samples() {
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
         let path = clip.join(photo);
-        let from_file = embedder.embed_file(&path, &Device::Cpu).unwrap();
-        let img = semla_data::labels::read_rgb(&path).unwrap();
-        let (w, h) = (img.width() as usize, img.height() as usize);
-        let sample = semla_train::data::Sample::from_rgb8(img.as_raw(), vec![0; w * h], h, w);
+        let img = semla_data::image_io::read_rgb(&path).unwrap();
+        let from_file = embedder.embed_photo(&img, &Device::Cpu).unwrap();
+        let sample = semla_data::Sample::from_photo(&img);
         let from_sample = embedder
             .embed_samples(&[&sample], &Device::Cpu)
             .unwrap()

@@ -4,11 +4,26 @@
 //! [`semla_adapters::AdaptedLinear`] or [`semla_adapters::AdaptedConv2d`] whose
 //! path is the checkpoint key path, so PEFT module paths and checkpoint keys agree.
 //!
-//! - [`segmenter`]: the [`segmenter::Segmenter`] interface the rest of the system uses.
+//! - [`segmenter`]: the [`Segmenter`] interface the rest of the system uses, and the
+//!   input [`Normalization`] (samples to a normalised batch, once).
+//! - [`config`]: the configuration of every segmenter kind (`config.json`).
+//! - [`model_dir`]: model folders (load, save) and the registry of kinds.
+//! - [`tiny`], [`efficientnet`] (+ [`lraspp`]): the segmenters.
+//! - [`clip`]: CLIP (Hugging Face layout): vision and text towers, tokenizer,
+//!   `CLIPImageProcessor` preprocessing.
+//! - [`kernels`]: fused CPU inference kernels (attention, activation).
 
 pub mod clip;
+pub mod config;
 pub mod efficientnet;
 pub mod kernels;
 pub mod lraspp;
+pub mod model_dir;
 pub mod segmenter;
 pub mod tiny;
+
+pub use config::SegmenterConfig;
+pub use model_dir::{
+    ModelDirError, load_segmenter, random_segmenter, read_segmenter_config, save_segmenter,
+};
+pub use segmenter::{Normalization, Segmenter};

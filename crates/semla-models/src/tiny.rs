@@ -13,36 +13,10 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use semla_adapters::{Adaptation, AdaptedConv2d, SiteInfo};
 
+use crate::config::SegmenterConfig;
+pub use crate::config::TinySegConfig;
 use crate::lraspp::{conv1x1, pointwise, resize_bilinear};
-use crate::segmenter::{Normalization, Segmenter, SegmenterConfig};
-
-/// Configuration of [`TinySeg`] (`"kind": "tiny"` in `config.json`).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TinySegConfig {
-    /// Number of output classes.
-    pub num_classes: usize,
-    /// Channels of the stem; the next stages have 2x and 4x (default 16).
-    #[serde(default = "default_width")]
-    pub width: usize,
-    /// Optional class names, index = class id.
-    #[serde(default)]
-    pub class_names: Vec<String>,
-}
-
-fn default_width() -> usize {
-    16
-}
-
-impl TinySegConfig {
-    /// A configuration with the default width and no class names.
-    pub fn new(num_classes: usize) -> Self {
-        Self {
-            num_classes,
-            width: default_width(),
-            class_names: Vec::new(),
-        }
-    }
-}
+use crate::segmenter::{Normalization, Segmenter};
 
 /// A plain 3x3 stride-2 convolution with padding 1 and bias.
 #[derive(Clone, Debug)]

@@ -1,11 +1,13 @@
 //! CLIP against the fixtures of `tools/reference/clip_reference.py`
 //! (transformers 4.46, PIL, PEFT and a copy of OpenAI's SimpleTokenizer).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use semla_adapters::{Adaptation, FactoredSite};
-use semla_models::clip::preprocess::{load_rgb, pil_resize};
+use semla_data::image_io::read_rgb as load_rgb;
+use semla_models::clip::preprocess::pil_resize;
 use semla_models::clip::{
     ClipModel, ClipTokenizer, DenseTokens, ImageProcessor, Kernels, Padding, Resample,
 };

@@ -1,6 +1,7 @@
 //! EfficientNet-Lite0 against the PyTorch reference (fixture from
 //! `tools/reference/efficientnet_reference.py`), and the segmenters' adapter
 //! sites, gradients and model folders.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::{Path, PathBuf};
 
@@ -8,8 +9,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use semla_adapters::{Adaptation, FactoredSite, SiteKind};
 use semla_models::efficientnet::{self, EfficientLiteSeg, EfficientLiteSegConfig};
-use semla_models::segmenter::{Segmenter, load_segmenter, save_segmenter};
 use semla_models::tiny::{TinySeg, TinySegConfig};
+use semla_models::{Segmenter, load_segmenter, save_segmenter};
 
 const WEIGHTS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

@@ -1,7 +1,4 @@
-//! Errors of retrieval (bad prototypes, bad queries, bad parameters) and of
-//! reading the official configuration files.
-
-use std::path::PathBuf;
+//! Errors of retrieval (bad prototypes, bad queries, bad parameters).
 
 /// Something is wrong with the prototypes, the query or the retrieval
 /// parameters. Every variant names the prototype or value at fault.
@@ -84,36 +81,4 @@ pub enum RetrievalError {
     /// A negative, NaN or infinite temperature.
     #[error("temperature must be a finite number >= 0, got {0}")]
     InvalidTemperature(f64),
-}
-
-/// A configuration file (`semla_config.yaml`, `source_domains.yaml`, their
-/// JSON equivalents) that cannot be read or is not valid.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file cannot be read.
-    #[error("cannot read {}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is not valid YAML/JSON.
-    #[error("{}: not valid {format}: {message}", path.display())]
-    Syntax {
-        /// The file.
-        path: PathBuf,
-        /// "YAML" or "JSON".
-        format: &'static str,
-        /// The parser's message.
-        message: String,
-    },
-    /// The file parses but its content is not what SemLA expects.
-    #[error("{}: {message}", path.display())]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
 }

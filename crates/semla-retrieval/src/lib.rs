@@ -1,6 +1,7 @@
-//! SemLA's orchestrator: domain prototypes, similarity to a query embedding,
-//! top-k selection and temperature-softmax adapter weights, the uniform
-//! baseline, and the official YAML configuration files.
+//! SemLA's retrieval maths: domain prototypes, similarity to a query embedding,
+//! top-k selection and temperature-softmax adapter weights, and the uniform
+//! baseline. (The official configuration files that set its parameters are read
+//! by `semla-pipeline`.)
 //!
 //! ```
 //! use semla_retrieval::{Prototype, PrototypeSet, RetrievalParams};
@@ -16,17 +17,14 @@
 //! ```
 //!
 //! See [`weights`] for the formulas and where they deliberately depart from
-//! the official code, and [`config`] for the config files and the official
-//! config-key bug.
+//! the official code.
 
-pub mod config;
 pub mod error;
 pub mod prototype;
 pub mod similarity;
 pub mod weights;
 
-pub use config::{CombinationType, SemlaConfig, read_domain_list};
-pub use error::{ConfigError, RetrievalError};
+pub use error::RetrievalError;
 pub use prototype::{Prototype, PrototypeSet};
 pub use similarity::SimilarityMeasure;
 pub use weights::{

@@ -1,4 +1,5 @@
 //! Retrieval checked against the formulas computed by hand.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use semla_retrieval::{
     Prototype, PrototypeSet, RetrievalError, RetrievalParams, SimilarityMeasure,

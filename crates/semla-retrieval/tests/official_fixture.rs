@@ -2,6 +2,7 @@
 //! `tools/reference/semla_weights.py` (scipy euclidean, stable descending
 //! sort, softmax without max-subtraction) on random cases that do not
 //! overflow.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use semla_retrieval::{Prototype, PrototypeSet, RetrievalParams, Selection, SimilarityMeasure};
 use serde::Deserialize;

@@ -3,6 +3,7 @@
 //! (`semla_adapters::frozen`), for the tiny segmenter and the
 //! EfficientNet-Lite0 segmenter. Run with
 //! `cargo bench -p semla-train --bench adapter_step [-- STEPS]`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -10,8 +11,8 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use semla_models::efficientnet::EfficientLiteSegConfig;
-use semla_models::segmenter::{Segmenter, SegmenterConfig};
 use semla_models::tiny::TinySegConfig;
+use semla_models::{Segmenter, SegmenterConfig};
 use semla_train::lora::{LoraSettings, LoraTrainee};
 use semla_train::optim::{AdamW, AdamWConfig};
 use semla_train::runs::{adapter_trainee, build_trainable};

@@ -15,17 +15,18 @@
 //! ```
 //!
 //! Prints a table and, on the last line, the same numbers as JSON.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use candle_core::Device;
 use candle_nn::{VarBuilder, VarMap};
 use semla_adapters::Adaptation;
 use semla_data::synthetic::{NUM_CLASSES, Split, SyntheticWorld};
+use semla_data::{InMemorySource, Sample};
+use semla_experiments::evaluate;
 use semla_metrics::Definition;
-use semla_models::segmenter::{Segmenter, SegmenterConfig};
 use semla_models::tiny::TinySegConfig;
+use semla_models::{Segmenter, SegmenterConfig};
 use semla_train::augment::AugmentConfig;
-use semla_train::data::{InMemorySource, Sample};
-use semla_train::evaluate::evaluate;
 use semla_train::lora::{LoraSettings, LoraTrainee};
 use semla_train::runs::{adapter_trainee, reseed_varmap, train_base};
 use semla_train::soma::{SomaSettings, SomaTrainee, WeightDecayAnneal, train_annealed, train_soma};
@@ -72,7 +73,7 @@ fn miou(model: &dyn Segmenter, adaptation: &Adaptation, source: &InMemorySource)
         Definition::Cityscapes,
         None,
         &Device::Cpu,
-        &mut |_, _| {},
+        &mut semla_core::NoProgress,
     )?;
     Ok(report.miou())
 }

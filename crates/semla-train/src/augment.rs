@@ -1,7 +1,7 @@
 //! Seeded random scale, crop and horizontal flip of a training sample.
 
-use crate::data::Sample;
-use crate::rng::SplitMix64;
+use semla_core::SplitMix64;
+use semla_data::samples::{Sample, resample};
 
 /// Augmentation settings. Defaults: scale in `[0.5, 2.0]`, flip with
 /// probability 0.5, crop to the configured size.
@@ -72,85 +72,6 @@ pub fn augment(
     )
 }
 
-/// Resamples `sample` to `scaled` size (bilinear image with pixel centres
-/// aligned, nearest labels), keeps the `out`-sized window at `offset` of it
-/// (padding with 0 and `ignore` outside), and mirrors it horizontally if `flip`.
-fn resample(
-    sample: &Sample,
-    (scaled_h, scaled_w): (usize, usize),
-    (out_h, out_w): (usize, usize),
-    (top, left): (usize, usize),
-    flip: bool,
-    ignore: u32,
-) -> Sample {
-    let in_pixels = sample.height * sample.width;
-    let out_pixels = out_h * out_w;
-    let mut image = vec![0f32; 3 * out_pixels];
-    let mut labels = vec![ignore; out_pixels];
-    if in_pixels == 0 || sample.image.len() < 3 * in_pixels || sample.labels.len() < in_pixels {
-        // Nothing to sample from (callers check samples first): all padding.
-        return Sample {
-            image,
-            labels,
-            height: out_h,
-            width: out_w,
-        };
-    }
-    let sy = sample.height as f64 / scaled_h as f64;
-    let sx = sample.width as f64 / scaled_w as f64;
-    for oy in 0..out_h {
-        let y = oy + top;
-        if y >= scaled_h {
-            continue;
-        }
-        let fy = ((y as f64 + 0.5) * sy - 0.5).max(0.0);
-        let y0 = (fy.floor() as usize).min(sample.height - 1);
-        let y1 = (y0 + 1).min(sample.height - 1);
-        let wy = (fy - y0 as f64) as f32;
-        let ny = (((y as f64 + 0.5) * sy) as usize).min(sample.height - 1);
-        for ox in 0..out_w {
-            let x = ox + left;
-            if x >= scaled_w {
-                continue;
-            }
-            let fx = ((x as f64 + 0.5) * sx - 0.5).max(0.0);
-            let x0 = (fx.floor() as usize).min(sample.width - 1);
-            let x1 = (x0 + 1).min(sample.width - 1);
-            let wx = (fx - x0 as f64) as f32;
-            let nx = (((x as f64 + 0.5) * sx) as usize).min(sample.width - 1);
-            let dst_x = if flip { out_w - 1 - ox } else { ox };
-            let dst = oy * out_w + dst_x;
-            for c in 0..3 {
-                let plane = &sample.image[c * in_pixels..(c + 1) * in_pixels];
-                let top_row =
-                    plane[y0 * sample.width + x0] * (1.0 - wx) + plane[y0 * sample.width + x1] * wx;
-                let bottom_row =
-                    plane[y1 * sample.width + x0] * (1.0 - wx) + plane[y1 * sample.width + x1] * wx;
-                image[c * out_pixels + dst] = top_row * (1.0 - wy) + bottom_row * wy;
-            }
-            labels[dst] = sample.labels[ny * sample.width + nx];
-        }
-    }
-    Sample {
-        image,
-        labels,
-        height: out_h,
-        width: out_w,
-    }
-}
-
-/// `sample` scaled to exactly `height x width` (bilinear image, nearest labels).
-pub fn resize(sample: &Sample, height: usize, width: usize, ignore: u32) -> Sample {
-    resample(
-        sample,
-        (height, width),
-        (height, width),
-        (0, 0),
-        false,
-        ignore,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,15 +138,6 @@ mod tests {
         assert_eq!(out.labels[4 * 5], 255);
         // Bilinear at scaled pixel 1 -> source x = 0.25: 0.75 * 0 + 0.25 * 1.
         assert!((out.image[1] - 0.25).abs() < 1e-6);
-    }
-
-    #[test]
-    fn resize_halves_by_averaging_neighbours() {
-        let s = ramp(4, 4);
-        let out = resize(&s, 2, 2, 255);
-        // Output pixel (0, 0) samples source (0.5, 0.5): mean of the 2x2 block.
-        assert!((out.image[0] - (0.0 + 1.0 + 10.0 + 11.0) / 4.0).abs() < 1e-5);
-        assert_eq!(out.labels, vec![11, 13, 31, 33]);
     }
 
     #[test]

@@ -25,13 +25,8 @@ pub enum TrainError {
         message: String,
     },
     /// A training sample could not be produced or is inconsistent.
-    #[error("sample {sample}: {message}")]
-    Sample {
-        /// Which sample (a file name or an index).
-        sample: String,
-        /// What is wrong.
-        message: String,
-    },
+    #[error(transparent)]
+    Sample(#[from] semla_data::SampleError),
     /// The training configuration is invalid.
     #[error("invalid training configuration: {0}")]
     Config(String),
@@ -60,6 +55,12 @@ impl TrainError {
             path: path.into(),
             message: message.into(),
         }
+    }
+}
+
+impl From<semla_core::FsError> for TrainError {
+    fn from(e: semla_core::FsError) -> Self {
+        Self::io(e.path, e.source)
     }
 }
 

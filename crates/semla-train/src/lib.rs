@@ -6,25 +6,20 @@
 //!   that all have a backward pass.
 //! - [`optim`]: AdamW with decoupled weight decay, global-norm gradient
 //!   clipping, and [`schedule`]: linear warmup then cosine decay.
-//! - [`data`] / [`augment`]: where training samples come from, and the seeded
-//!   random scale / crop / flip applied to them.
+//! - [`augment`]: the seeded random scale / crop / flip applied to training
+//!   samples (the samples and their sources are `semla_data::samples`).
 //! - [`trainer`]: the loop shared by base and adapter training, with
 //!   checkpoints (trainable tensors, optimizer state, step, seed) and resume.
 //! - [`lora`]: a LoRA adapter being trained on a frozen base segmenter.
-//! - [`evaluate`]: running a segmenter over a sample source into a confusion
-//!   matrix and its mIoU.
 //!
 //! Randomness is derived from `(seed, step)` only, so a resumed run draws the
 //! same batches as an uninterrupted one.
 
 pub mod augment;
-pub mod data;
 pub mod error;
-pub mod evaluate;
 pub mod lora;
 pub mod loss;
 pub mod optim;
-pub mod rng;
 pub mod runs;
 pub mod schedule;
 pub mod soma;

@@ -12,7 +12,7 @@ use semla_adapters::{
 };
 
 use crate::error::{Result, TrainError};
-use crate::rng::SplitMix64;
+use semla_core::SplitMix64;
 
 /// LoRA hyper-parameters (PEFT's `LoraConfig` fields of the same meaning).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -3,12 +3,12 @@
 
 use candle_core::{Device, Var};
 use candle_nn::VarMap;
-use semla_models::segmenter::Segmenter;
+use semla_models::Segmenter;
 
-use crate::data::SampleSource;
 use crate::error::{Result, TrainError};
 use crate::lora::LoraTrainee;
 use crate::trainer::{Progress, Session, TrainConfig, TrainSummary, Trainee, train};
+use semla_data::SampleSource;
 
 /// The variables of `varmap` sorted by name (a stable order for the
 /// optimizer and checkpoints).
@@ -33,7 +33,8 @@ pub fn train_base(
     session: &Session<'_>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<TrainSummary> {
-    check_classes(model, source)?;
+    semla_data::samples::check_classes(source, model.num_classes(), "the training data")
+        .map_err(TrainError::Config)?;
     let trainee = Trainee {
         params: varmap_params(varmap)?,
         forward: Box::new(|images| model.forward(images, &semla_adapters::Adaptation::none())),
@@ -55,7 +56,8 @@ pub fn train_adapter(
     session: &Session<'_>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<TrainSummary> {
-    check_classes(base, source)?;
+    semla_data::samples::check_classes(source, base.num_classes(), "the training data")
+        .map_err(TrainError::Config)?;
     let trainee = adapter_trainee(base, lora, device);
     train(&trainee, source, config, session, progress)
 }
@@ -72,53 +74,6 @@ pub fn adapter_trainee<'a>(
         normalization: base.normalization(),
         device: device.clone(),
     }
-}
-
-/// The mean of `model.embed` over up to `limit` samples of `source` (at their
-/// own size): the domain prototype `[D]` stored beside an adapter.
-pub fn mean_embedding(
-    model: &dyn Segmenter,
-    source: &dyn SampleSource,
-    limit: usize,
-    device: &Device,
-) -> Result<Vec<f32>> {
-    let norm = model.normalization();
-    let count = limit.min(source.len());
-    if count == 0 {
-        return Err(TrainError::Config(
-            "no sample to compute a prototype from".into(),
-        ));
-    }
-    let mut sum: Option<Vec<f64>> = None;
-    for index in 0..count {
-        let sample = source.sample(index)?;
-        sample.check(&source.describe(index))?;
-        let pixels = sample.height * sample.width;
-        let mut image = Vec::with_capacity(3 * pixels);
-        for (c, plane) in sample.image.chunks_exact(pixels).enumerate() {
-            image.extend(plane.iter().map(|v| (v - norm.mean[c]) / norm.std[c]));
-        }
-        let image =
-            candle_core::Tensor::from_vec(image, (1, 3, sample.height, sample.width), device)?;
-        let e: Vec<f32> = model.embed(&image)?.flatten_all()?.to_vec1()?;
-        let acc = sum.get_or_insert_with(|| vec![0.0; e.len()]);
-        for (a, v) in acc.iter_mut().zip(&e) {
-            *a += *v as f64;
-        }
-    }
-    let acc = sum.unwrap_or_default();
-    Ok(acc.iter().map(|v| (v / count as f64) as f32).collect())
-}
-
-fn check_classes(model: &dyn Segmenter, source: &dyn SampleSource) -> Result<()> {
-    if source.num_classes() > model.num_classes() {
-        return Err(TrainError::Config(format!(
-            "the data has {} classes but the model predicts {}",
-            source.num_classes(),
-            model.num_classes()
-        )));
-    }
-    Ok(())
 }
 
 /// Makes the freshly initialised variables of `varmap` reproducible from `seed`.
@@ -140,7 +95,7 @@ pub fn reseed_varmap(
         }
         let fan_in: usize = var.dims()[1..].iter().product();
         let std = (2.0 / fan_in.max(1) as f64).sqrt();
-        let mut rng = crate::rng::SplitMix64::for_step(seed, index as u64, 0x1417);
+        let mut rng = semla_core::SplitMix64::for_step(seed, index as u64, 0x1417);
         let fresh: Vec<f32> = (0..var.elem_count())
             .map(|_| {
                 // Box-Muller transform.
@@ -161,7 +116,7 @@ pub fn reseed_varmap(
 /// those variables (e.g. [`semla_models::efficientnet::pretrained_varmap`])
 /// and only the weights the model adds are initialised, from `seed`.
 pub fn build_trainable(
-    config: &semla_models::segmenter::SegmenterConfig,
+    config: &semla_models::SegmenterConfig,
     pretrained: Option<VarMap>,
     seed: u64,
     device: &Device,

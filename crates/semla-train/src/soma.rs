@@ -59,9 +59,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use semla_adapters::linalg::{self, Matrix};
 use semla_adapters::{Adapter, AdapterError, LoraConfig, LoraSite, SiteInfo, TargetModules};
-use semla_models::segmenter::{Segmenter, SegmenterConfig};
+use semla_models::{Segmenter, SegmenterConfig};
 
-use crate::data::SampleSource;
 use crate::error::{Result, TrainError};
 use crate::lora::{LoraSettings, LoraTrainee, is_targeted};
 use crate::runs::adapter_trainee;
@@ -69,6 +68,7 @@ use crate::trainer::{
     CheckpointPaths, Progress, Session, TrainConfig, TrainSummary, Trainee, save_tensors_atomic,
     train,
 };
+use semla_data::SampleSource;
 
 // ---------------------------------------------------------------------------
 // Linear algebra
@@ -442,13 +442,8 @@ pub fn train_soma(
     session: &Session<'_>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<TrainSummary> {
-    if source.num_classes() > soma.model().num_classes() {
-        return Err(TrainError::Config(format!(
-            "the data has {} classes but the model predicts {}",
-            source.num_classes(),
-            soma.model().num_classes()
-        )));
-    }
+    semla_data::samples::check_classes(source, soma.model().num_classes(), "the training data")
+        .map_err(TrainError::Config)?;
     let trainee = adapter_trainee(soma.model(), soma.lora(), device);
     train_annealed(&trainee, source, config, decay, session, progress)
 }

@@ -6,14 +6,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor, Var};
-use semla_models::segmenter::Normalization;
+use semla_core::SplitMix64;
+use semla_core::fs::write_atomic;
+use semla_data::{SampleError, SampleSource};
+use semla_models::Normalization;
 
 use crate::augment::{AugmentConfig, augment};
-use crate::data::SampleSource;
 use crate::error::{Result, TrainError};
 use crate::loss::cross_entropy_with_ignore;
 use crate::optim::{AdamW, AdamWConfig, clip_factor};
-use crate::rng::SplitMix64;
 use crate::schedule::WarmupCosine;
 
 /// Everything that defines a training run.
@@ -161,7 +162,7 @@ pub fn make_batch(
         ));
     }
     let mut rng = SplitMix64::for_step(config.seed, step as u64, 0);
-    let mut images = Vec::new();
+    let mut samples = Vec::with_capacity(config.batch_size);
     let mut labels = Vec::new();
     let mut size = None;
     for _ in 0..config.batch_size {
@@ -174,27 +175,25 @@ pub fn make_batch(
         match size {
             None => size = Some(hw),
             Some(expected) if expected != hw => {
-                return Err(TrainError::Sample {
-                    sample: name,
-                    message: format!(
+                return Err(SampleError::new(
+                    name,
+                    format!(
                         "is {}x{} but the batch is {}x{}: give a crop size to train on images of different sizes",
                         hw.0, hw.1, expected.0, expected.1
                     ),
-                });
+                )
+                .into());
             }
             Some(_) => {}
         }
-        let pixels = sample.height * sample.width;
-        for (c, plane) in sample.image.chunks_exact(pixels).enumerate() {
-            let (mean, std) = (normalization.mean[c], normalization.std[c]);
-            images.extend(plane.iter().map(|v| (v - mean) / std));
-        }
         labels.extend_from_slice(&sample.labels);
+        samples.push(sample);
     }
     let (h, w) = size.unwrap_or((0, 0));
     let n = config.batch_size;
+    let refs: Vec<_> = samples.iter().collect();
     Ok(Batch {
-        images: Tensor::from_vec(images, (n, 3, h, w), device)?,
+        images: normalization.batch(&refs, device)?,
         labels: Tensor::from_vec(labels, (n, h, w), device)?,
     })
 }
@@ -253,23 +252,7 @@ impl CheckpointPaths {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temporary_sibling(path);
-    std::fs::write(&tmp, bytes).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
-}
-
-fn temporary_sibling(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".tmp{}", std::process::id()));
-    path.with_file_name(name)
-}
-
-/// Saves named tensors as safetensors through a temporary file, with the
+/// Saves named tensors as safetensors atomically, with the
 /// checkpoint step stored alongside (so a mixed set of files is detected).
 pub fn save_tensors_atomic(
     path: &Path,
@@ -283,9 +266,8 @@ pub fn save_tensors_atomic(
             Tensor::new(&[step as i64], &Device::Cpu)?,
         );
     }
-    let tmp = temporary_sibling(path);
-    candle_core::safetensors::save(&map, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+    let bytes = semla_models::model_dir::safetensors_bytes(&map)?;
+    Ok(write_atomic(path, &bytes)?)
 }
 
 fn load_tensors(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, Option<usize>)> {
@@ -326,7 +308,7 @@ fn save_checkpoint(
         .map_err(|e| TrainError::checkpoint(&paths.state, e.to_string()))?;
     // Written last: a checkpoint counts only once its state names the step
     // that the tensor files carry.
-    write_atomic(&paths.state, text.as_bytes())
+    Ok(write_atomic(&paths.state, text.as_bytes())?)
 }
 
 /// Whether `dir` holds a checkpoint.

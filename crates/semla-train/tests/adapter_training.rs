@@ -1,13 +1,14 @@
 //! Adapter training on a frozen base: every LoRA tensor gets a gradient, the
 //! base's weights never change (bitwise) and never get a gradient.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 mod common;
 
 use candle_core::Device;
 use semla_adapters::Adaptation;
+use semla_experiments::evaluate;
 use semla_metrics::Definition;
 use semla_train::augment::AugmentConfig;
-use semla_train::evaluate::evaluate;
 use semla_train::lora::{LoraSettings, LoraTrainee};
 use semla_train::runs::{adapter_trainee, train_adapter, train_base};
 use semla_train::trainer::{Session, TrainConfig, loss_and_gradients, make_batch};
@@ -150,7 +151,7 @@ fn adapter_recovers_a_domain_shift() {
         Definition::Detectron2,
         None,
         &dev,
-        &mut |_, _| {},
+        &mut semla_core::NoProgress,
     )
     .unwrap();
     let lora = LoraTrainee::new(&base.sites(), &LoraSettings::default(), 2, &dev).unwrap();
@@ -177,7 +178,7 @@ fn adapter_recovers_a_domain_shift() {
         Definition::Detectron2,
         None,
         &dev,
-        &mut |_, _| {},
+        &mut semla_core::NoProgress,
     )
     .unwrap();
     eprintln!(
@@ -197,8 +198,8 @@ fn adapter_recovers_a_domain_shift() {
 /// small input), with LoRA on all of its 1x1 convolution sites.
 #[test]
 fn efficientnet_adapter_training_keeps_the_base_frozen() {
+    use semla_models::SegmenterConfig;
     use semla_models::efficientnet::EfficientLiteSegConfig;
-    use semla_models::segmenter::SegmenterConfig;
     let config = SegmenterConfig::EfficientLite0(EfficientLiteSegConfig::new(4));
     let (trained, _varmap) =
         semla_train::runs::build_trainable(&config, None, 4, &Device::Cpu).unwrap();

@@ -1,13 +1,14 @@
 //! Base training really learns: a few hundred steps on a generated toy task
 //! cut the loss and reach a good mIoU on held-out images.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 mod common;
 
 use candle_core::Device;
 use semla_adapters::Adaptation;
+use semla_experiments::evaluate;
 use semla_metrics::Definition;
 use semla_train::augment::AugmentConfig;
-use semla_train::evaluate::evaluate;
 use semla_train::runs::train_base;
 use semla_train::trainer::{Session, TrainConfig};
 
@@ -23,7 +24,7 @@ fn base_training_learns_the_toy_task() {
         Definition::Detectron2,
         None,
         &Device::Cpu,
-        &mut |_, _| {},
+        &mut semla_core::NoProgress,
     )
     .unwrap();
     let mut config = TrainConfig::new(200, 4, 1e-2);
@@ -59,7 +60,7 @@ fn base_training_learns_the_toy_task() {
         Definition::Detectron2,
         None,
         &Device::Cpu,
-        &mut |_, _| {},
+        &mut semla_core::NoProgress,
     )
     .unwrap();
     eprintln!(

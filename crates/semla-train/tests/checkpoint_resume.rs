@@ -1,5 +1,6 @@
 //! Train K steps, checkpoint, resume in a fresh process state, train K more:
 //! the same as 2K steps straight.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 mod common;
 

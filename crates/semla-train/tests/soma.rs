@@ -4,6 +4,7 @@
 //!
 //! Fixtures: `tests/fixtures/soma/soma_reference.safetensors`, written by
 //! `tools/reference/soma_reference.py`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use semla_adapters::{Adaptation, Adapter, peft};
-use semla_models::segmenter::{load_segmenter, save_segmenter};
+use semla_models::{load_segmenter, save_segmenter};
 use semla_train::augment::AugmentConfig;
 use semla_train::lora::LoraSettings;
 use semla_train::soma::{
@@ -169,11 +170,7 @@ fn images(seed: u64) -> Tensor {
     let source = common::toy_task(2, 32, seed, [0.0, 0.0, 0.0]);
     let mut data = Vec::new();
     for i in 0..2 {
-        data.extend(
-            semla_train::data::SampleSource::sample(&source, i)
-                .unwrap()
-                .image,
-        );
+        data.extend(semla_data::SampleSource::sample(&source, i).unwrap().image);
     }
     Tensor::from_vec(data, (2, 3, 32, 32), &Device::Cpu).unwrap()
 }
@@ -418,7 +415,7 @@ fn extract_recovers_a_known_low_rank_delta() {
     // Rank-2 deltas at `head` ([32, 32, 1, 1]) and `skip` ([4, 16, 1, 1]); `classifier` unchanged.
     let mut known = HashMap::new();
     for (path, out, inp, seed) in [("head", 32usize, 32usize, 1u64), ("skip", 4, 16, 2)] {
-        let mut rng = semla_train::rng::SplitMix64::new(seed);
+        let mut rng = semla_core::SplitMix64::new(seed);
         let b: Vec<f32> = (0..out * 2)
             .map(|_| rng.uniform(-0.3, 0.3) as f32)
             .collect();
@@ -471,7 +468,7 @@ fn efficientnet_step_zero_with_frozen_blocks() {
     // Random weights (no download): EfficientNet-Lite0 + LR-ASPP, 5 classes.
     let varmap = candle_nn::VarMap::new();
     let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let config = semla_models::segmenter::SegmenterConfig::EfficientLite0(
+    let config = semla_models::SegmenterConfig::EfficientLite0(
         semla_models::efficientnet::EfficientLiteSegConfig::new(5),
     );
     let trained = config.build(&vb).unwrap();

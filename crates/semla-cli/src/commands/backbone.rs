@@ -9,8 +9,8 @@ use candle_core::{Device, Tensor};
 use clap::{Args, Subcommand};
 use semla_adapters::Adaptation;
 use semla_models::efficientnet::{self, EfficientLiteSegConfig};
-use semla_models::segmenter::{Segmenter, SegmenterConfig, load_segmenter, random_segmenter};
 use semla_models::tiny::TinySegConfig;
+use semla_models::{Segmenter, SegmenterConfig, load_segmenter, random_segmenter};
 
 use super::Context;
 

@@ -7,21 +7,20 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context as _;
-use semla_data::domains::Split;
-use semla_experiments::bench::camvid::{CamVidBenchConfig, camvid_chart, run_camvid_bench};
-use semla_experiments::bench::load_average;
-use semla_experiments::bench::speed::{
-    ReferenceTiming, SpeedConfig, Timing, library_scale, speed_charts, time_clip, time_segmenter,
+use semla_bench::camvid::{CamVidBenchConfig, run_camvid_bench};
+use semla_bench::machine::load_average;
+use semla_bench::present::chart::{camvid_chart, speed_charts};
+use semla_bench::present::markdown::render_markdown;
+use semla_bench::speed::{
+    ReferenceTiming, SpeedConfig, Timing, library_scale, time_clip, time_segmenter,
 };
-use semla_experiments::bench::table::{render_markdown, summarise};
-use semla_experiments::embedder::BackboneSummary;
-use semla_experiments::progress::Progress;
-use semla_experiments::table::ResultsTable;
+use semla_bench::table::{ResultsTable, summarise};
+use semla_core::Progress;
+use semla_data::domains::Split;
 use semla_retrieval::SimilarityMeasure;
 
 use super::Context;
-use super::experiment::Bars;
-use super::train::parse_size;
+use super::common::{Bars, parse_size};
 
 /// Arguments of `semla bench`.
 #[derive(clap::Args, Debug)]
@@ -143,8 +142,8 @@ pub struct CamvidArgs {
     /// SemLA: the query embedder, `style` (the base model's early channel
     /// statistics) or `backbone` (its pooled deep features); prototypes are
     /// recomputed when it changes.
-    #[arg(long, default_value = "style", value_name = "E")]
-    pub embedder: BackboneSummary,
+    #[arg(long, default_value = "style", value_name = "E", value_parser = ["style", "backbone"])]
+    pub embedder: String,
     /// SemLA: the embedder sees each image average-pooled by this factor
     /// in each direction (1: full size); prototypes are recomputed when it changes.
     #[arg(long, default_value_t = 2)]
@@ -261,10 +260,7 @@ fn run_speed(args: SpeedArgs, ctx: &Context) -> anyhow::Result<()> {
         "reference": reference,
     });
     let path = args.out.join("speed.json");
-    let tmp = args.out.join(".speed.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&result)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    semla_core::fs::write_atomic(&path, serde_json::to_string_pretty(&result)?.as_bytes())?;
     if ctx.json {
         return ctx.print_json(&result);
     }

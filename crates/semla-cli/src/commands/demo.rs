@@ -5,10 +5,10 @@
 
 use std::path::PathBuf;
 
-use semla_experiments::demo::{DemoConfig, run_demo};
+use semla_bench::demo::{DemoConfig, run_demo};
 
 use super::Context;
-use super::experiment::Bars;
+use super::common::Bars;
 
 /// Arguments of `semla demo`.
 #[derive(clap::Args, Debug)]

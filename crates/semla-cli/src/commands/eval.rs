@@ -6,14 +6,14 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use candle_core::Device;
 use semla_adapters::{Adaptation, AdapterLibrary, apply::check_adapters_fit};
-use semla_data::domains::{EvaluatorKind, Split};
+use semla_data::domains::Split;
+use semla_experiments::{EvalReport, evaluate};
 use semla_metrics::Definition;
-use semla_models::segmenter::load_segmenter;
-use semla_train::evaluate::{EvalReport, evaluate};
+use semla_models::load_segmenter;
 
 use super::Context;
-use super::adapter_train::split_library_path;
-use super::train::{DataOptions, parse_size};
+use super::common::{Bars, definition_of, parse_size, split_library_path};
+use super::train::DataOptions;
 
 /// Arguments of `semla eval`.
 #[derive(clap::Args, Debug)]
@@ -81,15 +81,9 @@ pub fn evaluate_args(args: &EvalArgs) -> anyhow::Result<EvalReport> {
         resize: args.resize,
     };
     let source = data.source()?;
-    let definition = args.definition.unwrap_or(match source.domain().evaluator {
-        EvaluatorKind::CityscapesScript => Definition::Cityscapes,
-        EvaluatorKind::Detectron2 => Definition::Detectron2,
-    });
-    let total = args
-        .limit
-        .unwrap_or(usize::MAX)
-        .min(semla_train::data::SampleSource::len(&source));
-    let bar = indicatif::ProgressBar::new(total as u64);
+    let definition = args
+        .definition
+        .unwrap_or_else(|| definition_of(source.domain()));
     let report = evaluate(
         model.as_ref(),
         &adaptation,
@@ -97,10 +91,9 @@ pub fn evaluate_args(args: &EvalArgs) -> anyhow::Result<EvalReport> {
         definition,
         args.limit,
         &device,
-        &mut |done, _| bar.set_position(done as u64),
+        &mut Bars::new(),
     )
     .with_context(|| format!("evaluating on {domain} ({})", args.split))?;
-    bar.finish_and_clear();
     Ok(report)
 }
 

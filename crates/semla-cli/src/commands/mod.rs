@@ -2,20 +2,16 @@
 //! type and a `run(args, &Context) -> anyhow::Result<()>`.
 
 pub mod adapter;
-pub mod adapter_tools;
-pub mod adapter_train;
 pub mod backbone;
 pub mod bench;
 pub mod clip;
+pub mod common;
 pub mod data;
-pub mod data_shift;
 pub mod demo;
-pub mod embed;
 pub mod eval;
 pub mod experiment;
 pub mod library;
 pub mod metrics;
-pub mod retrieve;
 pub mod segment;
 pub mod train;
 

@@ -3,19 +3,17 @@
 //! coloured mask and an overlay (PNG), and report the adapters used.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use candle_core::Device;
-use semla_adapters::AdapterLibrary;
-use semla_experiments::embedder::EmbedderSpec;
-use semla_experiments::run::SourceLibrary;
-use semla_experiments::segment::segment_images;
-use semla_models::segmenter::load_segmenter;
-use semla_retrieval::SemlaConfig;
+use semla_models::{Segmenter, load_segmenter};
+use semla_pipeline::config::SemlaConfig;
+use semla_pipeline::files::segment_files;
+use semla_pipeline::{EmbedderSpec, Request, Semla, SourceLibrary};
 
 use super::Context;
-use super::experiment::{Bars, make_embedder, name_list};
-use super::train::parse_size;
+use super::common::{Bars, name_list, parse_size};
 
 /// Arguments of `semla segment`.
 #[derive(clap::Args, Debug)]
@@ -55,49 +53,42 @@ pub struct SegmentArgs {
 /// Runs `semla segment`.
 pub fn run(args: SegmentArgs, ctx: &Context) -> anyhow::Result<()> {
     let device = Device::Cpu;
-    let model = load_segmenter(&args.model, &device)
-        .with_context(|| format!("loading the model {}", args.model.display()))?;
-    let names: Vec<String> = match &args.sources {
-        Some(value) => name_list(value)?,
-        None => AdapterLibrary::open(&args.library)
-            .with_context(|| format!("opening the adapter library {}", args.library.display()))?
-            .entries()
-            .filter(|e| e.has_prototype())
-            .map(|e| e.name.clone())
-            .collect(),
+    let model: Arc<dyn Segmenter> = Arc::from(
+        load_segmenter(&args.model, &device)
+            .with_context(|| format!("loading the model {}", args.model.display()))?,
+    );
+    let open = || match &args.sources {
+        Some(value) => SourceLibrary::open(&args.library, &name_list(value)?, true)
+            .map_err(anyhow::Error::from),
+        None => SourceLibrary::open_with_prototypes(&args.library).map_err(anyhow::Error::from),
     };
-    let library = SourceLibrary::open(&args.library, &names, true)
+    let library = open()
         .with_context(|| format!("opening the adapter library {}", args.library.display()))?;
-    let config = match &args.semla_config {
-        Some(path) => SemlaConfig::from_path(path)?,
-        None => SemlaConfig::default(),
-    };
-    let mut params = config.retrieval_params();
-    if let Some(k) = args.top_k {
-        params.top_k = k;
-    }
-    if let Some(t) = args.temperature {
-        params.temperature = t;
-    }
-    params.validate()?;
-    let mut loaded = None;
-    let (embedder, spec) = make_embedder(
+    let config = SemlaConfig::resolve(
+        args.semla_config.as_deref(),
+        args.top_k,
+        args.temperature,
+        None,
+    )?;
+    let params = config.retrieval_params();
+    let semla = Semla::with_embedder_spec(
+        model,
+        library,
         args.embedder.as_ref(),
-        Some(&args.library),
-        model.as_ref(),
-        &mut loaded,
+        config.settings(),
         &device,
     )?;
+    let spec = semla
+        .embedder()
+        .map(|e| e.spec().to_string())
+        .unwrap_or_default();
     let mut bars = Bars::new();
-    let results = segment_images(
-        model.as_ref(),
-        &library,
-        &embedder,
-        params,
+    let results = segment_files(
+        &semla,
+        &Request::semla(),
         &args.images,
         &args.out,
         args.resize,
-        &device,
         &mut bars,
     )?;
     if ctx.json {

@@ -7,12 +7,12 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
+use semla_data::DomainSource;
 use semla_data::domains::Split;
 use semla_models::efficientnet::{EfficientLiteSegConfig, pretrained_varmap};
-use semla_models::segmenter::{SegmenterConfig, save_segmenter};
 use semla_models::tiny::TinySegConfig;
+use semla_models::{SegmenterConfig, save_segmenter};
 use semla_train::augment::AugmentConfig;
-use semla_train::data::DomainSource;
 use semla_train::optim::AdamWConfig;
 use semla_train::runs::{build_trainable, train_base};
 use semla_train::trainer::{Progress, Session, TrainConfig, TrainSummary};
@@ -55,14 +55,14 @@ pub struct DataOptions {
     #[arg(long, default_value = "train", value_name = "SPLIT")]
     pub split: Split,
     /// Resize every image to HEIGHTxWIDTH when loading (e.g. 96x128).
-    #[arg(long, value_name = "HxW", value_parser = parse_size)]
+    #[arg(long, value_name = "HxW", value_parser = super::common::parse_size)]
     pub resize: Option<(usize, usize)>,
 }
 
 impl DataOptions {
     /// The sample source these options name.
     pub fn source(&self) -> anyhow::Result<DomainSource> {
-        let domain = super::experiment::resolve(&self.domain, self.data_root.as_deref())?;
+        let domain = super::common::resolve(&self.domain, self.data_root.as_deref())?;
         Ok(DomainSource::new(domain, self.split, self.resize)?)
     }
 }
@@ -92,7 +92,7 @@ pub struct TrainOptions {
     #[arg(long, default_value_t = 1.0)]
     pub clip: f64,
     /// Random crop HEIGHTxWIDTH after scaling (default: the image's own size).
-    #[arg(long, value_name = "HxW", value_parser = parse_size)]
+    #[arg(long, value_name = "HxW", value_parser = super::common::parse_size)]
     pub crop: Option<(usize, usize)>,
     /// Smallest random scale.
     #[arg(long, default_value_t = 0.5)]
@@ -299,23 +299,4 @@ pub fn report(ctx: &Context, out: &Path, summary: &TrainSummary, what: &str) -> 
         );
         Ok(())
     }
-}
-
-/// Parses `HxW` (e.g. `96x128`).
-pub fn parse_size(text: &str) -> Result<(usize, usize), String> {
-    let (h, w) = text
-        .split_once(['x', 'X'])
-        .ok_or_else(|| format!("`{text}` is not HEIGHTxWIDTH"))?;
-    let h: usize = h
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad height in `{text}`"))?;
-    let w: usize = w
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad width in `{text}`"))?;
-    if h == 0 || w == 0 {
-        return Err(format!("`{text}`: sizes must be positive"));
-    }
-    Ok((h, w))
 }

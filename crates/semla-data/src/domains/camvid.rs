@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use super::listing::{PairRule, require_dir};
-use super::{Domain, DomainError, DomainLayout, EvaluatorKind, Palette, Sample, Split, classes};
+use super::{Domain, DomainError, DomainLayout, EvaluatorKind, ImagePair, Palette, Split, classes};
 use crate::labels::LabelEncoding;
 
 /// CamVid's ignore value (Unlabelled).
@@ -75,7 +75,7 @@ impl DomainLayout for CamVidLayout {
 
     /// The pairs of `split`, filtered to the sequence. A sequence with no frame in this
     /// split gives an empty list (all of CamVid's `val` is `0016E5`).
-    fn pairs(&self, split: Split) -> Result<Vec<Sample>, DomainError> {
+    fn pairs(&self, split: Split) -> Result<Vec<ImagePair>, DomainError> {
         let layout = self.describe();
         let samples = PairRule {
             image_dir: self.dir.join(split.as_str()),

@@ -20,9 +20,10 @@ use std::sync::Arc;
 
 use super::camvid::{CAMVID_IGNORE, CamVidLayout};
 use super::listing::require_dir;
-use super::{Domain, DomainError, DomainLayout, EvaluatorKind, Palette, Sample, Split, classes};
+use super::{Domain, DomainError, DomainLayout, EvaluatorKind, ImagePair, Palette, Split, classes};
 use crate::corrupt::Corruption;
-use crate::labels::{LabelError, read_rgb};
+use crate::image_io::read_rgb;
+use crate::labels::LabelError;
 
 /// The dusk sequence.
 pub const DUSK_SEQUENCE: &str = "0001TP";
@@ -61,7 +62,7 @@ pub fn image_seed(text: &str) -> u64 {
     hash
 }
 
-fn is_dusk(sample: &Sample) -> bool {
+fn is_dusk(sample: &ImagePair) -> bool {
     sample
         .image
         .file_name()
@@ -84,8 +85,8 @@ impl DomainLayout for DerivedCamVidLayout {
         format!("{} ({frames}{corruption})", self.camvid.describe())
     }
 
-    fn pairs(&self, split: Split) -> Result<Vec<Sample>, DomainError> {
-        let read = |split: Split| -> Result<Vec<Sample>, DomainError> {
+    fn pairs(&self, split: Split) -> Result<Vec<ImagePair>, DomainError> {
+        let read = |split: Split| -> Result<Vec<ImagePair>, DomainError> {
             if self.camvid.dir.join(split.as_str()).is_dir() {
                 self.camvid.pairs(split)
             } else {
@@ -95,7 +96,7 @@ impl DomainLayout for DerivedCamVidLayout {
         Ok(match self.frames {
             Frames::Day => read(split)?.into_iter().filter(|s| !is_dusk(s)).collect(),
             Frames::Dusk => {
-                let mut dusk: Vec<Sample> = match split {
+                let mut dusk: Vec<ImagePair> = match split {
                     Split::Train | Split::Val => read(Split::Train)?,
                     Split::Test => read(Split::Test)?,
                 }
@@ -116,7 +117,7 @@ impl DomainLayout for DerivedCamVidLayout {
         })
     }
 
-    fn load_image(&self, sample: &Sample) -> Result<image::RgbImage, DomainError> {
+    fn load_image(&self, sample: &ImagePair) -> Result<image::RgbImage, DomainError> {
         let photo = read_rgb(&sample.image)?;
         let Some(corruption) = self.corruption else {
             return Ok(photo);
@@ -249,7 +250,7 @@ mod tests {
         }
     }
 
-    fn names(samples: &[Sample]) -> Vec<String> {
+    fn names(samples: &[ImagePair]) -> Vec<String> {
         samples
             .iter()
             .map(|s| s.image.file_name().unwrap().to_string_lossy().into_owned())

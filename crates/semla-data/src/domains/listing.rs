@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{DomainError, Sample};
+use super::{DomainError, ImagePair};
 use crate::labels::LabelEncoding;
 
 /// Fails with [`DomainError::MissingFolder`] unless `dir` is a folder.
@@ -80,7 +80,7 @@ pub(crate) struct PairRule<'a> {
 impl PairRule<'_> {
     /// Pairs every image with its label map, sorted by image path. A missing label map is
     /// an error naming the image and the expected label path.
-    pub(crate) fn pairs(&self) -> Result<Vec<Sample>, DomainError> {
+    pub(crate) fn pairs(&self) -> Result<Vec<ImagePair>, DomainError> {
         require_dir(&self.image_dir, self.layout)?;
         require_dir(&self.label_dir, self.layout)?;
         let mut folders = vec![(self.image_dir.clone(), self.label_dir.clone())];
@@ -121,11 +121,11 @@ impl PairRule<'_> {
         base: &str,
         label_dir: &Path,
         candidates: LabelCandidates<'_>,
-    ) -> Result<Sample, DomainError> {
+    ) -> Result<ImagePair, DomainError> {
         for (suffix, encoding) in candidates {
             let label = label_dir.join(format!("{base}{suffix}"));
             if label.is_file() {
-                return Ok(Sample {
+                return Ok(ImagePair {
                     image: image.to_path_buf(),
                     label,
                     encoding: *encoding,

@@ -31,7 +31,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::labels::{LabelEncoding, LabelError, LabelMap, read_rgb};
+use crate::image_io::read_rgb;
+use crate::labels::{LabelEncoding, LabelError, LabelMap};
 pub use palette::Palette;
 
 /// Errors resolving a domain or listing its files.
@@ -159,7 +160,7 @@ pub enum EvaluatorKind {
 
 /// One image and its label map.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Sample {
+pub struct ImagePair {
     /// The photo.
     pub image: PathBuf,
     /// The label map.
@@ -175,7 +176,7 @@ pub trait DomainLayout: fmt::Debug + Send + Sync {
     fn describe(&self) -> String;
 
     /// The (image, label) pairs of `split`, sorted deterministically.
-    fn pairs(&self, split: Split) -> Result<Vec<Sample>, DomainError>;
+    fn pairs(&self, split: Split) -> Result<Vec<ImagePair>, DomainError>;
 
     /// The images SemLA averages into the domain's prototype (its "embedding dir"). Some
     /// datasets use a different folder for this than for evaluation. Defaults to the
@@ -190,12 +191,12 @@ pub trait DomainLayout: fmt::Debug + Send + Sync {
 
     /// Loads a sample's photo as 8-bit RGB, `[H, W, 3]`. Layouts that transform images
     /// (corruptions, rendering) override this.
-    fn load_image(&self, sample: &Sample) -> Result<image::RgbImage, DomainError> {
+    fn load_image(&self, sample: &ImagePair) -> Result<image::RgbImage, DomainError> {
         Ok(read_rgb(&sample.image)?)
     }
 
     /// Loads a sample's label map as class indices (ignore value for unlabelled pixels).
-    fn load_label(&self, sample: &Sample) -> Result<LabelMap, DomainError> {
+    fn load_label(&self, sample: &ImagePair) -> Result<LabelMap, DomainError> {
         Ok(sample.encoding.read(&sample.label)?)
     }
 }
@@ -225,7 +226,7 @@ impl Domain {
     }
 
     /// The (image, label) pairs of `split`, sorted.
-    pub fn pairs(&self, split: Split) -> Result<Vec<Sample>, DomainError> {
+    pub fn pairs(&self, split: Split) -> Result<Vec<ImagePair>, DomainError> {
         self.layout.pairs(split)
     }
 
@@ -235,12 +236,12 @@ impl Domain {
     }
 
     /// Loads a sample's photo, `[H, W, 3]` RGB.
-    pub fn load_image(&self, sample: &Sample) -> Result<image::RgbImage, DomainError> {
+    pub fn load_image(&self, sample: &ImagePair) -> Result<image::RgbImage, DomainError> {
         self.layout.load_image(sample)
     }
 
     /// Loads a sample's label map as class indices.
-    pub fn load_label(&self, sample: &Sample) -> Result<LabelMap, DomainError> {
+    pub fn load_label(&self, sample: &ImagePair) -> Result<LabelMap, DomainError> {
         self.layout.load_label(sample)
     }
 }

@@ -19,7 +19,7 @@
 use std::path::{Path, PathBuf};
 
 use super::listing::{LabelCandidates, PairRule, images_recursive, require_dir};
-use super::{Domain, DomainError, DomainLayout, EvaluatorKind, Palette, Sample, Split, classes};
+use super::{Domain, DomainError, DomainLayout, EvaluatorKind, ImagePair, Palette, Split, classes};
 use crate::labels::LabelEncoding;
 
 /// ACDC conditions.
@@ -139,7 +139,7 @@ impl OfficialLayout {
         }
     }
 
-    fn ade_pairs(&self, root: &Path, split: Split) -> Result<Vec<Sample>, DomainError> {
+    fn ade_pairs(&self, root: &Path, split: Split) -> Result<Vec<ImagePair>, DomainError> {
         let layout = self.describe();
         let base = root.join("ADEChallengeData2016");
         let s = long_split(split);
@@ -164,7 +164,7 @@ impl OfficialLayout {
         .pairs()
     }
 
-    fn nyu_pairs(&self, root: &Path, split: Split) -> Result<Vec<Sample>, DomainError> {
+    fn nyu_pairs(&self, root: &Path, split: Split) -> Result<Vec<ImagePair>, DomainError> {
         let layout = self.describe();
         let dir = root.join("nyudv2");
         require_dir(&dir, &layout)?;
@@ -207,7 +207,7 @@ impl OfficialLayout {
                     layout,
                 });
             }
-            samples.push(Sample {
+            samples.push(ImagePair {
                 image,
                 label,
                 encoding: LabelEncoding::TrainIds,
@@ -279,7 +279,7 @@ impl DomainLayout for OfficialLayout {
         }
     }
 
-    fn pairs(&self, split: Split) -> Result<Vec<Sample>, DomainError> {
+    fn pairs(&self, split: Split) -> Result<Vec<ImagePair>, DomainError> {
         let layout = self.describe();
         let s = split.as_str();
         let rule = |image_dir: PathBuf,

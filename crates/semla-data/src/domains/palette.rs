@@ -107,6 +107,34 @@ pub fn colorize(map: &LabelMap, palette: Palette, ignore: Option<u16>) -> RgbIma
     })
 }
 
+/// The colour of class `class` in a colour table (a model's classes, in order),
+/// else [`generic_color`].
+pub fn class_color(colors: &[[u8; 3]], class: u16) -> [u8; 3] {
+    colors
+        .get(usize::from(class))
+        .copied()
+        .unwrap_or_else(|| generic_color(class))
+}
+
+/// Colours a class map `[H, W]` (row-major, `width * height` values) with a colour
+/// table ([`class_color`]); `None` when the map does not have `width * height` values.
+pub fn colorize_classes(
+    classes: &[u16],
+    width: u32,
+    height: u32,
+    colors: &[[u8; 3]],
+) -> Option<RgbImage> {
+    if classes.len() != width as usize * height as usize {
+        return None;
+    }
+    Some(RgbImage::from_fn(width, height, |x, y| {
+        Rgb(class_color(
+            colors,
+            classes[y as usize * width as usize + x as usize],
+        ))
+    }))
+}
+
 /// `alpha * overlay + (1 - alpha) * photo`, per channel, rounded. Both images must have
 /// the same size (`photo_name` names the photo in the error otherwise).
 pub fn blend(
@@ -151,6 +179,21 @@ mod tests {
         assert_eq!(generic_color(0), [128, 0, 0]);
         assert_eq!(generic_color(1), [0, 128, 0]);
         assert_eq!(generic_color(2), [128, 128, 0]);
+    }
+
+    #[test]
+    fn mask_overlay_and_png_round_trip() {
+        let palette = [[255, 0, 0], [0, 0, 255]];
+        let mask = colorize_classes(&[0, 1, 1, 0, 5, 1], 3, 2, &palette).unwrap();
+        assert_eq!(mask.get_pixel(1, 0).0, [0, 0, 255]);
+        assert_eq!(mask.get_pixel(1, 1).0, generic_color(5));
+        let photo = RgbImage::from_pixel(3, 2, Rgb([100, 100, 100]));
+        let blended = blend(&mask, &photo, 0.5, std::path::Path::new("p.png")).unwrap();
+        assert_eq!(blended.get_pixel(0, 0).0, [178, 50, 50]);
+        let png = crate::image_io::rgb_png_bytes(&blended).unwrap();
+        let back = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert_eq!(back, blended);
+        assert!(colorize_classes(&[0; 5], 3, 2, &palette).is_none());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Domain, DomainError, DomainLayout, EvaluatorKind, Palette, Sample, Split};
+use super::{Domain, DomainError, DomainLayout, EvaluatorKind, ImagePair, Palette, Split};
 use crate::labels::{LabelEncoding, LabelMap};
 use crate::synthetic::{self, SyntheticWorld};
 
@@ -48,7 +48,7 @@ fn split_size(split: Split) -> usize {
 }
 
 impl SyntheticLayout {
-    fn render(&self, sample: &Sample) -> Result<synthetic::Sample, DomainError> {
+    fn render(&self, sample: &ImagePair) -> Result<synthetic::Sample, DomainError> {
         let bad = |message: String| DomainError::SplitFile {
             path: sample.image.clone(),
             line: 0,
@@ -80,7 +80,7 @@ impl DomainLayout for SyntheticLayout {
         )
     }
 
-    fn pairs(&self, split: Split) -> Result<Vec<Sample>, DomainError> {
+    fn pairs(&self, split: Split) -> Result<Vec<ImagePair>, DomainError> {
         Ok((0..split_size(split))
             .map(|i| {
                 let path = PathBuf::from(format!(
@@ -88,7 +88,7 @@ impl DomainLayout for SyntheticLayout {
                     self.style,
                     split.as_str()
                 ));
-                Sample {
+                ImagePair {
                     image: path.clone(),
                     label: path,
                     encoding: LabelEncoding::TrainIds,
@@ -97,11 +97,11 @@ impl DomainLayout for SyntheticLayout {
             .collect())
     }
 
-    fn load_image(&self, sample: &Sample) -> Result<image::RgbImage, DomainError> {
+    fn load_image(&self, sample: &ImagePair) -> Result<image::RgbImage, DomainError> {
         Ok(self.render(sample)?.image)
     }
 
-    fn load_label(&self, sample: &Sample) -> Result<LabelMap, DomainError> {
+    fn load_label(&self, sample: &ImagePair) -> Result<LabelMap, DomainError> {
         let rendered = self.render(sample)?;
         Ok(LabelMap {
             width: self.width,

@@ -1,12 +1,6 @@
 //! Hash-based value noise and a tiny fast random stream for per-pixel effects.
 
-/// SplitMix64 finaliser.
-pub(crate) fn mix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub(crate) use semla_core::rng::mix64;
 
 /// A hash of a lattice point to `[0, 1)`.
 #[inline]

@@ -59,14 +59,9 @@ pub enum ClipError {
         /// The underlying error (shown in the message, so not chained as a source).
         cause: candle_core::Error,
     },
-    /// An image could not be decoded or is unusable.
-    #[error("{path}: {message}")]
-    Image {
-        /// The image file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
+    /// An image file could not be read or decoded.
+    #[error(transparent)]
+    Photo(#[from] semla_data::labels::LabelError),
     /// Bad input to the model (wrong shape, out-of-range token id, ...).
     #[error("CLIP input: {0}")]
     Input(String),

@@ -292,29 +292,10 @@ impl ImageProcessor {
     /// crate, so JPEG inputs can differ from transformers by a level or so
     /// before the resize; PNG inputs are identical.
     pub fn preprocess_file(&self, path: &Path) -> Result<Tensor, ClipError> {
-        let img = load_rgb(path)?;
+        let img = semla_data::image_io::read_rgb(path)?;
         let (w, h) = img.dimensions();
         self.preprocess_rgb(img.as_raw(), h as usize, w as usize)
     }
-}
-
-/// Opens an image file as 8-bit RGB.
-pub fn load_rgb(path: &Path) -> Result<image::RgbImage, ClipError> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|cause| ClipError::Io {
-            path: path.to_path_buf(),
-            cause,
-        })?
-        .with_guessed_format()
-        .map_err(|cause| ClipError::Io {
-            path: path.to_path_buf(),
-            cause,
-        })?;
-    let img = reader.decode().map_err(|e| ClipError::Image {
-        path: path.to_path_buf(),
-        message: format!("cannot decode image: {e}"),
-    })?;
-    Ok(img.to_rgb8())
 }
 
 /// Pillow's fixed-point precision for 8-bit images.

@@ -35,8 +35,10 @@ use semla_adapters::{Adaptation, AdaptedConv2d, SiteInfo};
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_relu6};
 pub use pth::read_state_dict;
 
+pub use crate::config::EfficientLiteSegConfig;
+use crate::config::SegmenterConfig;
 use crate::lraspp::{LrAspp, pointwise};
-use crate::segmenter::{Normalization, Segmenter, SegmenterConfig};
+use crate::segmenter::{Normalization, Segmenter};
 
 /// BatchNorm epsilon of the original package (`batch_norm_epsilon=1e-3`).
 pub const BN_EPS: f64 = 1e-3;
@@ -498,35 +500,6 @@ pub fn imagenet_classes() -> Vec<&'static str> {
         .collect()
 }
 
-/// Configuration of [`EfficientLiteSeg`] (`config.json` of a model folder,
-/// with `"kind": "efficientnet-lite0-lraspp"`).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct EfficientLiteSegConfig {
-    /// Number of output classes.
-    pub num_classes: usize,
-    /// Width of the LR-ASPP pooled branch (default 128, as in MobileNetV3).
-    #[serde(default = "default_decoder_channels")]
-    pub decoder_channels: usize,
-    /// Optional class names, index = class id.
-    #[serde(default)]
-    pub class_names: Vec<String>,
-}
-
-fn default_decoder_channels() -> usize {
-    128
-}
-
-impl EfficientLiteSegConfig {
-    /// A configuration with the default decoder width and no class names.
-    pub fn new(num_classes: usize) -> Self {
-        Self {
-            num_classes,
-            decoder_channels: default_decoder_channels(),
-            class_names: Vec::new(),
-        }
-    }
-}
-
 /// EfficientNet-Lite0 backbone + LR-ASPP decoder (1/8 low-level features,
 /// 1/32 head features), logits upsampled bilinearly to the input size.
 ///
@@ -676,10 +649,9 @@ pub fn load_classifier_image(
         path: path.display().to_string(),
         message,
     };
-    let img = image::open(path)
-        .map_err(|e| err(format!("cannot decode image: {e}")))?
-        .to_rgb8();
+    let img = semla_data::image_io::read_rgb(path).map_err(|e| err(e.to_string()))?;
     let img = image::imageops::resize(&img, size, size, image::imageops::FilterType::Triangle);
-    crate::segmenter::rgb_to_tensor(&img, Normalization::IMAGENET, device)
+    Normalization::IMAGENET
+        .image(&img, device)
         .map_err(|e| err(e.to_string()))
 }

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use semla_models::segmenter::{Segmenter, SegmenterConfig};
+use semla_core::SplitMix64;
+use semla_data::{InMemorySource, Sample};
 use semla_models::tiny::TinySegConfig;
-use semla_train::data::{InMemorySource, Sample};
-use semla_train::rng::SplitMix64;
+use semla_models::{Segmenter, SegmenterConfig};
 
 pub const IGNORE: u32 = 255;
 

@@ -1,0 +1,220 @@
+//! `semla adapter train`: trains a LoRA adapter on a frozen base model and
+//! saves it, in PEFT format with its domain prototype, into a library folder.
+//!
+//! Plain LoRA, or with `--init soma`, `--freeze-blocks` or weight-decay
+//! annealing ([`super::soma::InitOptions`]). The prototype is made by the
+//! embedder the library records (a new library: `backbone` of `--model`), so
+//! the adapter joins the library's retrieval consistently.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use candle_core::Device;
+use semla_adapters::{Adapter, AdapterLibrary};
+use semla_core::NoProgress;
+use semla_models::{Segmenter, load_segmenter};
+use semla_pipeline::EmbedderSpec;
+use semla_pipeline::embed::{BuildContext, identity};
+use semla_pipeline::prototype::{EmbedOptions, domain_prototype};
+use semla_train::lora::{LoraSettings, LoraTrainee};
+use semla_train::runs::{adapter_trainee, train_adapter};
+use semla_train::soma::{SomaSettings, SomaTrainee, adapted_sites, train_annealed, train_soma};
+use semla_train::trainer::{Session, TrainSummary};
+
+use super::super::Context;
+use super::super::common::{resolve, split_library_path};
+use super::super::train::{DataOptions, TrainOptions, TrainingBar, report};
+use super::soma::{InitChoice, InitOptions};
+
+/// Arguments of `semla adapter train`.
+#[derive(clap::Args, Debug)]
+pub struct AdapterTrainArgs {
+    /// Frozen base model folder (`config.json`, `model.safetensors`).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Where to save the adapter: `LIBRARY/NAME` (the library folder is created if needed).
+    #[arg(long, value_name = "LIB/NAME")]
+    pub out: PathBuf,
+    /// LoRA rank `r`.
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// LoRA `alpha` (scale = alpha / r).
+    #[arg(long, default_value_t = 16.0)]
+    pub alpha: f64,
+    /// Use rsLoRA scaling (alpha / sqrt(r)).
+    #[arg(long)]
+    pub rslora: bool,
+    /// Target module patterns, comma-separated (PEFT suffix matching; default: every adapter site).
+    #[arg(long, value_delimiter = ',', value_name = "PATTERN,...")]
+    pub targets: Vec<String>,
+    /// Training images averaged into the adapter's prototype (with the embedder the
+    /// library records; a new library: the base model's `backbone`).
+    #[arg(long, default_value_t = 100)]
+    pub prototype_images: usize,
+    #[command(flatten)]
+    pub data: DataOptions,
+    #[command(flatten)]
+    pub train: TrainOptions,
+    /// `--init lora|soma`, `--freeze-blocks`, weight-decay annealing (see `soma`).
+    #[command(flatten)]
+    pub init: InitOptions,
+}
+
+/// Runs `semla adapter train`.
+pub fn run(args: AdapterTrainArgs, ctx: &Context) -> anyhow::Result<()> {
+    let device = Device::Cpu;
+    let (library_dir, name) = split_library_path(&args.out)?;
+    let base: Arc<dyn Segmenter> = Arc::from(load_segmenter(&args.model, &device)?);
+    let source = args.data.source()?;
+    semla_data::samples::check_classes(
+        &source,
+        base.num_classes(),
+        &format!("domain {}", source.domain().name),
+    )
+    .map_err(|e| anyhow::anyhow!("{e} ({})", args.model.display()))?;
+    let lora_settings = LoraSettings {
+        rank: args.rank,
+        alpha: args.alpha,
+        targets: args.targets.clone(),
+        use_rslora: args.rslora,
+    };
+    let config = args.train.config();
+    std::fs::create_dir_all(&library_dir)
+        .with_context(|| format!("creating the library folder {}", library_dir.display()))?;
+    let checkpoint = library_dir.join(".checkpoints").join(&name);
+    let session = Session {
+        checkpoint_dir: Some(&checkpoint),
+        resume: args.train.resume,
+        stop_at: None,
+    };
+    let run = |f: &mut dyn FnMut(&mut TrainingBar) -> semla_train::error::Result<TrainSummary>| {
+        let mut bar = TrainingBar::new(config.steps);
+        let result = f(&mut bar);
+        bar.finish();
+        result
+    };
+    let options = &args.init;
+    let (summary, adapter) = if !options.is_custom() {
+        let lora = LoraTrainee::new(&base.sites(), &lora_settings, args.train.seed, &device)?;
+        let summary = run(&mut |bar| {
+            train_adapter(
+                base.as_ref(),
+                &lora,
+                &device,
+                &source,
+                &config,
+                &session,
+                &mut |p| bar.update(p),
+            )
+        })?;
+        (summary, lora.to_adapter(&name)?)
+    } else {
+        let settings = SomaSettings {
+            lora: lora_settings,
+            freeze_blocks: options.freeze_blocks,
+        };
+        let decay = options.anneal(config.steps)?;
+        match options.init {
+            InitChoice::Soma => {
+                let soma = SomaTrainee::new(base.as_ref(), &settings, args.train.seed, &device)?;
+                if !ctx.json {
+                    eprintln!(
+                        "SoMA: {} sites, rank {} (stored as rank {}), scale {}",
+                        soma.lora().sites().len(),
+                        args.rank,
+                        2 * args.rank,
+                        soma.scale()
+                    );
+                }
+                let summary = run(&mut |bar| {
+                    train_soma(
+                        &soma,
+                        &device,
+                        &source,
+                        &config,
+                        decay,
+                        &session,
+                        &mut |p| bar.update(p),
+                    )
+                })?;
+                (summary, soma.to_adapter(&name)?)
+            }
+            InitChoice::Lora => {
+                let sites = adapted_sites(
+                    base.as_ref(),
+                    &settings.lora.targets,
+                    settings.freeze_blocks,
+                );
+                let lora = LoraTrainee::new(&sites, &settings.lora, args.train.seed, &device)?;
+                let trainee = adapter_trainee(base.as_ref(), &lora, &device);
+                let summary = run(&mut |bar| {
+                    train_annealed(&trainee, &source, &config, decay, &session, &mut |p| {
+                        bar.update(p)
+                    })
+                })?;
+                let mut adapter = lora.to_adapter(&name)?;
+                // Name the adapted sites exactly, so frozen blocks stay untouched in PEFT too.
+                adapter.config.target_modules = Some(semla_adapters::TargetModules::List(
+                    adapter.sites.keys().cloned().collect(),
+                ));
+                (summary, adapter)
+            }
+        }
+    };
+    store_with_prototype(&args, &library_dir, &adapter, &base, &device)?;
+    report(ctx, &args.out, &summary, "adapter")
+}
+
+/// Adds `adapter` to the library with its prototype: made by the embedder the
+/// library records (a library without one: the base model's `backbone`). A
+/// library whose other prototypes are of unknown origin (an official `loradb`)
+/// gets the prototype unrecorded too.
+fn store_with_prototype(
+    args: &AdapterTrainArgs,
+    library_dir: &std::path::Path,
+    adapter: &Adapter,
+    base: &Arc<dyn Segmenter>,
+    device: &Device,
+) -> anyhow::Result<()> {
+    let mut library = AdapterLibrary::open(library_dir)?;
+    let unrecorded = library.record().is_none()
+        && library
+            .entries()
+            .any(|e| e.has_prototype() && e.name != adapter.name);
+    let spec = EmbedderSpec::resolve(None, library.record()).with_default_dir(Some(&args.model));
+    let embedder = spec
+        .build(&BuildContext {
+            device,
+            model: Some(base),
+        })
+        .with_context(|| format!("building the prototype embedder {spec}"))?;
+    let domain = resolve(&args.data.domain, args.data.data_root.as_deref())?;
+    let options = EmbedOptions {
+        limit: Some(args.prototype_images),
+        resize: args.data.resize,
+        ..EmbedOptions::default()
+    };
+    let (prototype, count) = domain_prototype(
+        embedder.as_ref(),
+        &domain,
+        &options,
+        device,
+        &mut NoProgress,
+    )?;
+    if unrecorded {
+        tracing::warn!(
+            "{} holds prototypes of an unrecorded embedder: the prototype of {} ({spec}) is not recorded either",
+            library_dir.display(),
+            adapter.name
+        );
+        library.add(adapter, Some(&prototype))?;
+    } else {
+        library.add(adapter, None)?;
+        library.set_prototypes(
+            &identity(embedder.as_ref()),
+            &[(adapter.name.clone(), prototype, count)],
+        )?;
+    }
+    Ok(())
+}

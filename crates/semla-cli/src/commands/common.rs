@@ -1,0 +1,148 @@
+//! What several commands share: progress bars for the library's progress
+//! reports, name lists, domain resolution, `HxW` sizes and `LIB/NAME` paths.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use semla_data::domains::{Domain, EvaluatorKind, data_root, resolve_domain};
+use semla_metrics::Definition;
+use semla_pipeline::config::read_domain_list;
+
+/// A list given as a YAML/JSON file or as comma-separated names.
+pub fn name_list(value: &str) -> anyhow::Result<Vec<String>> {
+    let path = Path::new(value);
+    let names = if path.is_file() {
+        read_domain_list(path)?
+    } else {
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    if names.is_empty() {
+        bail!("`{value}` names no domain");
+    }
+    Ok(names)
+}
+
+/// Resolves a domain name under `--data-root` / `DETECTRON2_DATASETS`;
+/// generated domains (the synthetic world) need no dataset root.
+pub fn resolve(name: &str, explicit_root: Option<&Path>) -> anyhow::Result<Domain> {
+    match data_root(explicit_root) {
+        Ok(root) => Ok(resolve_domain(name, &root)?),
+        Err(no_root) => match resolve_domain(name, Path::new("")) {
+            Ok(domain) => Ok(domain),
+            Err(_) => Err(no_root.into()),
+        },
+    }
+}
+
+/// The official mIoU definition of a domain.
+pub fn definition_of(domain: &Domain) -> Definition {
+    match domain.evaluator {
+        EvaluatorKind::CityscapesScript => Definition::Cityscapes,
+        EvaluatorKind::Detectron2 => Definition::Detectron2,
+    }
+}
+
+/// Parses `HxW` (e.g. `96x128`).
+pub fn parse_size(text: &str) -> Result<(usize, usize), String> {
+    let (h, w) = text
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("`{text}` is not HEIGHTxWIDTH"))?;
+    let h: usize = h
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad height in `{text}`"))?;
+    let w: usize = w
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad width in `{text}`"))?;
+    if h == 0 || w == 0 {
+        return Err(format!("`{text}`: sizes must be positive"));
+    }
+    Ok((h, w))
+}
+
+/// Splits `LIB/NAME` into the library folder and the adapter name.
+pub fn split_library_path(path: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty() && !n.starts_with('.'))
+        .with_context(|| {
+            format!(
+                "`{}` does not end in an adapter name (expected LIB/NAME)",
+                path.display()
+            )
+        })?;
+    let library = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok((library.to_path_buf(), name.to_string()))
+}
+
+/// indicatif progress bars on stderr for the libraries' progress reports.
+pub struct Bars {
+    bar: Option<ProgressBar>,
+}
+
+impl Bars {
+    /// No bar yet.
+    pub fn new() -> Self {
+        Self { bar: None }
+    }
+}
+
+impl Default for Bars {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl semla_core::Progress for Bars {
+    fn begin(&mut self, label: &str, total: u64) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:<44} [{bar:30}] {pos:>4}/{len:<4} {elapsed:>4} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(label.to_string());
+        self.bar = Some(bar);
+    }
+
+    fn set(&mut self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+
+    fn message(&mut self, text: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(text.to_string());
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+    }
+
+    fn note(&mut self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+}

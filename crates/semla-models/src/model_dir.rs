@@ -1,0 +1,158 @@
+//! Model folders and the registry of segmenter kinds.
+//!
+//! A trained segmenter is stored as a model folder `M/` holding `config.json`
+//! (a [`SegmenterConfig`], tagged by `"kind"`) and `model.safetensors` (the
+//! [`Segmenter::named_tensors`]); [`save_segmenter`] writes one and
+//! [`load_segmenter`] reads any kind back. A new kind is one variant of
+//! [`SegmenterConfig`] (in [`crate::config`]) and one arm of
+//! [`SegmenterConfig::build`] here.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::config::SegmenterConfig;
+use crate::efficientnet::EfficientLiteSeg;
+use crate::segmenter::Segmenter;
+use crate::tiny::TinySeg;
+
+impl SegmenterConfig {
+    /// Builds the model of this configuration from `vb` (frozen tensors or a `VarMap`).
+    pub fn build(&self, vb: &VarBuilder) -> Result<Box<dyn Segmenter>> {
+        Ok(match self {
+            Self::EfficientLite0(c) => Box::new(EfficientLiteSeg::new(vb, c)?),
+            Self::Tiny(c) => Box::new(TinySeg::new(vb, c)?),
+        })
+    }
+}
+
+/// A segmenter of `config` with freshly initialised weights (Kaiming-normal
+/// convolutions, zero biases), held as frozen plain tensors: for benchmarks
+/// and tests that do not depend on trained weights.
+pub fn random_segmenter(config: &SegmenterConfig, device: &Device) -> Result<Box<dyn Segmenter>> {
+    let map = candle_nn::VarMap::new();
+    config.build(&VarBuilder::from_varmap(&map, DType::F32, device))?;
+    let tensors: HashMap<String, Tensor> = {
+        let data = map
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?;
+        data.iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect()
+    };
+    config.build(&VarBuilder::from_tensors(tensors, DType::F32, device))
+}
+
+/// File name of the configuration in a model folder.
+pub const CONFIG_FILE: &str = "config.json";
+/// File name of the weights in a model folder.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// Errors of reading or writing a model folder.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelDirError {
+    /// A file could not be read or written.
+    #[error("{path}: {cause}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        cause: std::io::Error,
+    },
+    /// `config.json` is not a valid segmenter configuration.
+    #[error("{path}: invalid segmenter configuration: {cause}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        cause: serde_json::Error,
+    },
+    /// The weights are unreadable or do not fit the configuration.
+    #[error("{path}: {cause}")]
+    Weights {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (missing tensor, shape mismatch, corrupt file, ...).
+        cause: candle_core::Error,
+    },
+}
+
+/// Reads `dir/config.json`.
+pub fn read_segmenter_config(dir: &Path) -> std::result::Result<SegmenterConfig, ModelDirError> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|cause| ModelDirError::Io {
+        path: path.clone(),
+        cause,
+    })?;
+    serde_json::from_str(&text).map_err(|cause| ModelDirError::Config { path, cause })
+}
+
+/// Loads a model folder (`config.json` + `model.safetensors`) as frozen tensors
+/// and builds the segmenter its `kind` names.
+pub fn load_segmenter(
+    dir: &Path,
+    device: &Device,
+) -> std::result::Result<Box<dyn Segmenter>, ModelDirError> {
+    let config = read_segmenter_config(dir)?;
+    let path = dir.join(WEIGHTS_FILE);
+    if !path.is_file() {
+        return Err(ModelDirError::Io {
+            path,
+            cause: std::io::Error::new(std::io::ErrorKind::NotFound, "model weights not found"),
+        });
+    }
+    let tensors =
+        candle_core::safetensors::load(&path, device).map_err(|cause| ModelDirError::Weights {
+            path: path.clone(),
+            cause,
+        })?;
+    let tensors: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, v)| v.to_dtype(DType::F32).map(|v| (k, v)))
+        .collect::<Result<_>>()
+        .map_err(|cause| ModelDirError::Weights {
+            path: path.clone(),
+            cause,
+        })?;
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    config
+        .build(&vb)
+        .map_err(|cause| ModelDirError::Weights { path, cause })
+}
+
+/// The safetensors encoding of named tensors (what `model.safetensors` and the
+/// training checkpoints hold), in memory, so that it can be written atomically.
+pub fn safetensors_bytes(tensors: &HashMap<String, Tensor>) -> Result<Vec<u8>> {
+    safetensors::tensor::serialize(tensors, None)
+        .map_err(|e| candle_core::Error::Msg(format!("cannot encode safetensors: {e}")))
+}
+
+/// Writes `model` as a model folder `dir` (created if needed): `model.safetensors`
+/// and `config.json`, each written atomically
+/// ([`semla_core::fs::write_atomic`]). Other files in `dir` are left alone.
+pub fn save_segmenter(model: &dyn Segmenter, dir: &Path) -> std::result::Result<(), ModelDirError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |cause: semla_core::FsError| ModelDirError::Io {
+            path,
+            cause: cause.source,
+        }
+    };
+    let weights = dir.join(WEIGHTS_FILE);
+    let tensors: HashMap<String, Tensor> = model.named_tensors().into_iter().collect();
+    let bytes = safetensors_bytes(&tensors).map_err(|cause| ModelDirError::Weights {
+        path: weights.clone(),
+        cause,
+    })?;
+    semla_core::fs::write_atomic(&weights, &bytes).map_err(io(&weights))?;
+    let config = dir.join(CONFIG_FILE);
+    let text =
+        serde_json::to_string_pretty(&model.config()).map_err(|cause| ModelDirError::Config {
+            path: config.clone(),
+            cause,
+        })?;
+    semla_core::fs::write_atomic(&config, text.as_bytes()).map_err(io(&config))
+}
