@@ -392,18 +392,7 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use semla_test_support::max_abs_diff as max_diff;
 
     /// Same value and same input gradient as candle's own ops, and no gradient
     /// entry for the frozen weight (candle's ops leave one).

@@ -13,6 +13,7 @@ use semla_adapters::linalg::{Matrix, low_rank_svd};
 use semla_adapters::{
     Adaptation, AdaptedConv2d, AdaptedLinear, Adapter, AdapterLibrary, Combination, merge, peft,
 };
+use semla_test_support::max_abs_diff;
 
 const TOL: f32 = 1e-5;
 
@@ -26,20 +27,6 @@ fn expected() -> HashMap<String, Tensor> {
 
 fn library() -> AdapterLibrary {
     AdapterLibrary::open(&fixtures().join("library")).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn assert_close(a: &Tensor, b: &Tensor, what: &str) {

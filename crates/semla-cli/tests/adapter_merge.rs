@@ -3,9 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use semla_adapters::peft;
+use semla_test_support::cli::semla;
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -14,13 +14,6 @@ fn fixtures() -> PathBuf {
 
 fn library() -> String {
     fixtures().join("library").display().to_string()
-}
-
-fn semla(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_semla"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 fn json(args: &[&str]) -> Value {

@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use semla_adapters::{Adapter, LoraConfig, peft};
+use semla_test_support::cli::semla;
+use semla_test_support::max_abs_diff;
 use serde_json::Value;
 
 /// Deterministic pseudo-random values in `[-0.5, 0.5)`.
@@ -72,26 +73,6 @@ fn write_adapter(dir: &Path, sites: &[(&str, usize, usize)]) -> Adapter {
     let adapter = Adapter::from_host("delta", LoraConfig::new(2, 4.0), sites).unwrap();
     peft::save_adapter(dir, &adapter).unwrap();
     adapter
-}
-
-fn semla(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_semla"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]
@@ -227,12 +208,9 @@ fn bake_rejects_an_adapter_that_does_not_fit() {
 /// the trained factors stay at A0, B0 and the stored update is (almost) zero.
 #[test]
 fn soma_training_from_the_cli_stores_a_rank_2r_adapter() {
-    let root =
-        std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data"));
-    if !root.join("camvid").is_dir() {
-        eprintln!("skipping: {} has no camvid folder", root.display());
+    let Some(root) = semla_test_support::shared::data_root_with("camvid") else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let base_dir = tmp.path().join("base");
     write_tiny_model(&base_dir);

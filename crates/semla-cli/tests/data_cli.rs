@@ -2,23 +2,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use semla_data::image_io::{read_rgb, write_rgb_png};
 use semla_data::labels::{LabelMap, write_label_map};
-
-fn semla(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_semla"))
-        .args(args)
-        .env_remove("DETECTRON2_DATASETS")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use semla_test_support::cli::semla_text as semla;
 
 fn frame(dir: &Path, split: &str, name: &str, values: &[u16]) {
     let images = dir.join(split);

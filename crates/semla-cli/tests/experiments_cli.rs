@@ -4,25 +4,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use candle_core::Device;
 use semla_adapters::AdapterLibrary;
 use semla_adapters::npz::read_npz_array;
 use semla_models::tiny::TinySegConfig;
 use semla_models::{SegmenterConfig, save_segmenter};
+use semla_test_support::cli::semla;
 use semla_train::lora::{LoraSettings, LoraTrainee};
 use serde_json::Value;
 
 const SOURCES: &str = "synthetic-clear,synthetic-night,synthetic-fog";
-
-fn semla(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_semla"))
-        .args(args)
-        .env_remove("DETECTRON2_DATASETS")
-        .output()
-        .unwrap()
-}
 
 fn ok_json(args: &[&str]) -> Value {
     let mut all = vec!["--json"];

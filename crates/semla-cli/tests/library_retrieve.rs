@@ -2,10 +2,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use semla_adapters::npz::{encode_npy, write_npz};
 use semla_adapters::{Adapter, AdapterLibrary, LoraConfig};
+use semla_test_support::cli::semla;
 use serde_json::Value;
 
 /// A library of rank-1 adapters on one 2x2 linear site, with the given
@@ -30,13 +30,6 @@ fn write_query(dir: &Path, shape: &[usize], values: &[f32]) -> PathBuf {
     let path = dir.join("query.npy");
     std::fs::write(&path, encode_npy(shape, values)).unwrap();
     path
-}
-
-fn semla(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_semla"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 fn retrieve_json(args: &[&str]) -> Value {

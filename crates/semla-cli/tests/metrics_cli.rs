@@ -2,9 +2,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::Path;
-use std::process::Command;
 
 use semla_data::labels::{LabelMap, write_label_map};
+use semla_test_support::cli::semla_text as semla;
 
 fn write_row(path: &Path, values: &[u16]) {
     let map = LabelMap {
@@ -13,19 +13,6 @@ fn write_row(path: &Path, values: &[u16]) {
         values: values.to_vec(),
     };
     write_label_map(path, &map).unwrap();
-}
-
-fn semla(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_semla"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn json(stdout: &str) -> serde_json::Value {

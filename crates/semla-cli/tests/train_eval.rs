@@ -2,30 +2,11 @@
 //! real CamVid frames (skipped when `../shared/data/camvid` is absent).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use semla_test_support::cli::semla_text_in;
+use std::path::PathBuf;
 
 fn data_root() -> Option<PathBuf> {
-    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data"));
-    if root.join("camvid").is_dir() {
-        Some(root)
-    } else {
-        eprintln!("skipping: {} has no camvid folder", root.display());
-        None
-    }
-}
-
-fn semla(args: &[&str], cwd: &Path) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_semla"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    semla_test_support::shared::data_root_with("camvid")
 }
 
 #[test]
@@ -56,7 +37,7 @@ fn train_resume_adapter_and_eval_on_camvid() {
     ];
     train.extend(small);
     train.extend(["--steps", "4", "--out", "m", "--checkpoint-every", "2"]);
-    let (ok, stdout, stderr) = semla(&train, dir.path());
+    let (ok, stdout, stderr) = semla_text_in(dir.path(), &train);
     assert!(ok, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["end_step"], 4);
@@ -70,7 +51,7 @@ fn train_resume_adapter_and_eval_on_camvid() {
     let mut resume = train.clone();
     resume[steps_at] = "6";
     resume.push("--resume");
-    let (ok, stdout, stderr) = semla(&resume, dir.path());
+    let (ok, stdout, stderr) = semla_text_in(dir.path(), &resume);
     assert!(ok, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
@@ -99,7 +80,7 @@ fn train_resume_adapter_and_eval_on_camvid() {
         "--targets",
         "classifier,skip",
     ]);
-    let (ok, _, stderr) = semla(&adapter, dir.path());
+    let (ok, _, stderr) = semla_text_in(dir.path(), &adapter);
     assert!(ok, "{stderr}");
     let config: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("lib/dusk/adapter_config.json")).unwrap(),
@@ -130,7 +111,7 @@ fn train_resume_adapter_and_eval_on_camvid() {
         "--limit",
         "3",
     ];
-    let (ok, stdout, stderr) = semla(&eval, dir.path());
+    let (ok, stdout, stderr) = semla_text_in(dir.path(), &eval);
     assert!(ok, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["images"], 3);
@@ -138,7 +119,8 @@ fn train_resume_adapter_and_eval_on_camvid() {
     assert!((0.0..=1.0).contains(&miou));
     assert_eq!(report["scores"]["classes"].as_array().unwrap().len(), 11);
 
-    let (ok, _, stderr) = semla(
+    let (ok, _, stderr) = semla_text_in(
+        dir.path(),
         &[
             "eval",
             "--model",
@@ -150,7 +132,6 @@ fn train_resume_adapter_and_eval_on_camvid() {
             "--data-root",
             root,
         ],
-        dir.path(),
     );
     assert!(!ok);
     assert!(stderr.contains("nope"), "{stderr}");

@@ -458,14 +458,11 @@ mod tests {
     /// expected train id occurs within 2 pixels of it in the mapped map (resampling only).
     #[test]
     fn cityscapes_sample_label_ids_map_to_train_ids() {
-        let dir = Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/data/cityscapes-sample/gtFine/val/frankfurt"
-        ));
-        if !dir.exists() {
-            eprintln!("skipping: {} absent", dir.display());
+        let Some(dir) =
+            semla_test_support::shared::path("data/cityscapes-sample/gtFine/val/frankfurt")
+        else {
             return;
-        }
+        };
         let stem = "frankfurt_000000_000294_gtFine_";
         let ids = read_label_map(&dir.join(format!("{stem}labelIds.png"))).unwrap();
         let mapped = LabelEncoding::CityscapesLabelIds

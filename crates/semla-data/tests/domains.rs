@@ -416,13 +416,7 @@ fn data_root_with_and_without_trailing_slash() {
 }
 
 fn shared_data() -> Option<PathBuf> {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data"));
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: {} absent", dir.display());
-        None
-    }
+    semla_test_support::shared::path("data")
 }
 
 #[test]

@@ -12,20 +12,10 @@ use semla_models::efficientnet::{self, EfficientLiteSeg, EfficientLiteSegConfig}
 use semla_models::tiny::{TinySeg, TinySegConfig};
 use semla_models::{Segmenter, load_segmenter, save_segmenter};
 
-const WEIGHTS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/weights/efficientnet-lite0-57934424.pth"
-);
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/efficientnet");
 
 fn weights() -> Option<PathBuf> {
-    let p = PathBuf::from(WEIGHTS);
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!("skipping: EfficientNet-Lite0 weights not found at {WEIGHTS}");
-        None
-    }
+    semla_test_support::shared::path("weights/efficientnet-lite0-57934424.pth")
 }
 
 /// max |a - b| / max |b|

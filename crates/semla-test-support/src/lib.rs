@@ -106,6 +106,16 @@ pub mod cli {
         command(args).current_dir(cwd).output().unwrap()
     }
 
+    /// Runs `semla args...`: `(success, stdout, stderr)` as text.
+    pub fn semla_text(args: &[&str]) -> (bool, String, String) {
+        text(&semla(args))
+    }
+
+    /// Runs `semla args...` in the folder `cwd`: `(success, stdout, stderr)` as text.
+    pub fn semla_text_in(cwd: &Path, args: &[&str]) -> (bool, String, String) {
+        text(&semla_in(cwd, args))
+    }
+
     /// `(success, stdout, stderr)` of an output, as text.
     pub fn text(out: &Output) -> (bool, String, String) {
         (

@@ -375,16 +375,7 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use semla_test_support::max_abs_diff as max_diff;
 
     /// Against candle's grouped convolution on an explicitly padded input
     /// (candle's own backward only handles strided sizes with (H - k) % s == 0).
