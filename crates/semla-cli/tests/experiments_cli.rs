@@ -369,4 +369,40 @@ fn experiments_write_official_results_and_refuse_another_embedder() {
     let mask = semla_data::image_io::read_rgb(Path::new(first["mask"].as_str().unwrap())).unwrap();
     assert_eq!((mask.width(), mask.height()), (64, 48));
     assert!(Path::new(first["overlay"].as_str().unwrap()).is_file());
+    assert_eq!(segmented["combination"], "cat");
+
+    // The config's combination_type is honoured (PEFT's linear merge per image),
+    // and one semla cannot fuse exactly is refused, not silently replaced.
+    let config = dir.path().join("semla_config.yaml");
+    std::fs::write(&config, "combination_type: linear\ntop_k: 2\n").unwrap();
+    let linear = ok_json(&[
+        "segment",
+        "--model",
+        m,
+        "--library",
+        lib,
+        "--semla-config",
+        config.to_str().unwrap(),
+        "--out",
+        seg_out.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert_eq!(linear["combination"], "linear");
+    assert_eq!(linear["images"][0]["adapters"], first["adapters"]);
+    std::fs::write(&config, "combination_type: ties\n").unwrap();
+    let out = semla(&[
+        "segment",
+        "--model",
+        m,
+        "--library",
+        lib,
+        "--semla-config",
+        config.to_str().unwrap(),
+        "--out",
+        seg_out.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ties") && err.contains("combination"), "{err}");
 }

@@ -150,6 +150,7 @@ pub fn run(
             "experiment": kind,
             "fusion": options.fusion,
             "embedder": embedder,
+            "combination": config.combination_type,
             "out": out,
             "results": output.results.iter().map(|(t, v)| (t.clone(), serde_json::json!(v))).collect::<serde_json::Map<String, serde_json::Value>>(),
             "targets": output.reports,

@@ -95,6 +95,7 @@ pub fn run(args: SegmentArgs, ctx: &Context) -> anyhow::Result<()> {
         return ctx.print_json(&serde_json::json!({
             "embedder": spec,
             "retrieval": params,
+            "combination": config.combination_type,
             "images": results,
         }));
     }
