@@ -21,6 +21,7 @@ use semla_adapters::apply::{delta_weights, merge_into};
 use semla_adapters::{
     Adaptation, AdaptedLinear, Adapter, AdapterLibrary, Combination, LoraConfig, merge,
 };
+use semla_test_support::max_abs_diff;
 
 fn randn(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-scale..scale)).collect()
@@ -131,18 +132,7 @@ fn main() {
     let worst = forward(&copy, &Adaptation::none())
         .iter()
         .zip(forward(&base, &ad))
-        .map(|(a, b)| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        })
+        .map(|(a, b)| max_abs_diff(a, &b))
         .fold(0f32, f32::max);
     println!("plain forward                       {}", ms(plain));
     println!("factored (build + forward)          {}", ms(factored));

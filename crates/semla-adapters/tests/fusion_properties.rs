@@ -12,6 +12,7 @@ use semla_adapters::apply::{delta_weights, merge_into};
 use semla_adapters::{
     Adaptation, AdaptedConv2d, AdaptedLinear, Adapter, Combination, LoraConfig, merge, peft,
 };
+use semla_test_support::max_abs;
 
 fn randn(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
@@ -43,17 +44,6 @@ fn random_adapter(name: &str, r: usize, alpha: f64, rslora: bool, seed: u64) -> 
         ),
     ];
     Adapter::from_host(name, config, sites).unwrap()
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -13,7 +13,7 @@ use semla_adapters::linalg::{Matrix, low_rank_svd};
 use semla_adapters::{
     Adaptation, AdaptedConv2d, AdaptedLinear, Adapter, AdapterLibrary, Combination, merge, peft,
 };
-use semla_test_support::max_abs_diff;
+use semla_test_support::{max_abs, max_abs_diff};
 
 const TOL: f32 = 1e-5;
 
@@ -255,17 +255,7 @@ fn cat_and_linear_match_peft_add_weighted_adapter() {
             assert_close(&ours.b, &pb.narrow(1, 0, r).unwrap(), site);
             if r < pa.dim(0).unwrap() {
                 let rest = pa.narrow(0, r, pa.dim(0).unwrap() - r).unwrap();
-                assert_eq!(
-                    rest.abs()
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .max(0)
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap(),
-                    0.0
-                );
+                assert_eq!(max_abs(&rest), 0.0);
             }
         }
         let want = &e[&format!("output.{}", spec.name)];

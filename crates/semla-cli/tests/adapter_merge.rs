@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use semla_adapters::peft;
-use semla_test_support::cli::semla;
+use semla_test_support::cli::{semla, semla_error as error, semla_json as json};
+use semla_test_support::max_abs_diff;
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -14,28 +15,6 @@ fn fixtures() -> PathBuf {
 
 fn library() -> String {
     fixtures().join("library").display().to_string()
-}
-
-fn json(args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = semla(&all);
-    assert!(
-        out.status.success(),
-        "semla {all:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn error(args: &[&str]) -> String {
-    let out = semla(args);
-    assert!(
-        !out.status.success(),
-        "semla {args:?} unexpectedly succeeded"
-    );
-    assert!(out.stdout.is_empty());
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
@@ -71,16 +50,7 @@ fn merge_cat_writes_peft_adapter_with_peft_deltas() {
             .delta_weight(merged.scale_for(site))
             .unwrap();
         let want = &expected[&format!("cat.{site}.delta")];
-        let diff = (delta - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&delta, want);
         assert!(diff < 1e-5, "{site}: {diff}");
     }
     // Only the folder itself was created beside nothing else (no temporary folder left).

@@ -10,32 +10,11 @@ use semla_adapters::AdapterLibrary;
 use semla_adapters::npz::read_npz_array;
 use semla_models::tiny::TinySegConfig;
 use semla_models::{SegmenterConfig, save_segmenter};
-use semla_test_support::cli::semla;
+use semla_test_support::cli::{semla, semla_error as error_of, semla_json as ok_json};
 use semla_train::lora::{LoraSettings, LoraTrainee};
 use serde_json::Value;
 
 const SOURCES: &str = "synthetic-clear,synthetic-night,synthetic-fog";
-
-fn ok_json(args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = semla(&all);
-    assert!(
-        out.status.success(),
-        "semla {all:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn error_of(args: &[&str]) -> String {
-    let out = semla(args);
-    assert!(
-        !out.status.success(),
-        "semla {args:?} unexpectedly succeeded"
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// A random tiny model (width 4, seed) saved as a model folder.
 fn write_model(dir: &Path, name: &str, seed: u64) -> PathBuf {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use semla_adapters::npz::{encode_npy, write_npz};
 use semla_adapters::{Adapter, AdapterLibrary, LoraConfig};
-use semla_test_support::cli::semla;
+use semla_test_support::cli::{semla, semla_error, semla_json};
 use serde_json::Value;
 
 /// A library of rank-1 adapters on one 2x2 linear site, with the given
@@ -33,26 +33,11 @@ fn write_query(dir: &Path, shape: &[usize], values: &[f32]) -> PathBuf {
 }
 
 fn retrieve_json(args: &[&str]) -> Value {
-    let mut all = vec!["--json", "library", "retrieve"];
-    all.extend_from_slice(args);
-    let out = semla(&all);
-    assert!(
-        out.status.success(),
-        "semla {all:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    semla_json(&[&["library", "retrieve"], args].concat())
 }
 
 fn retrieve_error(args: &[&str]) -> String {
-    let mut all = vec!["library", "retrieve"];
-    all.extend_from_slice(args);
-    let out = semla(&all);
-    assert!(
-        !out.status.success(),
-        "semla {all:?} unexpectedly succeeded"
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    semla_error(&[&["library", "retrieve"], args].concat())
 }
 
 fn selections(report: &Value) -> Vec<(String, f64, f64)> {

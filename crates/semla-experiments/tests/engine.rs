@@ -21,6 +21,7 @@ use semla_pipeline::embed::segmenter::SegmenterEmbedder;
 use semla_pipeline::mixture::{AdapterChoice, argmax_maps, batch_mixture, mixture_scores};
 use semla_pipeline::prototype::{EmbedOptions, record_prototypes, source_prototype};
 use semla_pipeline::{Embed, EmbedderSpec, Fusion, Semla, SemlaSettings, SourceLibrary};
+use semla_test_support::max_abs_diff;
 use semla_train::lora::{LoraSettings, LoraTrainee};
 
 const DOMAINS: [&str; 3] = ["clear", "night", "fog"];
@@ -326,14 +327,7 @@ fn a_mixed_batch_equals_its_images_run_one_by_one() {
                 fusion,
             )
             .unwrap();
-            let diff = (batch.narrow(0, n, 1).unwrap() - &single)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&batch.narrow(0, n, 1).unwrap(), &single);
             assert!(diff < 1e-4, "{fusion:?} image {n}: max difference {diff}");
         }
         if fusion == Fusion::Weights {
@@ -374,14 +368,7 @@ fn late_fusion_is_the_weighted_average_of_softmax_outputs() {
         candle_nn::ops::softmax(&model.forward(&images, &adaptation).unwrap(), 1).unwrap()
     };
     let expected = ((probs(a) * 0.25).unwrap() + (probs(b) * 0.75).unwrap()).unwrap();
-    let diff = (fused - expected)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&fused, &expected);
     assert!(diff < 1e-6, "{diff}");
 }
 

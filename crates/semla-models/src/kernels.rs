@@ -199,6 +199,7 @@ impl CustomOp3 for FusedAttention {
 mod tests {
     use super::*;
     use candle_core::{D, Device, Tensor};
+    use semla_test_support::max_abs_diff;
 
     #[test]
     fn parallel_chunks_visits_every_element_once_with_its_offset() {
@@ -237,16 +238,7 @@ mod tests {
             .unwrap()
             .reshape((n, len, heads * d))
             .unwrap();
-        let diff = (fused - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&fused, &want);
         assert!(diff < 1e-5, "{diff}");
         // Mismatched shapes are an error, not a panic.
         let short =

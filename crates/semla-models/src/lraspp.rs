@@ -218,6 +218,7 @@ pub fn resize_bilinear(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use semla_test_support::max_abs_diff;
 
     #[test]
     fn bilinear_matches_hand_computed_values() {
@@ -239,14 +240,7 @@ mod tests {
             .unwrap();
         let ours = resize_bilinear(&big, 7, 11).unwrap();
         let theirs = big.upsample_bilinear2d(7, 11, false).unwrap();
-        let d = (ours - theirs)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&ours, &theirs);
         assert!(d < 1e-5, "{d}");
     }
 }

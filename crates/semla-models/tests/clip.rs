@@ -11,6 +11,7 @@ use semla_models::clip::preprocess::pil_resize;
 use semla_models::clip::{
     ClipModel, ClipTokenizer, DenseTokens, ImageProcessor, Kernels, Padding, Resample,
 };
+use semla_test_support::max_abs_diff;
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -411,14 +412,7 @@ fn peft_lora_on_checkpoint_paths_matches_peft() {
         1e-4,
     );
     let base = model.get_image_features(&px, &Adaptation::none()).unwrap();
-    let moved = (feats - &base)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let moved = max_abs_diff(&feats, &base);
     assert!(moved > 1e-2, "the adapter must change the features");
 
     // Per-image mixtures in one batch: weight 1 for the first image, 0 for the second.
@@ -467,16 +461,7 @@ fn composed_kernels_agree_and_backpropagate_to_every_adapter_factor() {
     model.set_kernels(Kernels::Composed);
     let composed = model.get_image_features(&px, &none).unwrap();
     let composed_text = model.get_text_features(&ids, &none).unwrap();
-    let diff = |a: &Tensor, b: &Tensor| {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
+    let diff = |a: &Tensor, b: &Tensor| max_abs_diff(a, b);
     assert!(diff(&fused, &composed) < 1e-5);
     assert!(diff(&fused_text, &composed_text) < 1e-5);
 

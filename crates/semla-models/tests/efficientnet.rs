@@ -11,6 +11,7 @@ use semla_adapters::{Adaptation, FactoredSite, SiteKind};
 use semla_models::efficientnet::{self, EfficientLiteSeg, EfficientLiteSegConfig};
 use semla_models::tiny::{TinySeg, TinySegConfig};
 use semla_models::{Segmenter, load_segmenter, save_segmenter};
+use semla_test_support::{max_abs, max_abs_diff};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/efficientnet");
 
@@ -21,21 +22,8 @@ fn weights() -> Option<PathBuf> {
 /// max |a - b| / max |b|
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(a, b);
+    let scale = max_abs(b);
     diff / scale.max(1e-12)
 }
 

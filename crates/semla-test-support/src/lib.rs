@@ -2,7 +2,8 @@
 //!
 //! What semla's tests share, written once (a dev-dependency only):
 //!
-//! - [`max_abs_diff`]: the largest absolute difference of two tensors;
+//! - [`max_abs_diff`], [`max_abs`]: the largest absolute difference of two
+//!   tensors, the largest absolute value of one;
 //! - [`shared`]: the `../shared` folder of real data and weights, with the
 //!   skip message tests print when it is absent;
 //! - [`cli`]: running the `semla` binary of the workspace.
@@ -17,6 +18,20 @@ use candle_core::{DType, Tensor};
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// `max |t|` over every element (converted to f32).
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.to_dtype(DType::F32)
         .unwrap()
         .abs()
         .unwrap()
@@ -114,6 +129,29 @@ pub mod cli {
     /// Runs `semla args...` in the folder `cwd`: `(success, stdout, stderr)` as text.
     pub fn semla_text_in(cwd: &Path, args: &[&str]) -> (bool, String, String) {
         text(&semla_in(cwd, args))
+    }
+
+    /// Runs `semla --json args...`, which must succeed, and parses its stdout.
+    pub fn semla_json(args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = semla(&all);
+        assert!(
+            out.status.success(),
+            "semla {all:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Runs `semla args...`, which must fail, and returns its stderr.
+    pub fn semla_error(args: &[&str]) -> String {
+        let out = semla(args);
+        assert!(
+            !out.status.success(),
+            "semla {args:?} unexpectedly succeeded"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
     /// `(success, stdout, stderr)` of an output, as text.

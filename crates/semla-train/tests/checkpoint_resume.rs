@@ -5,6 +5,7 @@
 mod common;
 
 use candle_core::Device;
+use semla_test_support::max_abs_diff as max_tensor_diff;
 use semla_train::augment::AugmentConfig;
 use semla_train::lora::{LoraSettings, LoraTrainee};
 use semla_train::runs::{train_adapter, train_base};
@@ -182,16 +183,7 @@ fn adapter_training_resumes_exactly_and_rejects_a_mixed_checkpoint() {
     }
     for ((pa, a1, b1), (_, a2, b2)) in resumed.factors().iter().zip(straight.factors()) {
         for (x, y) in [(a1, &a2), (b1, &b2)] {
-            let d: f32 = (x - y)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let d: f32 = max_tensor_diff(x, y);
             assert!(d < 1e-5, "{pa}: resumed factors differ by {d}");
         }
     }

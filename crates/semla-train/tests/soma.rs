@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use semla_adapters::{Adaptation, Adapter, peft};
 use semla_models::{load_segmenter, save_segmenter};
-use semla_test_support::max_abs_diff;
+use semla_test_support::{max_abs, max_abs_diff};
 use semla_train::augment::AugmentConfig;
 use semla_train::lora::LoraSettings;
 use semla_train::soma::{
@@ -27,17 +27,6 @@ fn fixture() -> HashMap<String, Tensor> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/soma/soma_reference.safetensors");
     candle_core::safetensors::load(&path, &Device::Cpu).unwrap()
-}
-
-fn max_abs(a: &Tensor) -> f32 {
-    a.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// `s B A` with the factors flattened to matrices, reshaped like `weight`.
