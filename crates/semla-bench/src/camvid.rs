@@ -22,8 +22,7 @@ use semla_core::Progress;
 use semla_core::fs::write_atomic;
 use semla_data::domains::{Split, resolve_domain};
 use semla_data::{DomainSource, InMemorySource, Sample, SampleSource};
-use semla_experiments::{ExperimentKind, ExperimentSettings, Target};
-use semla_metrics::Definition;
+use semla_experiments::{ExperimentKind, ExperimentSettings};
 use semla_models::SegmenterConfig;
 use semla_models::efficientnet::{EfficientLiteSegConfig, pretrained_varmap};
 use semla_pipeline::{EmbedderSpec, Semla, SemlaSettings, SourceLibrary};
@@ -33,7 +32,7 @@ use semla_train::lora::LoraSettings;
 use serde::Serialize;
 
 use crate::error::{BenchError, Result};
-use crate::leave_one_out::{TABLE_METHODS, run_leave_one_out};
+use crate::leave_one_out::{TABLE_METHODS, run_leave_one_out, targets};
 use crate::library_build::{BuildData, LibraryPlan, TrainRecipe, build_library};
 use crate::present::markdown::{render_markdown, render_tuning};
 use crate::table::{ResultsTable, assemble, summarise};
@@ -437,7 +436,7 @@ pub fn run_camvid_bench(
                         progress,
                     )?);
                 }
-                let targets = make_targets(&config.domains, &tune_sets, &class_names);
+                let targets = targets(&config.domains, &tune_sets, &class_names);
                 let tuning = tune_retrieval(
                     &semla,
                     &targets,
@@ -484,7 +483,7 @@ pub fn run_camvid_bench(
     phases.end("loading evaluation frames");
 
     // 5. The experiments, leave-one-out.
-    let targets = make_targets(&config.domains, &eval_sets, &class_names);
+    let targets = targets(&config.domains, &eval_sets, &class_names);
     let outputs = run_leave_one_out(
         &semla,
         &targets,
@@ -538,23 +537,6 @@ pub fn run_camvid_bench(
         retrieval,
         tuning,
     })
-}
-
-fn make_targets<'a>(
-    domains: &[String],
-    sets: &'a [InMemorySource],
-    class_names: &[String],
-) -> Vec<Target<'a>> {
-    domains
-        .iter()
-        .zip(sets)
-        .map(|(name, source)| Target {
-            name: name.clone(),
-            source: source as &dyn SampleSource,
-            definition: Definition::Detectron2,
-            class_names: class_names.to_vec(),
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -1,13 +1,18 @@
 //! `semla demo`: SemLA end to end on the synthetic street world, with no
 //! download and no input file.
 //!
-//! 1. Render every domain of the world (train and validation images).
+//! 1. Render every domain of the world (train, validation and tuning images):
+//!    `clear`, and seven styles each with its milder `-light` variant, so that
+//!    every shift has a relative in the library ([`default_domains`]).
 //! 2. Build the library ([`crate::library_build`]): a tiny base segmenter
 //!    trained on the source style (`clear`), one LoRA adapter per domain on the
-//!    frozen base, prototypes from the backbone embedder.
-//! 3. Run zero-shot, uniform, SemLA (weight fusion and late fusion) and oracle,
+//!    frozen base, prototypes from the `style` embedder (the base model's
+//!    early-layer channel statistics, which the CamVid study found best).
+//! 3. Tune SemLA's top-k and temperature on test-split images that neither the
+//!    adapters nor the evaluation see ([`crate::tuning`], as `bench camvid` does).
+//! 4. Run zero-shot, uniform, SemLA (weight fusion and late fusion) and oracle,
 //!    leave-one-out (each target's own adapter removed, except for oracle).
-//! 4. Print the Table-1 style summary and write an HTML report.
+//! 5. Print the Table-1 style summary and write an HTML report.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,22 +23,22 @@ use semla_core::fs::write_atomic;
 use semla_data::image_io::rgb_png_bytes;
 use semla_data::synthetic::{self, SyntheticWorld, render_source};
 use semla_data::{InMemorySource, SampleSource};
-use semla_experiments::{ExperimentKind, ExperimentOutput, ExperimentSettings, Target};
-use semla_metrics::Definition;
+use semla_experiments::{ExperimentKind, ExperimentOutput, ExperimentSettings};
 use semla_models::SegmenterConfig;
 use semla_models::tiny::TinySegConfig;
 use semla_pipeline::render::{colour_mask, upscale};
-use semla_pipeline::{EmbedderSpec, Semla, SemlaSettings, SourceLibrary};
+use semla_pipeline::{Semla, SemlaSettings, SourceLibrary};
 use semla_retrieval::RetrievalParams;
 use semla_train::augment::AugmentConfig;
 use semla_train::lora::LoraSettings;
 use serde::Serialize;
 
 use crate::error::{BenchError, Result};
-use crate::leave_one_out::{TABLE_METHODS, run_leave_one_out};
+use crate::leave_one_out::{TABLE_METHODS, run_leave_one_out, targets};
 use crate::library_build::{BuildData, LibraryPlan, TrainRecipe, build_library};
 use crate::present::report::{Report, ReportSample};
 use crate::table::{ResultsTable, assemble};
+use crate::tuning::{Tuning, tune_retrieval};
 
 /// Everything that sets the size of the demo.
 #[derive(Clone, Debug, Serialize)]
@@ -64,8 +69,16 @@ pub struct DemoConfig {
     pub alpha: f64,
     /// Width of the tiny segmenter.
     pub model_width: usize,
-    /// Retrieval settings of SemLA.
+    /// The query embedder (built on the base model): `style`, the early-layer
+    /// channel statistics the CamVid study found best, by default.
+    pub embedder: String,
+    /// Retrieval settings of SemLA (similarity always; top-k and temperature when
+    /// `tune_images` is 0).
     pub retrieval: RetrievalParams,
+    /// Images per domain on which SemLA's top-k and temperature are tuned: the
+    /// world's test split, which neither the adapters nor the evaluation see
+    /// ([`crate::tuning`]). 0: no tuning.
+    pub tune_images: usize,
     /// Seed of everything.
     pub seed: u64,
     /// Sample images per domain shown in the report.
@@ -92,17 +105,14 @@ impl DemoConfig {
             rank: 8,
             alpha: 16.0,
             model_width: 16,
-            // The official T = 0.05 suits CLIP's distances; the backbone
-            // embedder's prototypes lie closer together relative to their
-            // distance (1/d spans ~0.14-0.2), so a lower temperature is needed
-            // for the softmax to prefer the nearest domains (chosen by a
-            // sweep over T in {0.01, 0.02, 0.05, 0.2} and k in {1, 2, 3, 5}
-            // on the demo itself).
+            embedder: "style".to_string(),
+            // Used as given only without tuning.
             retrieval: RetrievalParams {
                 top_k: 3,
-                temperature: 0.01,
+                temperature: 0.05,
                 ..RetrievalParams::default()
             },
+            tune_images: 12,
             seed: 7,
             report_samples: 1,
         }
@@ -122,15 +132,20 @@ impl DemoConfig {
     }
 }
 
-/// The world's domains, the source style first.
+/// The world's domains, the source style first, then each style and its milder
+/// variant (`fog`, `fog-light`, ...): every shift has a relative in the library,
+/// as in a real one.
 pub fn default_domains() -> Vec<String> {
-    let mut names: Vec<String> = SyntheticWorld::domain_names()
-        .into_iter()
-        .map(str::to_string)
-        .collect();
-    if let Some(i) = names.iter().position(|n| n == "clear") {
-        let clear = names.remove(i);
-        names.insert(0, clear);
+    let mut names = vec!["clear".to_string()];
+    for style in SyntheticWorld::domain_names() {
+        if style == "clear" {
+            continue;
+        }
+        names.push(style.to_string());
+        let light = format!("{style}-light");
+        if SyntheticWorld::domain(&light).is_ok() {
+            names.push(light);
+        }
     }
     names
 }
@@ -146,6 +161,10 @@ pub struct DemoOutcome {
     pub seconds: f64,
     /// Seconds per phase.
     pub phases: Vec<(String, f64)>,
+    /// The retrieval settings SemLA was evaluated with (tuned or given).
+    pub retrieval: RetrievalParams,
+    /// The tuning grid's results, when tuning ran.
+    pub tuning: Option<Tuning>,
 }
 
 /// The demo's data: the rendered training sets of the world's domains.
@@ -271,7 +290,7 @@ pub fn run_demo(
             targets: Vec::new(),
             use_rslora: false,
         },
-        embedder: EmbedderSpec::backbone(),
+        embedder: config.embedder.parse().map_err(BenchError::Invalid)?,
         prototype_batch: 16,
         reuse: false,
         seed: config.seed,
@@ -288,7 +307,7 @@ pub fn run_demo(
     )?;
     phases.extend(&built.phases);
 
-    // 3. The experiments, leave-one-out.
+    // 3. SemLA's top-k and temperature, tuned on test-split images no adapter saw.
     let sources = SourceLibrary::open(&built.library_dir, &config.domains, true)?;
     let semla = Semla::new(
         built.base.clone(),
@@ -300,23 +319,42 @@ pub fn run_demo(
         },
         &device,
     )?;
-    let targets: Vec<Target<'_>> = config
-        .domains
-        .iter()
-        .zip(&val_sets)
-        .map(|(name, source)| Target {
-            name: name.clone(),
-            source: source as &dyn SampleSource,
-            definition: Definition::Detectron2,
-            class_names: class_names.clone(),
-        })
-        .collect();
-    let settings = ExperimentSettings {
+    let mut settings = ExperimentSettings {
         params: config.retrieval,
         batch_size: 16,
         keep_predictions: config.report_samples,
         ..ExperimentSettings::new(ExperimentKind::ZeroShot)
     };
+    let tuning = if config.tune_images > 0 {
+        let mut tune_sets = Vec::new();
+        for name in &config.domains {
+            tune_sets.push(render_source(
+                name,
+                synthetic::Split::Test,
+                config.tune_images,
+                config.width,
+                config.height,
+            )?);
+        }
+        let tuning = tune_retrieval(
+            &semla,
+            &targets(&config.domains, &tune_sets, &class_names),
+            &settings,
+            config.tune_images,
+            progress,
+        )?;
+        if let Some(best) = tuning.points.get(tuning.best) {
+            settings.params.top_k = best.top_k;
+            settings.params.temperature = best.temperature;
+        }
+        Some(tuning)
+    } else {
+        None
+    };
+    phases.end("tuning");
+
+    // 4. The experiments, leave-one-out.
+    let targets = targets(&config.domains, &val_sets, &class_names);
     let outputs = run_leave_one_out(
         &semla,
         &targets,
@@ -332,11 +370,20 @@ pub fn run_demo(
     let table = assemble(&config.domains, &results);
     phases.end("experiments");
 
-    // 4. Table and report.
+    // 5. Table and report.
     let text = table.render_text();
     write_atomic(&out_dir.join("table.txt"), text.as_bytes())?;
     let seconds = started.elapsed().as_secs_f64();
-    let report = build_report(config, &table, &outputs, &val_sets, seconds, phases.list())?;
+    let report = build_report(
+        config,
+        &settings.params,
+        tuning.is_some(),
+        &table,
+        &outputs,
+        &val_sets,
+        seconds,
+        phases.list(),
+    )?;
     let report_path = out_dir.join("report.html");
     write_atomic(&report_path, report.to_html().as_bytes())?;
     let summary = serde_json::json!({
@@ -344,6 +391,8 @@ pub fn run_demo(
         "table": table,
         "h_mean": table.rows.iter().map(|r| (r.method.clone(), table.h_mean(&r.method))).collect::<Vec<_>>(),
         "gap_closure_semla": table.gap_closure("semla"),
+        "retrieval": settings.params,
+        "tuning": tuning,
         "seconds": seconds,
         "phases": phases.list(),
     });
@@ -359,6 +408,8 @@ pub fn run_demo(
         report: report_path,
         seconds: started.elapsed().as_secs_f64(),
         phases: phases.list().to_vec(),
+        retrieval: settings.params,
+        tuning,
     })
 }
 
@@ -367,8 +418,11 @@ fn png(image: &semla_data::RgbImage) -> Result<Vec<u8>> {
     rgb_png_bytes(image).map_err(|e| BenchError::Invalid(format!("encoding a PNG: {e}")))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build_report(
     config: &DemoConfig,
+    retrieval: &RetrievalParams,
+    tuned: bool,
     table: &ResultsTable,
     outputs: &[(String, ExperimentOutput)],
     val_sets: &[InMemorySource],
@@ -433,15 +487,16 @@ fn build_report(
         notes: vec![
             format!(
                 "{} domains ({}); base tiny segmenter trained on `{}`; one rank-{} LoRA adapter per domain; \
-                 prototypes from the backbone embedder; leave-one-out (each target's own adapter removed, except for oracle).",
+                 prototypes from the `{}` embedder; leave-one-out (each target's own adapter removed, except for oracle).",
                 config.domains.len(),
                 config.domains.join(", "),
                 config.domains[0],
-                config.rank
+                config.rank,
+                config.embedder
             ),
             format!(
                 "{}x{} images, {} training and {} validation images per domain; base {} steps, adapters {} steps; \
-                 SemLA top-k {}, temperature {} (tuned for the backbone embedder's distance scale on this demo; the official 0.05 is for CLIP), \
+                 SemLA top-k {}, temperature {}{}, \
                  {} similarity. semla-outputs is the late-fusion ablation (weighted average of the selected adapters' softmax outputs).",
                 config.width,
                 config.height,
@@ -449,9 +504,17 @@ fn build_report(
                 config.val_images,
                 config.base_steps,
                 config.adapter_steps,
-                config.retrieval.top_k,
-                config.retrieval.temperature,
-                config.retrieval.similarity
+                retrieval.top_k,
+                retrieval.temperature,
+                if tuned {
+                    format!(
+                        " (tuned on {} test-split images per domain that neither the adapters nor the evaluation see)",
+                        config.tune_images
+                    )
+                } else {
+                    String::new()
+                },
+                retrieval.similarity
             ),
             format!("Wall time {seconds:.1} s ({}).", phase_text.join(", ")),
         ],

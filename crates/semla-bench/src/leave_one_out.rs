@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use semla_core::Progress;
+use semla_data::{InMemorySource, SampleSource};
 use semla_experiments::{ExperimentKind, ExperimentOutput, ExperimentSettings, Target};
+use semla_metrics::Definition;
 use semla_pipeline::{Fusion, Semla};
 
 use crate::error::Result;
@@ -48,4 +50,23 @@ pub fn run_leave_one_out(
         outputs.push((method, output));
     }
     Ok(outputs)
+}
+
+/// The targets of a study: `domains` with their evaluation samples `sets` (in the
+/// same order), scored with detectron2's mIoU.
+pub fn targets<'a>(
+    domains: &[String],
+    sets: &'a [InMemorySource],
+    class_names: &[String],
+) -> Vec<Target<'a>> {
+    domains
+        .iter()
+        .zip(sets)
+        .map(|(name, source)| Target {
+            name: name.clone(),
+            source: source as &dyn SampleSource,
+            definition: Definition::Detectron2,
+            class_names: class_names.to_vec(),
+        })
+        .collect()
 }

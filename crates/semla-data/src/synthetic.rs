@@ -173,14 +173,26 @@ impl SyntheticWorld {
         style::DOMAINS.iter().map(|d| d.name).collect()
     }
 
-    /// Looks a domain up by name.
+    /// The milder variant of every style but `clear` (`fog-light`, ...), 70 % of the
+    /// way from `clear` to the style: not among [`SyntheticWorld::domains`], but
+    /// looked up by name like them.
+    pub fn variants() -> &'static [DomainStyle] {
+        &style::VARIANTS
+    }
+
+    /// Looks a domain (or a variant) up by name.
     pub fn domain(name: &str) -> Result<&'static DomainStyle, SyntheticError> {
         style::DOMAINS
             .iter()
+            .chain(&style::VARIANTS)
             .find(|d| d.name == name)
             .ok_or_else(|| SyntheticError::UnknownDomain {
                 name: name.to_string(),
-                known: Self::domain_names().join(", "),
+                known: Self::domain_names()
+                    .into_iter()
+                    .chain(style::VARIANTS.iter().map(|d| d.name))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
     }
 

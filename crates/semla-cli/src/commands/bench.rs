@@ -2,9 +2,7 @@
 //! the speed benchmark (`semla bench speed`). The engines are in
 //! [`semla_experiments::bench`]; this module parses, reports and logs.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::Context as _;
 use semla_bench::camvid::{CamVidBenchConfig, run_camvid_bench};
@@ -15,12 +13,11 @@ use semla_bench::speed::{
     ReferenceTiming, SpeedConfig, Timing, library_scale, time_clip, time_segmenter,
 };
 use semla_bench::table::{ResultsTable, summarise};
-use semla_core::Progress;
 use semla_data::domains::Split;
 use semla_retrieval::SimilarityMeasure;
 
 use super::Context;
-use super::common::{Bars, parse_size};
+use super::common::{LogProgress, parse_size, stderr_progress};
 
 /// Arguments of `semla bench`.
 #[derive(clap::Args, Debug)]
@@ -383,11 +380,7 @@ fn run_camvid(args: CamvidArgs, ctx: &Context) -> anyhow::Result<()> {
         config.retrieval.similarity = similarity;
     }
     config.seed = args.seed;
-    let outcome = if std::io::stderr().is_terminal() {
-        run_camvid_bench(&config, &args.out, &mut Bars::new())?
-    } else {
-        run_camvid_bench(&config, &args.out, &mut LogProgress::default())?
-    };
+    let outcome = run_camvid_bench(&config, &args.out, stderr_progress().as_mut())?;
     let table = &outcome.table;
     if ctx.json {
         return ctx.print_json(&serde_json::json!({
@@ -429,74 +422,4 @@ fn run_camvid(args: CamvidArgs, ctx: &Context) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
-}
-
-/// Progress as timestamped lines on stderr (for logs: `nohup`, redirections).
-#[derive(Default)]
-struct LogProgress {
-    label: String,
-    total: u64,
-    last_logged: u64,
-    message: String,
-    started: Option<Instant>,
-}
-
-impl Progress for LogProgress {
-    fn begin(&mut self, label: &str, total: u64) {
-        self.label = label.to_string();
-        self.total = total;
-        self.last_logged = 0;
-        self.message.clear();
-        self.started = Some(Instant::now());
-        eprintln!("[{}] {label} ({total})", stamp());
-    }
-
-    fn set(&mut self, done: u64) {
-        let step = (self.total / 10).max(1);
-        if done >= self.last_logged + step && done < self.total {
-            self.last_logged = done;
-            eprintln!(
-                "[{}]   {} {done}/{} {}",
-                stamp(),
-                self.label,
-                self.total,
-                self.message
-            );
-        }
-    }
-
-    fn message(&mut self, text: &str) {
-        self.message = text.to_string();
-    }
-
-    fn end(&mut self) {
-        let seconds = self
-            .started
-            .map(|s| s.elapsed().as_secs_f64())
-            .unwrap_or(0.0);
-        eprintln!(
-            "[{}]   {} done in {seconds:.1} s {}",
-            stamp(),
-            self.label,
-            self.message
-        );
-    }
-
-    fn note(&mut self, text: &str) {
-        eprintln!("[{}] {text}", stamp());
-    }
-}
-
-/// Seconds since the Unix epoch, as `HH:MM:SS` UTC.
-fn stamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!(
-        "{:02}:{:02}:{:02}",
-        (secs / 3600) % 24,
-        (secs / 60) % 60,
-        secs % 60
-    )
 }

@@ -1,10 +1,13 @@
 //! What several commands share: progress bars for the library's progress
 //! reports, name lists, domain resolution, `HxW` sizes and `LIB/NAME` paths.
 
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use semla_core::Progress;
 use semla_data::domains::{Domain, EvaluatorKind, data_root, resolve_domain};
 use semla_metrics::Definition;
 use semla_pipeline::config::read_domain_list;
@@ -104,7 +107,7 @@ impl Default for Bars {
     }
 }
 
-impl semla_core::Progress for Bars {
+impl Progress for Bars {
     fn begin(&mut self, label: &str, total: u64) {
         if let Some(bar) = self.bar.take() {
             bar.finish();
@@ -144,5 +147,84 @@ impl semla_core::Progress for Bars {
             Some(bar) => bar.println(text),
             None => eprintln!("{text}"),
         }
+    }
+}
+
+/// Progress as timestamped lines on stderr (for logs: `nohup`, redirections).
+#[derive(Default)]
+pub struct LogProgress {
+    label: String,
+    total: u64,
+    last_logged: u64,
+    message: String,
+    started: Option<Instant>,
+}
+
+impl Progress for LogProgress {
+    fn begin(&mut self, label: &str, total: u64) {
+        self.label = label.to_string();
+        self.total = total;
+        self.last_logged = 0;
+        self.message.clear();
+        self.started = Some(Instant::now());
+        eprintln!("[{}] {label} ({total})", stamp());
+    }
+
+    fn set(&mut self, done: u64) {
+        let step = (self.total / 10).max(1);
+        if done >= self.last_logged + step && done < self.total {
+            self.last_logged = done;
+            eprintln!(
+                "[{}]   {} {done}/{} {}",
+                stamp(),
+                self.label,
+                self.total,
+                self.message
+            );
+        }
+    }
+
+    fn message(&mut self, text: &str) {
+        self.message = text.to_string();
+    }
+
+    fn end(&mut self) {
+        let seconds = self
+            .started
+            .map(|s| s.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        eprintln!(
+            "[{}]   {} done in {seconds:.1} s {}",
+            stamp(),
+            self.label,
+            self.message
+        );
+    }
+
+    fn note(&mut self, text: &str) {
+        eprintln!("[{}] {text}", stamp());
+    }
+}
+
+/// Seconds since the Unix epoch, as `HH:MM:SS` UTC.
+fn stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!(
+        "{:02}:{:02}:{:02}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+/// Bars on a terminal, timestamped lines otherwise (logs, redirections).
+pub fn stderr_progress() -> Box<dyn Progress> {
+    if std::io::stderr().is_terminal() {
+        Box::new(Bars::new())
+    } else {
+        Box::new(LogProgress::default())
     }
 }

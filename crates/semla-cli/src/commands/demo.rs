@@ -1,14 +1,15 @@
 //! `semla demo`: SemLA end to end on the embedded synthetic street world (no
-//! download, no input file): base model, one adapter per domain, backbone
-//! prototypes, zero-shot / uniform / SemLA / late fusion / oracle
-//! leave-one-out, a Table-1 style summary and an HTML report.
+//! download, no input file): base model, one adapter per domain, `style`
+//! prototypes, top-k and temperature tuned on held-out images, zero-shot /
+//! uniform / SemLA / late fusion / oracle leave-one-out, a Table-1 style summary
+//! and an HTML report.
 
 use std::path::PathBuf;
 
 use semla_bench::demo::{DemoConfig, run_demo};
 
 use super::Context;
-use super::common::Bars;
+use super::common::stderr_progress;
 
 /// Arguments of `semla demo`.
 #[derive(clap::Args, Debug)]
@@ -16,6 +17,11 @@ pub struct DemoArgs {
     /// Smaller images, fewer images and steps (well under 2 minutes).
     #[arg(long)]
     pub quick: bool,
+    /// The query embedder, built on the demo's base model: `style` (early-layer
+    /// channel statistics) or `backbone` (pooled deep features), `@F` to embed the
+    /// image downscaled by F.
+    #[arg(long, default_value = "style", value_name = "E")]
+    pub embedder: semla_pipeline::EmbedderSpec,
     /// Output folder (model, library, experiment files, table.txt, report.html).
     #[arg(long, default_value = "semla-demo-out", value_name = "DIR")]
     pub out: PathBuf,
@@ -23,13 +29,13 @@ pub struct DemoArgs {
 
 /// Runs `semla demo`.
 pub fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<()> {
-    let config = if args.quick {
+    let mut config = if args.quick {
         DemoConfig::quick()
     } else {
         DemoConfig::full()
     };
-    let mut bars = Bars::new();
-    let outcome = run_demo(&config, &args.out, &mut bars)?;
+    config.embedder = args.embedder.to_string();
+    let outcome = run_demo(&config, &args.out, stderr_progress().as_mut())?;
     let table = &outcome.table;
     if ctx.json {
         return ctx.print_json(&serde_json::json!({
@@ -38,6 +44,8 @@ pub fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<()> {
             "table": table,
             "h_mean": table.rows.iter().map(|r| (r.method.clone(), table.h_mean(&r.method))).collect::<Vec<_>>(),
             "gap_closure_semla": table.gap_closure("semla"),
+            "retrieval": outcome.retrieval,
+            "tuning": outcome.tuning,
             "seconds": outcome.seconds,
         }));
     }
@@ -57,6 +65,16 @@ pub fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<()> {
             semla - zero
         );
     }
+    println!(
+        "SemLA: top-k {}, T = {}{}.",
+        outcome.retrieval.top_k,
+        outcome.retrieval.temperature,
+        if outcome.tuning.is_some() {
+            " (tuned on held-out images)"
+        } else {
+            ""
+        }
+    );
     match table.gap_closure("semla") {
         Some(c) => println!(
             "SemLA closes {:.0} % of the zero-shot to oracle gap (h-mean).",

@@ -120,7 +120,7 @@ pub fn resolve(name: &str, _data_root: &Path) -> Option<Result<Domain, DomainErr
         return Some(Err(DomainError::UnknownDomain {
             name: name.to_string(),
             known: format!(
-                "synthetic-<style> with style one of {}",
+                "synthetic-<style> with style one of {} (or a milder `<style>-light`)",
                 SyntheticWorld::domain_names().join(", ")
             ),
         }));

@@ -323,3 +323,144 @@ pub(crate) const DOMAINS: [DomainStyle; 8] = [
         ..CLEAR
     },
 ];
+
+const fn mix(a: f32, b: f32, t: f32) -> f32 {
+    a + (b - a) * t
+}
+
+const fn mix3(a: Rgb, b: Rgb, t: f32) -> Rgb {
+    [mix(a[0], b[0], t), mix(a[1], b[1], t), mix(a[2], b[2], t)]
+}
+
+const fn mix_weather(a: Weather, b: Weather, t: f32) -> Weather {
+    match (a, b) {
+        (Weather::Clear, Weather::Rain(r)) => Weather::Rain(r * t),
+        (Weather::Clear, Weather::Snow(s)) => Weather::Snow(s * t),
+        (Weather::Rain(x), Weather::Rain(y)) => Weather::Rain(mix(x, y, t)),
+        (Weather::Snow(x), Weather::Snow(y)) => Weather::Snow(mix(x, y, t)),
+        (a, b) => {
+            if t < 0.5 {
+                a
+            } else {
+                b
+            }
+        }
+    }
+}
+
+impl DomainStyle {
+    /// The style a fraction `t` of the way from `a` to `b`: colours, light,
+    /// atmosphere, weather and content rates interpolated; discrete choices (stars,
+    /// blur, wall and paint sets) taken from the nearer end.
+    const fn between(
+        a: &DomainStyle,
+        b: &DomainStyle,
+        t: f32,
+        name: &'static str,
+        description: &'static str,
+    ) -> DomainStyle {
+        let near_b = t >= 0.5;
+        DomainStyle {
+            name,
+            description,
+            sky_zenith: mix3(a.sky_zenith, b.sky_zenith, t),
+            sky_horizon: mix3(a.sky_horizon, b.sky_horizon, t),
+            clouds: mix(a.clouds, b.clouds, t),
+            cloud_colour: mix3(a.cloud_colour, b.cloud_colour, t),
+            sun_disk: (
+                mix3(a.sun_disk.0, b.sun_disk.0, t),
+                mix(a.sun_disk.1, b.sun_disk.1, t),
+            ),
+            stars: if near_b { b.stars } else { a.stars },
+            ambient: mix3(a.ambient, b.ambient, t),
+            sun_light: mix3(a.sun_light, b.sun_light, t),
+            sun_side: if near_b { b.sun_side } else { a.sun_side },
+            window_lit: mix(a.window_lit, b.window_lit, t),
+            emissive: mix(a.emissive, b.emissive, t),
+            lamp_pools: mix(a.lamp_pools, b.lamp_pools, t),
+            road: mix3(a.road, b.road, t),
+            wet: mix(a.wet, b.wet, t),
+            sidewalk: mix3(a.sidewalk, b.sidewalk, t),
+            terrain: mix3(a.terrain, b.terrain, t),
+            vegetation: mix3(a.vegetation, b.vegetation, t),
+            walls: if near_b { b.walls } else { a.walls },
+            car_paints: if near_b { b.car_paints } else { a.car_paints },
+            snow_cover: mix(a.snow_cover, b.snow_cover, t),
+            haze_colour: mix3(a.haze_colour, b.haze_colour, t),
+            haze: mix(a.haze, b.haze, t),
+            weather: mix_weather(a.weather, b.weather, t),
+            saturation: mix(a.saturation, b.saturation, t),
+            contrast: mix(a.contrast, b.contrast, t),
+            tint: mix3(a.tint, b.tint, t),
+            blur: if near_b { b.blur } else { a.blur },
+            sensor_noise: mix(a.sensor_noise, b.sensor_noise, t),
+            car_rate: mix(a.car_rate, b.car_rate, t),
+            person_rate: mix(a.person_rate, b.person_rate, t),
+            tree_rate: mix(a.tree_rate, b.tree_rate, t),
+            building_prob: mix(a.building_prob, b.building_prob, t),
+            building_height: (
+                mix(a.building_height.0, b.building_height.0, t),
+                mix(a.building_height.1, b.building_height.1, t),
+            ),
+            pole_spacing: mix(a.pole_spacing, b.pole_spacing, t),
+        }
+    }
+}
+
+/// How far from `clear` toward its style a `-light` variant lies.
+const LIGHT: f32 = 0.7;
+
+/// Milder versions of the styles (`fog-light`, ...): 70 % of the way from `clear`
+/// to the style, so that a library over the world holds a relative of every shift
+/// (as a real library holds light and dense fog).
+pub(crate) const VARIANTS: [DomainStyle; 7] = [
+    DomainStyle::between(
+        &CLEAR,
+        &DOMAINS[1],
+        LIGHT,
+        "overcast-light",
+        "partly cloudy, softer light",
+    ),
+    DomainStyle::between(
+        &CLEAR,
+        &DOMAINS[2],
+        LIGHT,
+        "night-light",
+        "dusk: dimming light, first lamps",
+    ),
+    DomainStyle::between(
+        &CLEAR,
+        &DOMAINS[3],
+        LIGHT,
+        "fog-light",
+        "light fog: distance fades",
+    ),
+    DomainStyle::between(
+        &CLEAR,
+        &DOMAINS[4],
+        LIGHT,
+        "rain-light",
+        "drizzle: damp road, few streaks",
+    ),
+    DomainStyle::between(
+        &CLEAR,
+        &DOMAINS[5],
+        LIGHT,
+        "snow-light",
+        "light snow: patches on the ground",
+    ),
+    DomainStyle::between(
+        &CLEAR,
+        &DOMAINS[6],
+        LIGHT,
+        "sunset-light",
+        "late afternoon: warm low light",
+    ),
+    DomainStyle::between(
+        &CLEAR,
+        &DOMAINS[7],
+        LIGHT,
+        "desert-light",
+        "dry outskirts: sandy verges",
+    ),
+];

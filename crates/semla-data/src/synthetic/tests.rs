@@ -179,3 +179,29 @@ fn colorize_uses_the_palette() {
     assert_eq!(img.get_pixel(0, 1).0, [0, 0, 0]);
     assert_eq!(img.get_pixel(1, 1).0, PALETTE[7]);
 }
+
+#[test]
+fn light_variants_lie_between_clear_and_their_style() {
+    let clear = SyntheticWorld::domain("clear").unwrap();
+    assert_eq!(
+        SyntheticWorld::variants().len(),
+        SyntheticWorld::domains().len() - 1
+    );
+    for variant in SyntheticWorld::variants() {
+        let style_name = variant.name.strip_suffix("-light").unwrap();
+        let style = SyntheticWorld::domain(style_name).unwrap();
+        // 70 % of the way in every interpolated setting (haze and ambient light here).
+        let expect = |a: f32, b: f32| a + 0.7 * (b - a);
+        assert!((variant.haze - expect(clear.haze, style.haze)).abs() < 1e-6);
+        for c in 0..3 {
+            let want = expect(clear.ambient[c], style.ambient[c]);
+            assert!((variant.ambient[c] - want).abs() < 1e-6, "{}", variant.name);
+        }
+        // Its images are its own: not a copy of either end.
+        let own = features(&sample(variant.name, Split::Train, 0).image);
+        let of_style = features(&sample(style_name, Split::Train, 0).image);
+        assert_ne!(own, of_style, "{}", variant.name);
+    }
+    let err = SyntheticWorld::domain("fog-heavy").unwrap_err().to_string();
+    assert!(err.contains("fog-light"), "{err}");
+}
