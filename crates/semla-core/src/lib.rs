@@ -8,6 +8,7 @@
 //!   synthetic world, benchmark weights).
 //! - [`stats`]: the harmonic mean of the paper's tables.
 //! - [`hash`]: FNV-1a fingerprints (embedder and model identities).
+//! - [`limits`]: bounds on what user input may make semla allocate.
 //! - [`progress`]: the progress-reporting trait long operations report to.
 //!
 //! It depends on nothing but `thiserror`, so the lowest crates (`semla-data`,
@@ -15,10 +16,11 @@
 
 pub mod fs;
 pub mod hash;
+pub mod limits;
 pub mod progress;
 pub mod rng;
 pub mod stats;
 
-pub use fs::{FsError, StagedDir, write_atomic};
+pub use fs::{FsError, StagedDir, remove_on_signals, write_atomic};
 pub use progress::{NoProgress, Progress};
 pub use rng::SplitMix64;
