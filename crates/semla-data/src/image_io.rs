@@ -9,22 +9,88 @@ use crate::labels::LabelError;
 
 /// Reads a photo as 8-bit RGB (any colour type and depth the `image` crate
 /// decodes; alpha is dropped, grey is replicated, as PIL's `convert("RGB")`).
+///
+/// The size is read from the header and checked against
+/// [`semla_core::limits::max_pixels`] before any pixel is decoded, and the decoder
+/// may not allocate beyond it. A JPEG cut short (no end-of-image marker) must
+/// decode strictly, so that a truncated file is an error, not a grey picture.
 pub fn read_rgb(path: &Path) -> Result<RgbImage, LabelError> {
-    let reader = image::ImageReader::open(path).map_err(|source| LabelError::Io {
+    let io = |source| LabelError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    let reader = reader
-        .with_guessed_format()
-        .map_err(|source| LabelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let image = reader.decode().map_err(|err| LabelError::Image {
+    };
+    let image_error = |message: String| LabelError::Image {
         path: path.to_path_buf(),
-        message: err.to_string(),
-    })?;
+        message,
+    };
+    let bytes = read_bounded(path)?;
+    let header = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(io)?;
+    let format = header.format();
+    // The decoders' own messages ("Format error decoding Jpeg: I/O errors ...")
+    // do not say what the user should suspect: a file cut short or damaged.
+    let decode_error = |err: image::ImageError| match format {
+        Some(image::ImageFormat::Jpeg) => image_error(format!("truncated or corrupt JPEG: {err}")),
+        Some(image::ImageFormat::Png) => image_error(format!("truncated or corrupt PNG: {err}")),
+        _ => image_error(err.to_string()),
+    };
+    let (width, height) = header.into_dimensions().map_err(decode_error)?;
+    semla_core::limits::check_pixels(u64::from(width), u64::from(height), "the image")
+        .map_err(image_error)?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(io)?;
+    let mut limits = image::Limits::default();
+    // Decoded pixels (up to 16 bits, 4 channels) plus the decoder's own buffers.
+    limits.max_alloc = Some(
+        (u64::from(width) * u64::from(height))
+            .saturating_mul(16)
+            .saturating_add(64 << 20),
+    );
+    reader.limits(limits);
+    let image = reader.decode().map_err(decode_error)?;
+    if format == Some(image::ImageFormat::Jpeg) && !ends_with_eoi(&bytes) {
+        check_jpeg_strictly(&bytes).map_err(image_error)?;
+    }
     Ok(image.to_rgb8())
+}
+
+/// The bytes of a file read whole, at most [`semla_core::limits::max_file_bytes`].
+pub(crate) fn read_bounded(path: &Path) -> Result<Vec<u8>, LabelError> {
+    let io = |source| LabelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    semla_core::limits::check_file_bytes(len, "the file").map_err(|message| LabelError::Image {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    std::fs::read(path).map_err(io)
+}
+
+/// Whether JPEG data ends with its end-of-image marker (`FF D9`), allowing for
+/// trailing padding.
+fn ends_with_eoi(bytes: &[u8]) -> bool {
+    let trimmed = bytes
+        .iter()
+        .rposition(|&b| b != 0 && b != b'\n' && b != b'\r')
+        .map_or(&bytes[..0], |last| &bytes[..=last]);
+    trimmed.ends_with(&[0xFF, 0xD9])
+}
+
+/// Decodes JPEG data with zune-jpeg's strict checks: a file cut short fails.
+fn check_jpeg_strictly(bytes: &[u8]) -> Result<(), String> {
+    let options = zune_core::options::DecoderOptions::default().set_strict_mode(true);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(
+        zune_core::bytestream::ZCursor::new(bytes),
+        options,
+    );
+    decoder
+        .decode()
+        .map(|_| ())
+        .map_err(|e| format!("truncated or corrupt JPEG: {e}"))
 }
 
 /// Width and height of a photo, read from its header only.
@@ -88,11 +154,81 @@ pub(crate) fn write_png(
     data: &[u8],
 ) -> Result<(), LabelError> {
     let bytes = png_bytes(width, height, color, depth, data).map_err(|err| LabelError::Png {
-        path: path.to_path_buf(),
+        path: semla_core::fs::user_path(path),
         message: err.to_string(),
     })?;
     semla_core::fs::write_atomic(path, &bytes).map_err(|e| LabelError::Io {
         path: e.path,
         source: e.source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CRC-32 (IEEE), as PNG chunks use.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    fn jpeg_bytes() -> Vec<u8> {
+        let img = RgbImage::from_fn(64, 48, |x, y| Rgb([(x * 4) as u8, (y * 5) as u8, 90]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn truncated_jpegs_are_errors_and_whole_ones_decode() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = jpeg_bytes();
+        let whole = dir.path().join("whole.jpg");
+        std::fs::write(&whole, &bytes).unwrap();
+        assert_eq!(read_rgb(&whole).unwrap().dimensions(), (64, 48));
+        // Cut after the headers, and half way through the scan.
+        let sos = bytes.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        for cut in [sos + 12, (sos + bytes.len()) / 2] {
+            let path = dir.path().join(format!("cut{cut}.jpg"));
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            match read_rgb(&path) {
+                Ok(_) => panic!("a JPEG cut at {cut} of {} bytes decoded", bytes.len()),
+                Err(e) => assert!(e.to_string().contains(&format!("cut{cut}.jpg")), "{e}"),
+            }
+        }
+        // Only the end marker missing: every pixel is there, the picture decodes.
+        let path = dir.path().join("no_eoi.jpg");
+        std::fs::write(&path, &bytes[..bytes.len() - 2]).unwrap();
+        assert_eq!(read_rgb(&path).unwrap().dimensions(), (64, 48));
+    }
+
+    #[test]
+    fn a_header_declaring_a_huge_image_is_refused_before_decoding() {
+        // A valid 1x1 PNG whose IHDR claims 100000 x 100000 pixels.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.png");
+        let mut png = rgb_png_bytes(&RgbImage::new(1, 1)).unwrap();
+        png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        // The IHDR chunk's CRC (over type and data) after the edit.
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        std::fs::write(&path, &png).unwrap();
+        let err = read_rgb(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("huge.png") && err.contains("--max-pixels"),
+            "{err}"
+        );
+    }
 }

@@ -115,9 +115,24 @@ pub fn read_label_map(path: &Path) -> Result<LabelMap, LabelError> {
         path: path.to_path_buf(),
         message: err.to_string(),
     };
-    let mut decoder = png::Decoder::new(BufReader::new(file));
+    let max_pixels = semla_core::limits::max_pixels();
+    // Decoded samples are at most 2 bytes x 2 channels per pixel.
+    let limits = png::Limits {
+        bytes: usize::try_from(max_pixels.saturating_mul(4)).unwrap_or(usize::MAX),
+    };
+    let mut decoder = png::Decoder::new_with_limits(BufReader::new(file), limits);
     decoder.set_transformations(png::Transformations::IDENTITY);
     let mut reader = decoder.read_info().map_err(png_error)?;
+    let info = reader.info();
+    semla_core::limits::check_pixels(
+        u64::from(info.width),
+        u64::from(info.height),
+        "the label map",
+    )
+    .map_err(|message| LabelError::Png {
+        path: path.to_path_buf(),
+        message,
+    })?;
     let buffer_size = reader.output_buffer_size().ok_or_else(|| LabelError::Png {
         path: path.to_path_buf(),
         message: "image too large".into(),
@@ -428,6 +443,34 @@ mod tests {
         assert_eq!(image_size(&path).unwrap(), (3, 2));
         let err = image_size(&dir.path().join("nope.png")).unwrap_err();
         assert!(err.to_string().contains("nope.png"));
+    }
+
+    #[test]
+    fn a_label_map_declaring_a_huge_size_is_refused_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.png");
+        write_label_map(&path, &LabelMap::filled(1, 1, 3)).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        bytes[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in &bytes[12..29] {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        bytes[29..33].copy_from_slice(&(!crc).to_be_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let err = read_label_map(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("tiny.png") && err.contains("--max-pixels"),
+            "{err}"
+        );
     }
 
     #[test]

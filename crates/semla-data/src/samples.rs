@@ -218,6 +218,10 @@ impl DomainSource {
         resize: Option<(usize, usize)>,
     ) -> Result<Self, SampleError> {
         let what = || format!("domain {} ({split})", domain.name);
+        if let Some((h, w)) = resize {
+            semla_core::limits::check_pixels(h as u64, w as u64, "the resize size")
+                .map_err(|e| SampleError::new(what(), e))?;
+        }
         let pairs = domain
             .pairs(split)
             .map_err(|e| SampleError::new(what(), e.to_string()))?;
