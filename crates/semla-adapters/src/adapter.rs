@@ -9,6 +9,11 @@ use crate::config::LoraConfig;
 use crate::error::{AdapterError, Result};
 use crate::site::{SiteInfo, SiteKind};
 
+/// The largest entry an adapter's update `delta W` may have. LoRA updates are
+/// small corrections (typically below 1); this bound only keeps the sums of
+/// several adapters far from f32 overflow.
+pub const MAX_DELTA: f64 = 1e6;
+
 /// The LoRA factors of one site, as `f32` tensors on the CPU.
 ///
 /// - Linear: `a` `[r, in]`, `b` `[out, r]`,
@@ -158,25 +163,42 @@ impl Adapter {
                     ),
                 ));
             }
-            for (which, t) in [("lora_A", &site.a), ("lora_B", &site.b)] {
+            let mut largest = [0f64; 2];
+            for (i, (which, t)) in [("lora_A", &site.a), ("lora_B", &site.b)]
+                .into_iter()
+                .enumerate()
+            {
                 if t.dtype() != DType::F32 {
                     return Err(AdapterError::invalid(
                         source,
                         format!("site {path}: {which} is {:?}, expected f32", t.dtype()),
                     ));
                 }
-                let bad = t
-                    .flatten_all()?
-                    .to_vec1::<f32>()?
-                    .iter()
-                    .filter(|x| !x.is_finite())
-                    .count();
+                let values = t.flatten_all()?.to_vec1::<f32>()?;
+                let bad = values.iter().filter(|x| !x.is_finite()).count();
                 if bad > 0 {
                     return Err(AdapterError::invalid(
                         source,
                         format!("site {path}: {which} has {bad} NaN or infinite values"),
                     ));
                 }
+                largest[i] = values.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+            }
+            // |delta W_ij| <= scale * r * max|A| * max|B|: finite factors can still
+            // overflow f32 once multiplied and summed over adapters.
+            let bound = self.config.scale_for(path).abs() * r as f64 * largest[0] * largest[1];
+            // NaN (inf x 0) is out of range too.
+            if bound.is_nan() || bound > MAX_DELTA {
+                return Err(AdapterError::invalid(
+                    source,
+                    format!(
+                        "site {path}: the update can reach {bound:.3e} (scale {:.3e} x rank {r} x max|A| {:.3e} x max|B| {:.3e}), \
+                         more than {MAX_DELTA:.0e}: the factors or lora_alpha are out of range",
+                        self.config.scale_for(path),
+                        largest[0],
+                        largest[1]
+                    ),
+                ));
             }
         }
         Ok(())

@@ -52,7 +52,7 @@ impl AdapterError {
     /// An [`AdapterError::Invalid`] for `path`.
     pub fn invalid(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Self::Invalid {
-            path: path.into(),
+            path: semla_core::fs::user_path(&path.into()),
             message: message.into(),
         }
     }
@@ -60,7 +60,7 @@ impl AdapterError {
     /// An [`AdapterError::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
-            path: path.into(),
+            path: semla_core::fs::user_path(&path.into()),
             source,
         }
     }

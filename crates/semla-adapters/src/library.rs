@@ -25,18 +25,25 @@ use crate::config::LoraConfig;
 use crate::error::{AdapterError, Result};
 use crate::npz::{read_npz_array, write_npz};
 use crate::peft::{self, CONFIG_FILE, Factor};
+use semla_core::StagedDir;
 use semla_core::fs::write_atomic;
 
 /// File name of the embedder record at a library's root.
 pub const RECORD_FILE: &str = "semla_library.json";
 
-/// Format tag (schema and version) of [`EmbedderRecord`].
-pub const RECORD_FORMAT: &str = "semla-library/1";
+/// Format tag (schema and version) of [`EmbedderRecord`] as written now:
+/// folders in `embedder_spec` are relative to the library's root, so a library
+/// can be moved and used from anywhere.
+pub const RECORD_FORMAT: &str = "semla-library/2";
+
+/// The first format, still read: folders in `embedder_spec` are as they were
+/// given (relative to the working folder of the command that wrote them).
+pub const RECORD_FORMAT_V1: &str = "semla-library/1";
 
 /// Which embedder made a library's prototypes (`semla_library.json`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EmbedderRecord {
-    /// [`RECORD_FORMAT`].
+    /// [`RECORD_FORMAT`] (or [`RECORD_FORMAT_V1`] for a library written before).
     pub format: String,
     /// Embedder kind (`clip`, `backbone`, `style`, ...).
     pub embedder: String,
@@ -45,7 +52,8 @@ pub struct EmbedderRecord {
     /// Prototype dimension `D`.
     pub dimension: usize,
     /// How the embedder was named when the prototypes were made (`style@2`,
-    /// `clip:DIR`), so that queries can be embedded the same way.
+    /// `clip:DIR`, a folder relative to the library's root), so that queries can be
+    /// embedded the same way.
     #[serde(default)]
     pub embedder_spec: String,
     /// Number of images averaged into each prototype, by adapter name.
@@ -75,7 +83,7 @@ impl EmbedderRecord {
         let text = std::fs::read_to_string(&path).map_err(|e| AdapterError::io(&path, e))?;
         let record: Self = serde_json::from_str(&text)
             .map_err(|e| AdapterError::invalid(&path, format!("invalid JSON: {e}")))?;
-        if record.format != RECORD_FORMAT {
+        if record.format != RECORD_FORMAT && record.format != RECORD_FORMAT_V1 {
             return Err(AdapterError::invalid(
                 &path,
                 format!(
@@ -262,42 +270,84 @@ impl LibraryEntry {
     }
 }
 
+/// An adapter folder of a library that cannot be used (a corrupt config or
+/// weights file), listed so that the rest of the library stays usable.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BrokenEntry {
+    /// Adapter name (its folder name).
+    pub name: String,
+    /// Its folder.
+    pub dir: PathBuf,
+    /// What is wrong, naming the file.
+    pub error: String,
+}
+
 /// An adapter library folder, listed at [`open`](Self::open).
 #[derive(Clone, Debug)]
 pub struct AdapterLibrary {
     root: PathBuf,
     entries: BTreeMap<String, LibraryEntry>,
+    broken: BTreeMap<String, BrokenEntry>,
     record: Option<EmbedderRecord>,
 }
 
 impl AdapterLibrary {
     /// Lists the adapters of `root`: every sub-folder holding an
-    /// `adapter_config.json`. Reads configs and weights headers only; a
-    /// corrupt adapter is an error naming its file.
+    /// `adapter_config.json` (temporary folders of writes in progress are
+    /// skipped). Reads configs and weights headers only; a corrupt adapter is
+    /// listed as broken ([`broken`](Self::broken)) with the error naming its file,
+    /// and only using it fails.
     pub fn open(root: &Path) -> Result<Self> {
         let read = std::fs::read_dir(root).map_err(|e| AdapterError::io(root, e))?;
         let mut entries = BTreeMap::new();
+        let mut broken = BTreeMap::new();
         for item in read {
             let item = item.map_err(|e| AdapterError::io(root, e))?;
             let dir = item.path();
-            if !dir.is_dir() || !dir.join(CONFIG_FILE).is_file() {
+            let file_name = item.file_name();
+            let name = file_name.to_string_lossy();
+            if semla_core::fs::is_temporary_name(&name)
+                || !dir.is_dir()
+                || !dir.join(CONFIG_FILE).is_file()
+            {
                 continue;
             }
-            let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
-                return Err(AdapterError::invalid(
+            let name = name.into_owned();
+            let read = match file_name.to_str() {
+                Some(_) => LibraryEntry::read(&dir, &name),
+                None => Err(AdapterError::invalid(
                     &dir,
                     "adapter folder name is not valid UTF-8",
-                ));
+                )),
             };
-            let entry = LibraryEntry::read(&dir, &name)?;
-            entries.insert(name, entry);
+            match read {
+                Ok(entry) => {
+                    entries.insert(name, entry);
+                }
+                Err(e) => {
+                    broken.insert(
+                        name.clone(),
+                        BrokenEntry {
+                            name,
+                            dir,
+                            error: e.to_string(),
+                        },
+                    );
+                }
+            }
         }
         let record = EmbedderRecord::read(root)?;
         Ok(Self {
             root: root.to_path_buf(),
             entries,
+            broken,
             record,
         })
+    }
+
+    /// The adapters that cannot be used, with their errors, sorted by name.
+    pub fn broken(&self) -> impl Iterator<Item = &BrokenEntry> {
+        self.broken.values()
     }
 
     /// The record of which embedder made the prototypes, if the library has one.
@@ -371,12 +421,12 @@ impl AdapterLibrary {
                 }
             }
         }
+        // The prototypes and the record change together: staged in a copy of the
+        // library (hard links) and swapped in whole, so an interrupted write
+        // leaves the old prototypes with the old record.
+        let staged = StagedDir::from_existing(&self.root)?;
         for (name, prototype, count) in prototypes {
-            let dir = self.entry(name)?.dir.clone();
-            let path = write_prototype(&dir, name, prototype)?;
-            if let Some(entry) = self.entries.get_mut(name) {
-                entry.prototype_file = Some(path);
-            }
+            write_prototype(&staged.path().join(name), name, prototype)?;
             images.insert(name.clone(), *count);
         }
         let record = EmbedderRecord {
@@ -387,7 +437,13 @@ impl AdapterLibrary {
             embedder_spec: embedder.spec.clone(),
             images,
         };
-        record.write(&self.root)?;
+        record.write(staged.path())?;
+        staged.commit()?;
+        for (name, _, _) in prototypes {
+            if let Some(entry) = self.entries.get_mut(name) {
+                entry.prototype_file = Some(entry.dir.join(prototype_file_name(name)));
+            }
+        }
         Ok(self.record.insert(record))
     }
 
@@ -416,8 +472,15 @@ impl AdapterLibrary {
         self.entries.values()
     }
 
-    /// The entry of `name`; an unknown name is an error listing the available ones.
+    /// The entry of `name`; a broken adapter is its error, an unknown name an
+    /// error listing the available ones.
     pub fn entry(&self, name: &str) -> Result<&LibraryEntry> {
+        if let Some(broken) = self.broken.get(name) {
+            return Err(AdapterError::invalid(
+                &broken.dir,
+                format!("adapter {name} is unusable: {}", broken.error),
+            ));
+        }
         self.entries
             .get(name)
             .ok_or_else(|| AdapterError::UnknownAdapter {
@@ -425,6 +488,11 @@ impl AdapterLibrary {
                 library: self.root.clone(),
                 available: self.entries.keys().cloned().collect(),
             })
+    }
+
+    /// Whether the library holds an adapter folder `name` (usable or broken).
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name) || self.broken.contains_key(name)
     }
 
     /// Loads the tensors of adapter `name` (memory-mapped, copied to f32).
@@ -446,13 +514,33 @@ impl AdapterLibrary {
         read_prototype(path)
     }
 
-    /// Saves `adapter` as `<root>/<adapter.name>/` (PEFT format, atomic
-    /// files), with its prototype if given, and adds it to the listing.
+    /// Saves `adapter` as a new folder `<root>/<adapter.name>/` (PEFT format),
+    /// with its prototype if given, and adds it to the listing. An existing
+    /// adapter of that name is an error ([`replace`](Self::replace) it instead).
     ///
     /// A prototype of unknown origin can only join a library without an embedder
     /// record (an official `loradb`); where the library records its embedder,
     /// prototypes are written with [`set_prototypes`](Self::set_prototypes).
     pub fn add(&mut self, adapter: &Adapter, prototype: Option<&[f32]>) -> Result<()> {
+        if self.contains(&adapter.name) {
+            return Err(AdapterError::InvalidArgument(format!(
+                "the library {} already holds an adapter {:?}; replace it explicitly (--force)",
+                self.root.display(),
+                adapter.name
+            )));
+        }
+        self.write_entry(adapter, prototype)
+    }
+
+    /// Saves `adapter` as `<root>/<adapter.name>/`, replacing the whole folder of
+    /// an adapter of that name (its old prototype goes with it), with the new
+    /// prototype if given.
+    pub fn replace(&mut self, adapter: &Adapter, prototype: Option<&[f32]>) -> Result<()> {
+        self.write_entry(adapter, prototype)
+    }
+
+    /// Writes the folder of `adapter` whole: staged beside it, swapped in.
+    fn write_entry(&mut self, adapter: &Adapter, prototype: Option<&[f32]>) -> Result<()> {
         if let (Some(_), Some(record)) = (prototype, &self.record) {
             return Err(AdapterError::InvalidArgument(format!(
                 "{}: the library records its embedder ({}); a prototype of unknown origin \
@@ -471,11 +559,14 @@ impl AdapterLibrary {
             )));
         }
         let dir = self.root.join(&adapter.name);
-        peft::save_adapter(&dir, adapter)?;
+        let staged = StagedDir::new(&dir)?;
+        peft::write_adapter_files(staged.path(), adapter)?;
         if let Some(p) = prototype {
-            write_prototype(&dir, &adapter.name, p)?;
+            write_prototype(staged.path(), &adapter.name, p)?;
         }
+        staged.commit()?;
         let entry = LibraryEntry::read(&dir, &adapter.name)?;
+        self.broken.remove(&adapter.name);
         self.entries.insert(adapter.name.clone(), entry);
         Ok(())
     }

@@ -256,11 +256,20 @@ pub fn read_tensor_shapes(file: &Path) -> Result<Vec<(String, String, Vec<usize>
     Ok(out)
 }
 
-/// Writes `adapter` to `dir` in PEFT format (`adapter_model.safetensors` with
-/// metadata `{"format": "pt"}`, then `adapter_config.json`), each file
-/// atomically. Creates `dir` if needed. The adapter is validated first. A
-/// config without `target_modules` is written with the list of site paths.
+/// Writes `adapter` as the PEFT folder `dir`, whole: staged beside it and swapped
+/// in, replacing any folder of that name ([`write_adapter_files`] inside).
 pub fn save_adapter(dir: &Path, adapter: &Adapter) -> Result<()> {
+    let staged = semla_core::StagedDir::new(dir)?;
+    write_adapter_files(staged.path(), adapter)?;
+    Ok(staged.commit()?)
+}
+
+/// Writes `adapter`'s files into the folder `dir` in PEFT format
+/// (`adapter_model.safetensors` with metadata `{"format": "pt"}`, then
+/// `adapter_config.json`), each file atomically. Creates `dir` if needed. The
+/// adapter is validated first. A config without `target_modules` is written with
+/// the list of site paths.
+pub fn write_adapter_files(dir: &Path, adapter: &Adapter) -> Result<()> {
     adapter.validate(&dir.join(SAFETENSORS_FILE))?;
     std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
     let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();

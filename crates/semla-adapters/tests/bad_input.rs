@@ -56,7 +56,17 @@ fn write_adapter(
     write_safetensors(&dir.join("adapter_model.safetensors"), tensors);
 }
 
-/// Asserts both the library listing (headers) and loading fail, naming the file and `needle`.
+/// The error of the broken adapter `name` of the library at `root` (the library
+/// itself opens).
+fn broken_error(root: &std::path::Path, name: &str) -> String {
+    let library = AdapterLibrary::open(root).unwrap();
+    let broken = library.broken().find(|b| b.name == name).unwrap();
+    assert!(library.entry(name).is_err());
+    broken.error.clone()
+}
+
+/// Asserts that the library lists the adapter as broken (the rest of the library
+/// stays usable) and that using or loading it fails, naming the file and `needle`.
 fn assert_rejected(
     tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)],
     r: usize,
@@ -65,8 +75,20 @@ fn assert_rejected(
     let tmp = tempfile::tempdir().unwrap();
     write_adapter(tmp.path(), "bad", r, tensors);
     let file = "bad/adapter_model.safetensors";
-    let err = AdapterLibrary::open(tmp.path()).unwrap_err().to_string();
+    let library = AdapterLibrary::open(tmp.path()).unwrap();
+    let broken: Vec<_> = library.broken().collect();
+    assert_eq!(broken.len(), 1);
+    assert_eq!(broken[0].name, "bad");
+    let err = &broken[0].error;
     assert!(err.contains(file) && err.contains(needle), "open: {err}");
+    assert!(library.names().is_empty());
+    let err = library.entry("bad").unwrap_err().to_string();
+    assert!(err.contains(file) && err.contains(needle), "entry: {err}");
+    let err = library.load("bad").unwrap_err().to_string();
+    assert!(
+        err.contains(file) && err.contains(needle),
+        "library load: {err}"
+    );
     let err = peft::load_adapter(&tmp.path().join("bad"))
         .unwrap_err()
         .to_string();
@@ -175,7 +197,7 @@ fn unexpected_keys_and_corrupt_files() {
     let file = tmp.path().join("cut/adapter_model.safetensors");
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() - 10]).unwrap();
-    let err = AdapterLibrary::open(tmp.path()).unwrap_err().to_string();
+    let err = broken_error(tmp.path(), "cut");
     assert!(
         err.contains("cut/adapter_model.safetensors") && err.contains("truncated"),
         "{err}"
@@ -191,7 +213,7 @@ fn unexpected_keys_and_corrupt_files() {
     assert!(err.contains("cut/adapter_model.safetensors"), "{err}");
     // A config that is not JSON.
     std::fs::write(tmp.path().join("cut/adapter_config.json"), "{").unwrap();
-    let err = AdapterLibrary::open(tmp.path()).unwrap_err().to_string();
+    let err = broken_error(tmp.path(), "cut");
     assert!(
         err.contains("cut/adapter_config.json") && err.contains("not valid JSON"),
         "{err}"
@@ -203,7 +225,7 @@ fn unexpected_keys_and_corrupt_files() {
     )
     .unwrap();
     std::fs::remove_file(&file).unwrap();
-    let err = AdapterLibrary::open(tmp.path()).unwrap_err().to_string();
+    let err = broken_error(tmp.path(), "cut");
     assert!(
         err.contains("neither adapter_model.safetensors nor adapter_model.bin"),
         "{err}"
