@@ -117,6 +117,24 @@ pub fn load_segmenter(
             path: path.clone(),
             cause,
         })?;
+    // A NaN or infinite weight would make every prediction garbage, silently.
+    for (name, tensor) in &tensors {
+        let values: Vec<f32> = tensor
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(|cause| ModelDirError::Weights {
+                path: path.clone(),
+                cause,
+            })?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(ModelDirError::Weights {
+                path,
+                cause: candle_core::Error::Msg(format!(
+                    "tensor {name} has a NaN or infinite value at index {i}"
+                )),
+            });
+        }
+    }
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     config
         .build(&vb)
@@ -130,29 +148,27 @@ pub fn safetensors_bytes(tensors: &HashMap<String, Tensor>) -> Result<Vec<u8>> {
         .map_err(|e| candle_core::Error::Msg(format!("cannot encode safetensors: {e}")))
 }
 
-/// Writes `model` as a model folder `dir` (created if needed): `model.safetensors`
-/// and `config.json`, each written atomically
-/// ([`semla_core::fs::write_atomic`]). Other files in `dir` are left alone.
+/// Writes `model` as the model folder `dir`: `model.safetensors` and
+/// `config.json` change together, staged in a copy of the folder (other files,
+/// such as training checkpoints, stay) and swapped in whole
+/// ([`semla_core::StagedDir::from_existing`]).
 pub fn save_segmenter(model: &dyn Segmenter, dir: &Path) -> std::result::Result<(), ModelDirError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |cause: semla_core::FsError| ModelDirError::Io {
-            path,
-            cause: cause.source,
-        }
+    let io = |cause: semla_core::FsError| ModelDirError::Io {
+        path: cause.path,
+        cause: cause.source,
     };
-    let weights = dir.join(WEIGHTS_FILE);
     let tensors: HashMap<String, Tensor> = model.named_tensors().into_iter().collect();
     let bytes = safetensors_bytes(&tensors).map_err(|cause| ModelDirError::Weights {
-        path: weights.clone(),
+        path: dir.join(WEIGHTS_FILE),
         cause,
     })?;
-    semla_core::fs::write_atomic(&weights, &bytes).map_err(io(&weights))?;
-    let config = dir.join(CONFIG_FILE);
     let text =
         serde_json::to_string_pretty(&model.config()).map_err(|cause| ModelDirError::Config {
-            path: config.clone(),
+            path: dir.join(CONFIG_FILE),
             cause,
         })?;
-    semla_core::fs::write_atomic(&config, text.as_bytes()).map_err(io(&config))
+    let staged = semla_core::StagedDir::from_existing(dir).map_err(io)?;
+    semla_core::fs::write_atomic(&staged.path().join(WEIGHTS_FILE), &bytes).map_err(io)?;
+    semla_core::fs::write_atomic(&staged.path().join(CONFIG_FILE), text.as_bytes()).map_err(io)?;
+    staged.commit().map_err(io)
 }

@@ -161,6 +161,8 @@ pub fn make_batch(
             "the training source has no samples".into(),
         ));
     }
+    semla_core::limits::check_batch(config.batch_size as u64, "a training batch")
+        .map_err(TrainError::Config)?;
     let mut rng = SplitMix64::for_step(config.seed, step as u64, 0);
     let mut samples = Vec::with_capacity(config.batch_size);
     let mut labels = Vec::new();
