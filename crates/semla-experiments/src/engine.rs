@@ -81,6 +81,8 @@ pub fn score_source(
         )));
     }
     let batch_size = batch_size.max(1);
+    semla_core::limits::check_batch(batch_size as u64, "a batch")
+        .map_err(ExperimentError::Invalid)?;
     let ignore = u16::try_from(source.ignore_label()).ok();
     let mut confusion = ConfusionMatrix::new(num_classes);
     progress.begin(label, total as u64);
@@ -104,11 +106,18 @@ pub fn score_source(
                 .iter()
                 .map(|&l| l.min(u16::MAX as u32) as u16)
                 .collect();
-            confusion
+            let report = confusion
                 .accumulate(&classes, &truth, ignore)
                 .map_err(|e| {
                     ExperimentError::Invalid(format!("{}: {e}", source.describe(*index)))
                 })?;
+            if report.invalid_ground_truth > 0 {
+                tracing::warn!(
+                    "{}: {} ground-truth pixels are neither a class (0..{num_classes}) nor the ignore value; they are not scored",
+                    source.describe(*index),
+                    report.invalid_ground_truth
+                );
+            }
             each(ScoredImage {
                 index: *index,
                 sample,
@@ -316,6 +325,12 @@ pub fn evaluate(
         &mut |samples| {
             let images = norm.batch(samples, device)?;
             let logits = model.forward(&images, adaptation)?;
+            let values: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err(ExperimentError::Invalid(
+                    "the model's output is not finite (NaN or infinite): its weights or the adapter's are out of range".into(),
+                ));
+            }
             Ok(argmax_maps(&logits)?
                 .into_iter()
                 .map(|classes| (classes, Vec::new()))

@@ -29,15 +29,22 @@ impl SourceLibrary {
         Self::from_library(&library, sources, with_prototypes)
     }
 
-    /// Every adapter of the library at `root` that has a prototype, sorted by
-    /// name, with the prototypes (what `semla segment` fuses from by default).
+    /// Every usable adapter of the library at `root` that has a readable
+    /// prototype, sorted by name, with the prototypes (what `semla segment` fuses
+    /// from by default). Broken adapters and prototypes are left out with a
+    /// warning naming them.
     pub fn open_with_prototypes(root: &Path) -> Result<Self> {
         let library = AdapterLibrary::open(root)?;
-        let names: Vec<String> = library
-            .entries()
-            .filter(|e| e.has_prototype())
-            .map(|e| e.name.clone())
-            .collect();
+        for broken in library.broken() {
+            tracing::warn!("left out: {}", broken.error);
+        }
+        let mut names = Vec::new();
+        for entry in library.entries().filter(|e| e.has_prototype()) {
+            match library.prototype(&entry.name) {
+                Ok(_) => names.push(entry.name.clone()),
+                Err(e) => tracing::warn!("left out {}: {e}", entry.name),
+            }
+        }
         Self::from_library(&library, &names, true)
     }
 

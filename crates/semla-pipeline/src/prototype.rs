@@ -108,6 +108,8 @@ pub fn source_prototype(
     let mut acc = MeanAccumulator::new(label);
     let total = source.len().min(options.limit.unwrap_or(usize::MAX));
     let batch_size = options.batch_size.max(1);
+    semla_core::limits::check_batch(batch_size as u64, "an embedding batch")
+        .map_err(PipelineError::Invalid)?;
     progress.begin(&format!("embedding {label}"), total as u64);
     let mut batch: Vec<Sample> = Vec::new();
     for index in 0..total {
@@ -179,7 +181,7 @@ pub fn record_prototypes(
 ) -> Result<EmbedderRecord> {
     let mut library = AdapterLibrary::open(root)?;
     Ok(library
-        .set_prototypes(&identity(embedder), prototypes)?
+        .set_prototypes(&identity(embedder, root), prototypes)?
         .clone())
 }
 

@@ -114,6 +114,27 @@ impl Prediction {
     }
 }
 
+/// Fails when scores `[N, C, H, W]` hold a NaN or infinite value, naming the
+/// adapters the images ran with: a model or adapter out of range must not give a
+/// plausible-looking segmentation.
+fn check_finite(scores: &Tensor, mixtures: &[Vec<AdapterChoice>]) -> Result<()> {
+    let values: Vec<f32> = scores.flatten_all()?.to_vec1()?;
+    if values.iter().all(|v| v.is_finite()) {
+        return Ok(());
+    }
+    let mut names: Vec<&str> = mixtures.iter().flatten().map(|c| c.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let with = if names.is_empty() {
+        "without adapters".to_string()
+    } else {
+        format!("with the adapters {}", names.join(", "))
+    };
+    Err(PipelineError::Invalid(format!(
+        "the model's output {with} is not finite (NaN or infinite): the weights of the model or of an adapter are out of range"
+    )))
+}
+
 /// SemLA on one segmenter with one library (see the module documentation).
 pub struct Semla {
     model: Arc<dyn Segmenter>,
@@ -167,8 +188,9 @@ impl Semla {
 
     /// [`new`](Self::new) with the embedder a spec names, chosen as a library's
     /// queries must be: the explicit spec, else the one recorded with the
-    /// library's prototypes, else `backbone` (built on `model` when the spec
-    /// names no segmenter folder).
+    /// library's prototypes (its folder relative to the library; when that folder
+    /// is gone, `model` itself if it is the recorded embedder's segmenter), else
+    /// `backbone` (built on `model` when the spec names no segmenter folder).
     pub fn with_embedder_spec(
         model: Arc<dyn Segmenter>,
         library: SourceLibrary,
@@ -176,11 +198,29 @@ impl Semla {
         settings: SemlaSettings,
         device: &Device,
     ) -> Result<Self> {
-        let spec = EmbedderSpec::resolve(spec, library.record());
-        let embedder = spec.build(&BuildContext {
+        let explicit = spec.is_some();
+        let spec = EmbedderSpec::resolve(spec, library.record(), library.root());
+        let ctx = BuildContext {
             device,
             model: Some(&model),
-        })?;
+        };
+        let embedder = match spec.build(&ctx) {
+            Ok(embedder) => embedder,
+            // The recorded segmenter folder is gone (the library was moved without
+            // it): the command's model serves if it is the one the record names.
+            Err(e) if !explicit && spec.dir.as_ref().is_some_and(|d| !d.exists()) => {
+                let own = EmbedderSpec {
+                    dir: None,
+                    ..spec.clone()
+                }
+                .build(&ctx);
+                match (own, library.record()) {
+                    (Ok(own), Some(record)) if record.embedder_id == own.id() => own,
+                    _ => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         Self::new(model, library, Some(embedder), settings, device)
     }
 
@@ -319,6 +359,7 @@ impl Semla {
                 mixture_scores(self.model.as_ref(), &images, &adapters, &rows, fusion)?
             }
         };
+        check_finite(&scores, &mixtures)?;
         let forward_s = started.elapsed().as_secs_f64();
         let started = Instant::now();
         let maps = argmax_maps(&scores)?;

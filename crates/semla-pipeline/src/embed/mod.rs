@@ -73,13 +73,43 @@ pub trait Embed: Send + Sync {
     }
 }
 
-/// The identity a library records for prototypes made by `embedder`.
-pub fn identity(embedder: &dyn Embed) -> EmbedderIdentity {
+/// The identity a library at `library_root` records for prototypes made by
+/// `embedder`: its folder, if any, written relative to the library's root.
+pub fn identity(embedder: &dyn Embed, library_root: &Path) -> EmbedderIdentity {
+    let mut spec = embedder.spec().clone();
+    if let Some(dir) = &spec.dir
+        && let Some(relative) = relative_to(dir, library_root)
+    {
+        spec.dir = Some(relative);
+    }
     EmbedderIdentity {
         kind: embedder.kind().to_string(),
         id: embedder.id().to_string(),
-        spec: embedder.spec().to_string(),
+        spec: spec.to_string(),
     }
+}
+
+/// `path` relative to `base` (both resolved on disk), or `None` where they cannot
+/// be resolved or share no root.
+fn relative_to(path: &Path, base: &Path) -> Option<PathBuf> {
+    let path = path.canonicalize().ok()?;
+    let base = base.canonicalize().ok()?;
+    let (p, b): (Vec<_>, Vec<_>) = (path.components().collect(), base.components().collect());
+    let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    if common == 0 {
+        return None;
+    }
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &p[common..] {
+        out.push(c);
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    Some(out)
 }
 
 /// An embedder as named on the command line: `KIND[:DIR][@F]`.
@@ -164,12 +194,30 @@ impl EmbedderSpec {
     }
 
     /// The spec to embed queries of a library with: the explicit one, else the
-    /// one recorded with the library's prototypes, else `backbone`.
-    pub fn resolve(explicit: Option<&EmbedderSpec>, record: Option<&EmbedderRecord>) -> Self {
+    /// one recorded with the library's prototypes (its folder relative to the
+    /// library's root `library_root`), else `backbone`.
+    pub fn resolve(
+        explicit: Option<&EmbedderSpec>,
+        record: Option<&EmbedderRecord>,
+        library_root: &Path,
+    ) -> Self {
         explicit
             .cloned()
-            .or_else(|| record.and_then(|r| r.embedder_spec.parse().ok()))
+            .or_else(|| record.and_then(|r| Self::recorded(r, library_root)))
             .unwrap_or_else(Self::backbone)
+    }
+
+    /// The spec a library's record names, its folder resolved: relative to the
+    /// library's root (records of format 2), or as written (format 1).
+    pub fn recorded(record: &EmbedderRecord, library_root: &Path) -> Option<Self> {
+        let mut spec: Self = record.embedder_spec.parse().ok()?;
+        if record.format != semla_adapters::library::RECORD_FORMAT_V1
+            && let Some(dir) = &spec.dir
+            && dir.is_relative()
+        {
+            spec.dir = Some(library_root.join(dir));
+        }
+        Some(spec)
     }
 }
 
@@ -294,14 +342,34 @@ mod tests {
         };
         let explicit: EmbedderSpec = "clip:c".parse().unwrap();
         assert_eq!(
-            EmbedderSpec::resolve(Some(&explicit), Some(&record)),
+            EmbedderSpec::resolve(Some(&explicit), Some(&record), Path::new("lib")),
             explicit
         );
         assert_eq!(
-            EmbedderSpec::resolve(None, Some(&record)).to_string(),
+            EmbedderSpec::resolve(None, Some(&record), Path::new("lib")).to_string(),
             "style@2"
         );
-        assert_eq!(EmbedderSpec::resolve(None, None), EmbedderSpec::backbone());
+        assert_eq!(
+            EmbedderSpec::resolve(None, None, Path::new("lib")),
+            EmbedderSpec::backbone()
+        );
+        // Recorded folders are relative to the library (format 2) or as given (1).
+        let moved = EmbedderRecord {
+            embedder_spec: "style:../models/m@2".into(),
+            ..record.clone()
+        };
+        assert_eq!(
+            EmbedderSpec::resolve(None, Some(&moved), Path::new("/data/lib")).dir,
+            Some(PathBuf::from("/data/lib/../models/m"))
+        );
+        let old = EmbedderRecord {
+            format: semla_adapters::library::RECORD_FORMAT_V1.into(),
+            ..moved
+        };
+        assert_eq!(
+            EmbedderSpec::resolve(None, Some(&old), Path::new("/data/lib")).dir,
+            Some(PathBuf::from("../models/m"))
+        );
         assert_eq!(
             EmbedderSpec::backbone()
                 .with_default_dir(Some(Path::new("m")))
