@@ -14,9 +14,22 @@ use clap::{Parser, Subcommand};
     about = "Semantic library adaptation: LoRA retrieval and fusion for segmentation under domain shift"
 )]
 struct Cli {
-    /// Print machine-readable JSON on stdout instead of human-readable text.
+    /// Print machine-readable JSON on stdout instead of human-readable text
+    /// (errors as JSON on stderr).
     #[arg(long, global = true)]
     json: bool,
+
+    /// Largest image, label map or resize size accepted, in pixels.
+    #[arg(long, global = true, value_name = "N", default_value_t = semla_core::limits::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+
+    /// Most classes a model, label map or metric may have.
+    #[arg(long, global = true, value_name = "N", default_value_t = semla_core::limits::DEFAULT_MAX_CLASSES)]
+    max_classes: u64,
+
+    /// Most images per batch.
+    #[arg(long, global = true, value_name = "N", default_value_t = semla_core::limits::DEFAULT_MAX_BATCH)]
+    max_batch: u64,
 
     #[command(subcommand)]
     command: Command,
@@ -49,8 +62,36 @@ enum Command {
     Train(commands::train::TrainArgs),
 }
 
+/// `--temperature -1` must reach the setting's own check ("must be positive")
+/// instead of clap's "unexpected argument": clap does not pass
+/// `allow_negative_numbers` down to subcommands, so every level gets it here.
+fn parse_cli() -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    fn allow_negative(command: clap::Command) -> clap::Command {
+        command
+            .allow_negative_numbers(true)
+            .mut_subcommands(allow_negative)
+    }
+    let matches = allow_negative(Cli::command()).try_get_matches()?;
+    Cli::from_arg_matches(&matches)
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let help = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+            if !help && std::env::args().any(|a| a == "--json") {
+                let message = e.to_string();
+                let first = message.lines().next().unwrap_or_default();
+                let first = first.strip_prefix("error: ").unwrap_or(first);
+                eprintln!("{}", serde_json::json!({ "error": first }));
+                return std::process::ExitCode::from(2);
+            }
+            e.exit()
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -58,6 +99,15 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    semla_core::limits::set(
+        Some(cli.max_pixels),
+        Some(cli.max_classes),
+        Some(cli.max_batch),
+    );
+    // An interrupted write leaves the previous content and no temporary files.
+    if let Err(e) = semla_core::remove_on_signals() {
+        tracing::warn!("cannot watch for interrupts: {e}");
+    }
     let ctx = commands::Context { json: cli.json };
     let result: anyhow::Result<()> = match cli.command {
         Command::Adapter(args) => commands::adapter::run(args, &ctx),
@@ -75,7 +125,12 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", error_message(&err));
+            let message = error_message(&err);
+            if cli.json {
+                eprintln!("{}", serde_json::json!({ "error": message }));
+            } else {
+                eprintln!("error: {message}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -87,7 +142,12 @@ fn main() -> std::process::ExitCode {
 fn error_message(err: &anyhow::Error) -> String {
     let mut message = String::new();
     for cause in err.chain() {
-        let text = cause.to_string();
+        // One line: a cause's own line breaks become spaces.
+        let text = cause
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         if message.contains(&text) {
             continue;
         }

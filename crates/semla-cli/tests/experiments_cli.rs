@@ -295,7 +295,9 @@ fn experiments_write_official_results_and_refuse_another_embedder() {
         serde_json::from_str(&std::fs::read_to_string(library.join("semla_library.json")).unwrap())
             .unwrap();
     assert_eq!(record["embedder"], "style");
-    assert_eq!(record["embedder_spec"], style.as_str());
+    // The folder is recorded relative to the library, which can then be moved.
+    assert_eq!(record["embedder_spec"], "style:../model@2");
+    assert_eq!(record["format"], "semla-library/2");
     assert_eq!(
         record["dimension"], 8,
         "tiny width 4: mean and std of 4 stem channels"

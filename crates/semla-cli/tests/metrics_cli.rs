@@ -70,7 +70,8 @@ fn two_files_both_definitions() {
     assert!(out.contains("mIoU 50.00"), "{out}");
 }
 
-/// Two folders paired by sorted name, accumulated as one matrix:
+/// Two folders paired by name less their shared tails (`_pred`, `_gt`),
+/// accumulated as one matrix:
 /// a: gt 0 1 / pred 0 1; b: gt 1 1 / pred 0 1.
 /// class 0: tp 1, gt 1, pred 2 -> 1/2; class 1: tp 2, gt 3, pred 2 -> 2/3.
 #[test]
@@ -100,11 +101,14 @@ fn folders_are_one_confusion_matrix() {
     assert!(close(&v["miou"], 100.0 * (0.5 + 2.0 / 3.0) / 2.0), "{v}");
     assert!(close(&v["pixel_accuracy"], 75.0), "{v}");
 
-    // Counts that differ are an error.
+    // A file without its partner is an error naming it.
     write_row(&gts.join("c_gt.png"), &[1, 1]);
     let (ok, _, err) = semla(&args);
     assert!(!ok);
-    assert!(err.contains("cannot pair"), "{err}");
+    assert!(
+        err.contains("no partner") && err.contains("ground truth without prediction: c_gt.png"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -70,6 +70,21 @@ pub fn parse_size(text: &str) -> Result<(usize, usize), String> {
     Ok((h, w))
 }
 
+/// Checks, before any work, that `out` can be the output folder: absent, or a
+/// folder (never a file), with a parent that can hold it.
+pub fn check_out_folder(out: &Path) -> anyhow::Result<()> {
+    if out.exists() && !out.is_dir() {
+        bail!("{} exists and is not a folder", out.display());
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty())
+        && parent.exists()
+        && !parent.is_dir()
+    {
+        bail!("{} is not a folder", parent.display());
+    }
+    Ok(())
+}
+
 /// Splits `LIB/NAME` into the library folder and the adapter name.
 pub fn split_library_path(path: &Path) -> anyhow::Result<(PathBuf, String)> {
     let name = path

@@ -1,8 +1,10 @@
 //! `semla metrics`: mIoU of predicted label maps against ground truth.
 //!
 //! `--pred` and `--gt` are two PNG label maps, or two folders whose `*.png` files are
-//! paired in sorted file-name order (the counts must match). The whole set is
-//! accumulated into one confusion matrix, as SemLA's evaluators do over a split.
+//! paired by file name, less a tail all names of a folder share (`a_pred.png` pairs
+//! with `a_gt.png`, CamVid's `0001TP_006690.png` with `0001TP_006690_L.png`). Every
+//! file must have its partner; the unmatched ones are named. The whole set is accumulated into one confusion matrix, as SemLA's
+//! evaluators do over a split.
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +39,11 @@ pub struct MetricsArgs {
 
 /// `semla metrics`: scores in percent (text, or JSON with `--json`).
 pub fn run(args: MetricsArgs, ctx: &Context) -> anyhow::Result<()> {
+    semla_core::limits::check_classes(args.num_classes as u64, "--num-classes")
+        .map_err(anyhow::Error::msg)?;
+    if args.num_classes == 0 {
+        bail!("--num-classes must be at least 1");
+    }
     let pairs = pair_inputs(&args.pred, &args.gt)?;
     let mut matrix = ConfusionMatrix::new(args.num_classes);
     for (pred, gt) in &pairs {
@@ -59,19 +66,46 @@ fn pair_inputs(pred: &Path, gt: &Path) -> anyhow::Result<Vec<(PathBuf, PathBuf)>
         (true, true) => {
             let preds = sorted_pngs(pred)?;
             let gts = sorted_pngs(gt)?;
-            if preds.len() != gts.len() {
-                bail!(
-                    "{} has {} PNG files but {} has {}: cannot pair them",
-                    pred.display(),
-                    preds.len(),
-                    gt.display(),
-                    gts.len()
-                );
-            }
             if preds.is_empty() {
                 bail!("no PNG files in {}", pred.display());
             }
-            Ok(preds.into_iter().zip(gts).collect())
+            let (pred_keys, gt_keys) = (pairing_keys(&preds), pairing_keys(&gts));
+            let unmatched = |from: &[PathBuf], keys: &[String], other: &[String]| -> Vec<String> {
+                from.iter()
+                    .zip(keys)
+                    .filter(|(_, key)| !other.contains(key))
+                    .map(|(p, _)| {
+                        p.file_name()
+                            .unwrap_or_default()
+                            .to_string_lossy()
+                            .into_owned()
+                    })
+                    .collect()
+            };
+            let lone_preds = unmatched(&preds, &pred_keys, &gt_keys);
+            let lone_gts = unmatched(&gts, &gt_keys, &pred_keys);
+            if !lone_preds.is_empty() || !lone_gts.is_empty() {
+                let list = |names: &[String]| match names.len() {
+                    0 => "none".to_string(),
+                    n if n > 5 => format!("{} and {} more", names[..5].join(", "), n - 5),
+                    _ => names.join(", "),
+                };
+                bail!(
+                    "the files of {} and {} are paired by name, and some have no partner: \
+                     predictions without ground truth: {}; ground truth without prediction: {}",
+                    pred.display(),
+                    gt.display(),
+                    list(&lone_preds),
+                    list(&lone_gts)
+                );
+            }
+            let mut pairs = Vec::with_capacity(preds.len());
+            for (pred_file, key) in preds.iter().zip(&pred_keys) {
+                if let Some(i) = gt_keys.iter().position(|k| k == key) {
+                    pairs.push((pred_file.clone(), gts[i].clone()));
+                }
+            }
+            Ok(pairs)
         }
         _ => bail!(
             "--pred {} and --gt {} must both be files or both be folders",
@@ -79,6 +113,42 @@ fn pair_inputs(pred: &Path, gt: &Path) -> anyhow::Result<Vec<(PathBuf, PathBuf)>
             gt.display()
         ),
     }
+}
+
+/// The name each file of a folder is paired by: its stem, less the tail that all
+/// stems of the folder share when it starts at a `_`, `-` or `.` (`_pred`, `_L` in
+/// CamVid, `_gtFine_labelIds` in Cityscapes). Exact names pair as they are, since
+/// two folders of equal names strip the same tail.
+fn pairing_keys(files: &[PathBuf]) -> Vec<String> {
+    let stems: Vec<String> = files
+        .iter()
+        .map(|p| {
+            p.file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let Some(first) = stems.first() else {
+        return Vec::new();
+    };
+    // The longest tail shared by every stem that starts at a separator and leaves
+    // every stem a non-empty key.
+    let shortest = stems.iter().map(String::len).min().unwrap_or(0);
+    let tail_len = first
+        .char_indices()
+        .map(|(i, _)| first.len() - i)
+        .filter(|&len| len < shortest)
+        .filter(|&len| {
+            let tail = &first[first.len() - len..];
+            tail.starts_with(['_', '-', '.']) && stems.iter().all(|s| s.ends_with(tail))
+        })
+        .max()
+        .unwrap_or(0);
+    stems
+        .into_iter()
+        .map(|s| s[..s.len() - tail_len].to_string())
+        .collect()
 }
 
 /// The `*.png` files of `dir`, sorted by name.
@@ -242,5 +312,51 @@ fn print_text(report: &MetricsReport) {
             c.ground_truth_pixels,
             c.predicted_pixels
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pairing_keys;
+    use std::path::PathBuf;
+
+    fn keys(names: &[&str]) -> Vec<String> {
+        pairing_keys(&names.iter().map(PathBuf::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn shared_tails_are_dropped_at_a_separator() {
+        assert_eq!(keys(&["a_pred.png", "b_pred.png"]), ["a", "b"]);
+        assert_eq!(keys(&["a_gt.png", "b_gt.png"]), ["a", "b"]);
+        // CamVid: predictions under the image's name, labels with `_L`.
+        assert_eq!(
+            keys(&["0001TP_006690.png", "0001TP_006720.png"]),
+            ["0001TP_006690", "0001TP_006720"]
+        );
+        assert_eq!(
+            keys(&["0001TP_006690_L.png", "0001TP_006720_L.png"]),
+            ["0001TP_006690", "0001TP_006720"]
+        );
+        // Cityscapes: every annotated frame is number 19 of its sequence.
+        assert_eq!(
+            keys(&[
+                "aachen_000000_000019_gtFine_labelIds.png",
+                "bonn_000001_000019_gtFine_labelIds.png"
+            ]),
+            ["aachen_000000", "bonn_000001"]
+        );
+        assert_eq!(
+            keys(&[
+                "aachen_000000_000019_leftImg8bit.png",
+                "bonn_000001_000019_leftImg8bit.png"
+            ]),
+            ["aachen_000000", "bonn_000001"]
+        );
+        // A shared tail not starting at a separator stays.
+        assert_eq!(keys(&["x10.png", "y10.png"]), ["x10", "y10"]);
+        // One file: everything from its first separator is the shared tail.
+        assert_eq!(keys(&["photo_gt.png"]), ["photo"]);
+        assert_eq!(keys(&["photo.png"]), ["photo"]);
+        assert!(keys(&[]).is_empty());
     }
 }

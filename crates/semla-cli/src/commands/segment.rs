@@ -9,11 +9,11 @@ use anyhow::Context as _;
 use candle_core::Device;
 use semla_models::{Segmenter, load_segmenter};
 use semla_pipeline::config::SemlaConfig;
-use semla_pipeline::files::segment_files;
+use semla_pipeline::files::{FileOutputs, segment_files};
 use semla_pipeline::{EmbedderSpec, Request, Semla, SourceLibrary};
 
 use super::Context;
-use super::common::{Bars, name_list, parse_size};
+use super::common::{Bars, check_out_folder, name_list, parse_size};
 
 /// Arguments of `semla segment`.
 #[derive(clap::Args, Debug)]
@@ -42,9 +42,18 @@ pub struct SegmentArgs {
     /// Resize images to HEIGHTxWIDTH before the model.
     #[arg(long, value_name = "HxW", value_parser = parse_size)]
     pub resize: Option<(usize, usize)>,
-    /// Output folder for `<stem>_mask.png` and `<stem>_overlay.png`.
+    /// Output folder for `<stem>_mask.png` and `<stem>_overlay.png` (written whole
+    /// when the run ends).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Also write each image's raw label map (grey PNG of class indices,
+    /// `<stem>.png`) into this folder, for `semla metrics`.
+    #[arg(long, value_name = "DIR")]
+    pub labels: Option<PathBuf>,
+    /// Report an image that cannot be segmented and go on with the others (the
+    /// exit status still says that some failed).
+    #[arg(long)]
+    pub keep_going: bool,
     /// Images to segment.
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
@@ -53,6 +62,10 @@ pub struct SegmentArgs {
 /// Runs `semla segment`.
 pub fn run(args: SegmentArgs, ctx: &Context) -> anyhow::Result<()> {
     let device = Device::Cpu;
+    check_out_folder(&args.out)?;
+    if let Some(labels) = &args.labels {
+        check_out_folder(labels)?;
+    }
     let model: Arc<dyn Segmenter> = Arc::from(
         load_segmenter(&args.model, &device)
             .with_context(|| format!("loading the model {}", args.model.display()))?,
@@ -83,23 +96,30 @@ pub fn run(args: SegmentArgs, ctx: &Context) -> anyhow::Result<()> {
         .map(|e| e.spec().to_string())
         .unwrap_or_default();
     let mut bars = Bars::new();
-    let results = segment_files(
+    let run = segment_files(
         &semla,
         &Request::semla(),
         &args.images,
-        &args.out,
-        args.resize,
+        &FileOutputs {
+            out_dir: &args.out,
+            labels_dir: args.labels.as_deref(),
+            resize: args.resize,
+            keep_going: args.keep_going,
+        },
         &mut bars,
     )?;
+    let results = &run.images;
     if ctx.json {
-        return ctx.print_json(&serde_json::json!({
+        ctx.print_json(&serde_json::json!({
             "embedder": spec,
             "retrieval": params,
             "combination": config.combination_type,
             "images": results,
-        }));
+            "errors": run.errors,
+        }))?;
+        return failed(&run);
     }
-    for r in &results {
+    for r in results {
         println!("{} ({}x{})", r.image.display(), r.width, r.height);
         for a in &r.adapters {
             println!(
@@ -114,6 +134,24 @@ pub fn run(args: SegmentArgs, ctx: &Context) -> anyhow::Result<()> {
             r.mask.display(),
             r.overlay.display()
         );
+        if let Some(labels) = &r.labels {
+            println!("  labels {}", labels.display());
+        }
     }
-    Ok(())
+    for e in &run.errors {
+        println!("{}: failed: {}", e.image.display(), e.error);
+    }
+    failed(&run)
+}
+
+/// An error when some images failed (their errors were reported with the rest).
+fn failed(run: &semla_pipeline::files::SegmentRun) -> anyhow::Result<()> {
+    if run.errors.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} of {} images could not be segmented",
+        run.errors.len(),
+        run.errors.len() + run.images.len()
+    )
 }

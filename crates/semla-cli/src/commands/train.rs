@@ -154,6 +154,10 @@ pub struct BaseArgs {
     /// Output model folder (`config.json`, `model.safetensors`; checkpoints in `checkpoint/`).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Replace the model already in `--out` (without it, an existing model is
+    /// refused unless `--resume` continues its training).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub data: DataOptions,
     #[command(flatten)]
@@ -169,6 +173,16 @@ pub fn run(args: TrainArgs, ctx: &Context) -> anyhow::Result<()> {
 
 fn run_base(args: BaseArgs, ctx: &Context) -> anyhow::Result<()> {
     let device = Device::Cpu;
+    super::common::check_out_folder(&args.out)?;
+    if args.out.join(semla_models::model_dir::CONFIG_FILE).exists()
+        && !args.force
+        && !args.train.resume
+    {
+        bail!(
+            "{} already holds a model (--force replaces it, --resume continues its training)",
+            args.out.display()
+        );
+    }
     let source = args.data.source()?;
     let domain = source.domain();
     let classes = domain.classes.clone();

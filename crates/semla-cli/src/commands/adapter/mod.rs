@@ -50,9 +50,13 @@ pub struct MergeArgs {
     /// Rank of the `svd` result (default: the largest rank).
     #[arg(long, value_name = "R")]
     pub svd_rank: Option<usize>,
-    /// Output folder (PEFT format: adapter_config.json, adapter_model.safetensors).
+    /// Output folder (PEFT format: adapter_config.json, adapter_model.safetensors),
+    /// written whole.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Replace `--out` if it exists (never one of the adapters being merged).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Parses `NAME=W,NAME=W,...`: names unique, weights finite, at least one.
@@ -114,9 +118,23 @@ fn run_merge(args: MergeArgs, ctx: &Context) -> anyhow::Result<()> {
     let weighted = parse_weights(&args.weights)?;
     let library = AdapterLibrary::open(&args.library)
         .with_context(|| format!("cannot open adapter library {}", args.library.display()))?;
-    // Check every name before loading any tensor.
+    // Check every name, and where the result goes, before loading any tensor.
+    let out = absolute(&args.out)?;
     for (name, _) in &weighted {
-        library.entry(name)?;
+        let entry = library.entry(name)?;
+        if absolute(&entry.dir)? == out {
+            bail!(
+                "--out {} is the folder of {name}, one of the adapters being merged: write the result elsewhere",
+                args.out.display()
+            );
+        }
+    }
+    super::common::check_out_folder(&args.out)?;
+    if args.out.exists() && !args.force {
+        bail!(
+            "{} already exists (--force replaces it)",
+            args.out.display()
+        );
     }
     let adapters: Vec<Adapter> = weighted
         .iter()
@@ -130,7 +148,8 @@ fn run_merge(args: MergeArgs, ctx: &Context) -> anyhow::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "merged".into());
-    write_folder(&args.out, &merged)?;
+    // The folder appears whole or not at all (an existing one only with --force).
+    peft::save_adapter(&args.out, &merged)?;
     let report = MergeReport {
         out: &args.out,
         combination: args.combination,
@@ -160,21 +179,27 @@ fn run_merge(args: MergeArgs, ctx: &Context) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the adapter folder. A new folder is staged beside it and renamed
-/// into place ([`semla_core::StagedDir`]), so it appears complete or not at
-/// all; an existing folder has each file replaced atomically.
-fn write_folder(out: &Path, adapter: &Adapter) -> anyhow::Result<()> {
-    if out.exists() {
-        if !out.is_dir() {
-            bail!("{} exists and is not a folder", out.display());
+/// `path` made absolute and normalised as far as it exists (its missing tail
+/// kept), to tell whether two paths name one folder.
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    let path =
+        std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
+    let mut existing = path.as_path();
+    let mut tail = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                tail.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return Ok(path),
         }
-        peft::save_adapter(out, adapter)?;
-        return Ok(());
     }
-    let staged = semla_core::StagedDir::new(out)?;
-    peft::save_adapter(staged.path(), adapter)?;
-    staged.commit()?;
-    Ok(())
+    let mut out = existing
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", existing.display()))?;
+    out.extend(tail.iter().rev());
+    Ok(out)
 }
 
 #[cfg(test)]

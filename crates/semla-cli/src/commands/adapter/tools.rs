@@ -49,6 +49,9 @@ pub struct ExtractArgs {
     /// Sites whose largest absolute change is at most this are left out.
     #[arg(long, default_value_t = 0.0)]
     pub tolerance: f64,
+    /// Replace an adapter of that name already in the library (its prototype too).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Loads `LIB/NAME` from a library, or a PEFT folder directly.
@@ -128,6 +131,7 @@ struct ExtractReport<'a> {
 pub fn run_extract(args: ExtractArgs, ctx: &Context) -> anyhow::Result<()> {
     let device = Device::Cpu;
     let (library_dir, name) = split_library_path(&args.out)?;
+    super::train::refuse_existing(&library_dir, &name, args.force)?;
     let base = load_segmenter(&args.base, &device)?;
     let tuned = load_segmenter(&args.tuned, &device)?;
     let extraction = extract(
@@ -147,7 +151,7 @@ pub fn run_extract(args: ExtractArgs, ctx: &Context) -> anyhow::Result<()> {
     std::fs::create_dir_all(&library_dir)
         .with_context(|| format!("creating the library folder {}", library_dir.display()))?;
     let mut library = AdapterLibrary::open(&library_dir)?;
-    library.add(&extraction.adapter, None)?;
+    library.replace(&extraction.adapter, None)?;
     for w in &extraction.uncaptured {
         eprintln!(
             "warning: {} differs (max |diff| {:.3e}) but is not an adapter site; the adapter does not carry it",

@@ -52,6 +52,9 @@ pub struct AdapterTrainArgs {
     /// library records; a new library: the base model's `backbone`).
     #[arg(long, default_value_t = 100)]
     pub prototype_images: usize,
+    /// Replace an adapter of that name already in the library (its prototype too).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub data: DataOptions,
     #[command(flatten)]
@@ -65,6 +68,7 @@ pub struct AdapterTrainArgs {
 pub fn run(args: AdapterTrainArgs, ctx: &Context) -> anyhow::Result<()> {
     let device = Device::Cpu;
     let (library_dir, name) = split_library_path(&args.out)?;
+    refuse_existing(&library_dir, &name, args.force)?;
     let base: Arc<dyn Segmenter> = Arc::from(load_segmenter(&args.model, &device)?);
     let source = args.data.source()?;
     semla_data::samples::check_classes(
@@ -166,6 +170,25 @@ pub fn run(args: AdapterTrainArgs, ctx: &Context) -> anyhow::Result<()> {
     report(ctx, &args.out, &summary, "adapter")
 }
 
+/// Before any training: an adapter `name` already in the library is refused
+/// unless `force` replaces it.
+pub fn refuse_existing(
+    library_dir: &std::path::Path,
+    name: &str,
+    force: bool,
+) -> anyhow::Result<()> {
+    if force || !library_dir.is_dir() {
+        return Ok(());
+    }
+    if AdapterLibrary::open(library_dir)?.contains(name) {
+        anyhow::bail!(
+            "the library {} already holds an adapter {name} (--force replaces it and its prototype)",
+            library_dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Adds `adapter` to the library with its prototype: made by the embedder the
 /// library records (a library without one: the base model's `backbone`). A
 /// library whose other prototypes are of unknown origin (an official `loradb`)
@@ -182,7 +205,8 @@ fn store_with_prototype(
         && library
             .entries()
             .any(|e| e.has_prototype() && e.name != adapter.name);
-    let spec = EmbedderSpec::resolve(None, library.record()).with_default_dir(Some(&args.model));
+    let spec = EmbedderSpec::resolve(None, library.record(), library_dir)
+        .with_default_dir(Some(&args.model));
     let embedder = spec
         .build(&BuildContext {
             device,
@@ -208,11 +232,11 @@ fn store_with_prototype(
             library_dir.display(),
             adapter.name
         );
-        library.add(adapter, Some(&prototype))?;
+        library.replace(adapter, Some(&prototype))?;
     } else {
-        library.add(adapter, None)?;
+        library.replace(adapter, None)?;
         library.set_prototypes(
-            &identity(embedder.as_ref()),
+            &identity(embedder.as_ref(), library_dir),
             &[(adapter.name.clone(), prototype, count)],
         )?;
     }

@@ -56,15 +56,21 @@ struct AdapterSummary<'a> {
     parameter_count: usize,
     /// `D` of the prototype `(1, D)`, if the adapter has one.
     prototype_dim: Option<usize>,
+    /// Why the prototype file cannot be used, if it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prototype_error: Option<String>,
 }
 
 fn summary(entry: &LibraryEntry) -> anyhow::Result<AdapterSummary<'_>> {
     let mut ranks: Vec<usize> = entry.sites.iter().map(|s| s.shape.rank).collect();
     ranks.sort_unstable();
     ranks.dedup();
-    let prototype_dim = match &entry.prototype_file {
-        Some(path) => Some(read_prototype(path)?.len()),
-        None => None,
+    let (prototype_dim, prototype_error) = match &entry.prototype_file {
+        Some(path) => match read_prototype(path) {
+            Ok(p) => (Some(p.len()), None),
+            Err(e) => (None, Some(e.to_string())),
+        },
+        None => (None, None),
     };
     Ok(AdapterSummary {
         name: &entry.name,
@@ -76,6 +82,7 @@ fn summary(entry: &LibraryEntry) -> anyhow::Result<AdapterSummary<'_>> {
         site_count: entry.sites.len(),
         parameter_count: entry.parameter_count(),
         prototype_dim,
+        prototype_error,
     })
 }
 
@@ -106,11 +113,13 @@ fn list(library: &Path, ctx: &Context) -> anyhow::Result<()> {
             library: &'a Path,
             count: usize,
             adapters: Vec<AdapterSummary<'a>>,
+            broken: Vec<&'a semla_adapters::library::BrokenEntry>,
         }
         return ctx.print_json(&Listing {
             library,
             count: adapters.len(),
             adapters,
+            broken: lib.broken().collect(),
         });
     }
     println!("{} adapters in {}", adapters.len(), library.display());
@@ -125,9 +134,11 @@ fn list(library: &Path, ctx: &Context) -> anyhow::Result<()> {
             .map(usize::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let proto = a
-            .prototype_dim
-            .map_or("-".to_string(), |d| format!("(1, {d})"));
+        let proto = match (&a.prototype_dim, &a.prototype_error) {
+            (Some(d), _) => format!("(1, {d})"),
+            (None, Some(_)) => "broken".to_string(),
+            (None, None) => "-".to_string(),
+        };
         println!(
             "{:<28} {:>5} {:>8} {:>8} {:>7} {:>10} {:>9}",
             a.name,
@@ -138,6 +149,12 @@ fn list(library: &Path, ctx: &Context) -> anyhow::Result<()> {
             a.parameter_count,
             proto
         );
+        if let Some(e) = &a.prototype_error {
+            println!("    prototype: {e}");
+        }
+    }
+    for b in lib.broken() {
+        println!("{:<28} broken: {}", b.name, b.error);
     }
     Ok(())
 }
