@@ -110,28 +110,20 @@ impl LoraTrainee {
             )));
         }
         let r = settings.rank;
-        // A rank above min(in, out) adds parameters and no expressiveness (peft
-        // allows it, so it is only a warning); one above max(in, out) makes a factor
-        // larger than the weight it adapts, and a mistyped huge one would allocate
+        // A rank above min(in, out) adds parameters and no expressiveness (the
+        // update's rank is at most that), and a mistyped huge one would allocate
         // without bound.
         for site in &chosen {
             let fan_in = match site.kind {
                 SiteKind::Linear => site.in_features,
                 SiteKind::Conv2d(g) => site.in_features * g.kernel_size * g.kernel_size,
             };
-            let (useful, largest) = (fan_in.min(site.out_features), fan_in.max(site.out_features));
-            if r > largest {
+            let max = fan_in.min(site.out_features);
+            if r > max {
                 return Err(TrainError::Config(format!(
-                    "LoRA rank {r} is more than site {} can use: it has {fan_in} inputs and {} outputs",
+                    "LoRA rank {r} is more than site {} can use: at most min({fan_in} inputs, {} outputs) = {max}",
                     site.path, site.out_features
                 )));
-            }
-            if r > useful {
-                tracing::warn!(
-                    site = %site.path,
-                    "LoRA rank {r} is above min(inputs {fan_in}, outputs {}): the extra rank adds parameters, not expressiveness",
-                    site.out_features
-                );
             }
         }
         let coeff = Tensor::full(settings.scale() as f32, (1, r), device)?;
@@ -320,7 +312,7 @@ mod tests {
     }
 
     #[test]
-    fn ranks_beyond_the_larger_side_of_a_site_are_refused() {
+    fn ranks_beyond_the_smaller_side_of_a_site_are_refused() {
         let sites = vec![SiteInfo {
             path: "head".into(),
             kind: SiteKind::Linear,
@@ -331,12 +323,11 @@ mod tests {
             rank,
             ..Default::default()
         };
-        // Above min(16, 4) is allowed, as in peft; above max(16, 4) is not.
-        assert!(LoraTrainee::new(&sites, &with_rank(16), 0, &Device::Cpu).is_ok());
-        let err = LoraTrainee::new(&sites, &with_rank(17), 0, &Device::Cpu)
+        assert!(LoraTrainee::new(&sites, &with_rank(4), 0, &Device::Cpu).is_ok());
+        let err = LoraTrainee::new(&sites, &with_rank(5), 0, &Device::Cpu)
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("rank 17") && err.contains("head"), "{err}");
+        assert!(err.contains("rank 5") && err.contains("head"), "{err}");
     }
 }

@@ -154,7 +154,14 @@ fn adapter_recovers_a_domain_shift() {
         &mut semla_core::NoProgress,
     )
     .unwrap();
-    let lora = LoraTrainee::new(&base.sites(), &LoraSettings::default(), 2, &dev).unwrap();
+    // Rank 4: the toy classifier has 4 outputs, and a LoRA rank can be at most
+    // min(in, out) of every site.
+    let settings = LoraSettings {
+        rank: 4,
+        alpha: 8.0,
+        ..Default::default()
+    };
+    let lora = LoraTrainee::new(&base.sites(), &settings, 2, &dev).unwrap();
     let mut config = TrainConfig::new(120, 4, 1e-2);
     config.warmup_steps = 5;
     config.augment = AugmentConfig {
