@@ -40,12 +40,25 @@ pub fn read_npz_array(path: &Path, name: &str) -> Result<NpyArray> {
             ),
         ));
     }
-    let mut bytes = Vec::new();
-    archive
+    let entry = archive
         .by_name(&member)
-        .map_err(|e| AdapterError::invalid(path, format!("cannot open array {name:?}: {e}")))?
+        .map_err(|e| AdapterError::invalid(path, format!("cannot open array {name:?}: {e}")))?;
+    // A compressed member can declare, or inflate to, any size: read at most the
+    // limit of a file read whole, whatever the archive claims.
+    let max = semla_core::limits::max_file_bytes();
+    semla_core::limits::check_file_bytes(entry.size(), &format!("array {name:?}"))
+        .map_err(|msg| AdapterError::invalid(path, msg))?;
+    let mut bytes = Vec::new();
+    entry
+        .take(max.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| AdapterError::invalid(path, format!("cannot read array {name:?}: {e}")))?;
+    if bytes.len() as u64 > max {
+        return Err(AdapterError::invalid(
+            path,
+            format!("array {name:?} inflates past the limit of {max} bytes"),
+        ));
+    }
     parse_npy(&bytes).map_err(|msg| AdapterError::invalid(path, format!("array {name:?}: {msg}")))
 }
 
@@ -55,7 +68,7 @@ pub fn parse_npy(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
         return Err("not an .npy array (bad magic)".into());
     }
     let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
         2 | 3 if bytes.len() >= 12 => (
             u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
             12,
@@ -63,7 +76,7 @@ pub fn parse_npy(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
         v => return Err(format!("unsupported .npy version {v}")),
     };
     let header = bytes
-        .get(start..start + header_len)
+        .get(start..start.saturating_add(header_len))
         .ok_or("truncated .npy header")?;
     let header = std::str::from_utf8(header).map_err(|_| "header is not text")?;
     let descr = header_value(header, "descr").ok_or("header has no 'descr'")?;
@@ -80,7 +93,10 @@ pub fn parse_npy(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
                 .map_err(|_| format!("bad shape {shape_text}"))
         })
         .collect::<std::result::Result<_, _>>()?;
-    let count: usize = shape.iter().product();
+    let count = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape_text} has more values than memory can hold"))?;
     if fortran.starts_with("True") && shape.iter().filter(|&&d| d > 1).count() > 1 {
         return Err("Fortran-ordered arrays are not supported".into());
     }
@@ -106,7 +122,10 @@ fn chunks(
     size: usize,
     count: usize,
 ) -> std::result::Result<std::slice::ChunksExact<'_, u8>, String> {
-    if payload.len() < size * count {
+    if count
+        .checked_mul(size)
+        .is_none_or(|bytes| payload.len() < bytes)
+    {
         return Err(format!(
             "truncated data: {} bytes for {count} values of {size} bytes",
             payload.len()

@@ -70,6 +70,15 @@ pub enum ModelDirError {
         /// The parse error.
         cause: serde_json::Error,
     },
+    /// `config.json` parses but declares something out of range (no classes,
+    /// more classes than `--max-classes`).
+    #[error("{path}: {message}")]
+    OutOfRange {
+        /// The file.
+        path: PathBuf,
+        /// What is out of range, and the flag that raises a limit.
+        message: String,
+    },
     /// The weights are unreadable or do not fit the configuration.
     #[error("{path}: {cause}")]
     Weights {
@@ -87,7 +96,21 @@ pub fn read_segmenter_config(dir: &Path) -> std::result::Result<SegmenterConfig,
         path: path.clone(),
         cause,
     })?;
-    serde_json::from_str(&text).map_err(|cause| ModelDirError::Config { path, cause })
+    let config: SegmenterConfig =
+        serde_json::from_str(&text).map_err(|cause| ModelDirError::Config {
+            path: path.clone(),
+            cause,
+        })?;
+    let classes = config.num_classes();
+    if classes == 0 {
+        return Err(ModelDirError::OutOfRange {
+            path,
+            message: "num_classes is 0: a segmenter needs at least one class".into(),
+        });
+    }
+    semla_core::limits::check_classes(classes as u64, "the model")
+        .map_err(|message| ModelDirError::OutOfRange { path, message })?;
+    Ok(config)
 }
 
 /// Loads a model folder (`config.json` + `model.safetensors`) as frozen tensors

@@ -6,7 +6,10 @@
 //!   tensors, the largest absolute value of one;
 //! - [`shared`]: the `../shared` folder of real data and weights, with the
 //!   skip message tests print when it is absent;
-//! - [`cli`]: running the `semla` binary of the workspace.
+//! - [`cli`]: running the `semla` binary of the workspace;
+//! - [`fuzz`]: byte mutations of valid files for property-based tests of the
+//!   parsers of untrusted files, and [`fuzz::LargestAllocation`], a global
+//!   allocator that tells the largest single allocation a parser asked for.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers fail loudly
 
 use std::path::PathBuf;
@@ -161,5 +164,152 @@ pub mod cli {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+}
+
+pub mod fuzz {
+    //! Property-based tests of parsers: a valid file, damaged at random.
+    //!
+    //! [`mutated`] yields copies of a valid file with a few bytes overwritten
+    //! (often by `0x00` or `0xFF`, which turn declared sizes into huge ones, or by
+    //! an 8-byte `u64::MAX`), a number written in ASCII grown by a run of `9`s
+    //! (sizes in text headers and JSON made huge), cut short, or all of these. A test binary that installs
+    //! [`LargestAllocation`] as its `#[global_allocator]` can then check with
+    //! [`largest_allocation`] that no input made the parser ask for more memory
+    //! than a bound.
+
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    use proptest::prelude::*;
+
+    /// Where an edit lands: formats keep their sizes in a header, so half of
+    /// the edits land in the first 64 bytes.
+    #[derive(Clone, Copy, Debug)]
+    enum Place {
+        /// Byte offset within the first 64.
+        Head(usize),
+        /// A fraction of the file's length.
+        Anywhere(f64),
+    }
+
+    impl Place {
+        /// The offset in a file of `len` bytes (`len > 0`).
+        fn offset(self, len: usize) -> usize {
+            let at = match self {
+                Self::Head(i) => i,
+                Self::Anywhere(f) => (f * len as f64) as usize,
+            };
+            at.min(len.saturating_sub(1))
+        }
+    }
+
+    fn place() -> impl Strategy<Value = Place> {
+        prop_oneof![
+            (0..64usize).prop_map(Place::Head),
+            (0.0..1.0f64).prop_map(Place::Anywhere),
+        ]
+    }
+
+    /// One damage done to a file.
+    #[derive(Clone, Debug)]
+    enum Edit {
+        /// Overwrite one byte.
+        Byte(Place, u8),
+        /// Overwrite 8 bytes with `u64::MAX` (a declared size or offset).
+        Huge(Place),
+        /// Insert this many `9`s after an ASCII digit (a number in a text header
+        /// or JSON grows); the digit is picked among all of the file's digits,
+        /// by this fraction.
+        GrowNumber(f64, usize),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        let byte = prop_oneof![Just(0x00u8), Just(0xFF), any::<u8>()];
+        prop_oneof![
+            3 => (place(), byte).prop_map(|(at, b)| Edit::Byte(at, b)),
+            1 => place().prop_map(Edit::Huge),
+            2 => (0.0..1.0f64, 1..12usize).prop_map(|(at, n)| Edit::GrowNumber(at, n)),
+        ]
+    }
+
+    /// Copies of `valid` with 1 to 8 edits and, one time in three, cut short.
+    pub fn mutated(valid: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+        let cut = prop_oneof![2 => Just(None), 1 => (0.0..1.0f64).prop_map(Some)];
+        (prop::collection::vec(edit(), 1..8), cut).prop_map(move |(edits, cut)| {
+            let mut bytes = valid.clone();
+            for e in edits {
+                match e {
+                    Edit::Byte(at, b) if !bytes.is_empty() => {
+                        let i = at.offset(bytes.len());
+                        bytes[i] = b;
+                    }
+                    Edit::Huge(at) if bytes.len() >= 8 => {
+                        let i = at.offset(bytes.len() - 7);
+                        bytes[i..i + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+                    }
+                    Edit::GrowNumber(f, n) => {
+                        let digits: Vec<usize> = (0..bytes.len())
+                            .filter(|&i| bytes[i].is_ascii_digit())
+                            .collect();
+                        if !digits.is_empty() {
+                            let i = digits[Place::Anywhere(f).offset(digits.len())] + 1;
+                            bytes.splice(i..i, std::iter::repeat_n(b'9', n));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(f) = cut {
+                bytes.truncate(Place::Anywhere(f).offset(bytes.len()));
+            }
+            bytes
+        })
+    }
+
+    thread_local! {
+        // Const-initialised and without a destructor: safe to touch from inside
+        // the allocator.
+        static LARGEST: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn record(size: usize) {
+        let _ = LARGEST.try_with(|largest| largest.set(largest.get().max(size)));
+    }
+
+    /// The system allocator, noting the largest single request of each thread.
+    pub struct LargestAllocation;
+
+    // SAFETY: every call is forwarded unchanged to `System`; recording touches
+    // only a thread-local `Cell`.
+    unsafe impl GlobalAlloc for LargestAllocation {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            record(layout.size());
+            // SAFETY: the caller's contract is passed on unchanged.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            record(layout.size());
+            // SAFETY: as above.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: as above.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            record(new_size);
+            // SAFETY: as above.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    /// Runs `f` and returns its result with the largest single allocation (in
+    /// bytes) this thread asked for meanwhile; meaningful only in a test binary
+    /// whose `#[global_allocator]` is [`LargestAllocation`].
+    pub fn largest_allocation<R>(f: impl FnOnce() -> R) -> (R, usize) {
+        LARGEST.with(|largest| largest.set(0));
+        let result = f();
+        (result, LARGEST.with(Cell::get))
     }
 }
