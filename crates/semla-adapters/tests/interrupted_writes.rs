@@ -4,44 +4,8 @@
 //! injection is process-wide.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
 use semla_adapters::{Adapter, AdapterLibrary, EmbedderIdentity, LoraConfig};
-use semla_core::fs::{fail_commit_after, is_temporary_name};
-
-/// Every file under `dir` with its bytes (relative paths).
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let rel = path.strip_prefix(root).unwrap().display().to_string();
-                out.insert(rel, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
-fn no_temporary_names(dir: &Path) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        assert!(
-            !is_temporary_name(&name),
-            "left behind: {}",
-            entry.path().display()
-        );
-        if entry.path().is_dir() {
-            no_temporary_names(&entry.path());
-        }
-    }
-}
+use semla_test_support::files::interrupt_everywhere;
 
 fn adapter(name: &str, value: f32) -> Adapter {
     let sites = vec![(
@@ -57,24 +21,6 @@ fn identity(id: &str) -> EmbedderIdentity {
         id: id.into(),
         spec: "style".into(),
     }
-}
-
-/// Runs `write` with the `n`-th commit point failing, for n = 0, 1, ... until it
-/// succeeds; after every failure the folder `watched` (inside `parent`) is as it
-/// was, and no temporary name is left under `parent`.
-fn interrupt_everywhere(parent: &Path, watched: &Path, mut write: impl FnMut() -> bool) -> usize {
-    let before = snapshot(watched);
-    for n in 0..64 {
-        fail_commit_after(Some(n));
-        let ok = write();
-        fail_commit_after(None);
-        no_temporary_names(parent);
-        if ok {
-            return n as usize;
-        }
-        assert_eq!(snapshot(watched), before, "interrupted at commit point {n}");
-    }
-    panic!("the write never completed");
 }
 
 #[test]

@@ -4,7 +4,6 @@
 //! an interrupted write leaves the previous content. Every input is generated here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -15,6 +14,8 @@ use semla_data::{Rgb, RgbImage};
 use semla_models::tiny::TinySegConfig;
 use semla_models::{SegmenterConfig, save_segmenter};
 use semla_test_support::cli::{semla, semla_error, semla_json, semla_text_in};
+use semla_test_support::files::{snapshot, temporary_names};
+use semla_test_support::png::claiming_size;
 use semla_train::lora::{LoraSettings, LoraTrainee};
 
 const SOURCES: [&str; 3] = ["synthetic-clear", "synthetic-night", "synthetic-fog"];
@@ -109,48 +110,6 @@ fn stderr(out: &std::process::Output) -> String {
 }
 
 /// Every file under `dir` with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.insert(path.clone(), std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    out
-}
-
-fn temporary_names(dir: &Path) -> Vec<PathBuf> {
-    snapshot(dir)
-        .into_keys()
-        .filter(|p| {
-            p.components()
-                .any(|c| semla_core::fs::is_temporary_name(&c.as_os_str().to_string_lossy()))
-        })
-        .collect()
-}
-
-/// A PNG chunk's CRC-32.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// A valid PNG file whose header claims `width x height`.
 fn png_claiming(path: &Path, width: u32, height: u32, label: bool) {
     if label {
@@ -158,12 +117,8 @@ fn png_claiming(path: &Path, width: u32, height: u32, label: bool) {
     } else {
         write_rgb_png(path, &RgbImage::new(1, 1)).unwrap();
     }
-    let mut bytes = std::fs::read(path).unwrap();
-    bytes[16..20].copy_from_slice(&width.to_be_bytes());
-    bytes[20..24].copy_from_slice(&height.to_be_bytes());
-    let crc = crc32(&bytes[12..29]);
-    bytes[29..33].copy_from_slice(&crc.to_be_bytes());
-    std::fs::write(path, &bytes).unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    std::fs::write(path, claiming_size(bytes, width, height)).unwrap();
 }
 
 #[test]
@@ -618,4 +573,26 @@ fn an_interrupted_library_embed_leaves_the_old_prototypes() {
         .cloned()
         .unwrap();
     assert_eq!(record.embedder, "style");
+}
+
+#[test]
+fn unknown_domains_and_empty_evaluations_are_named_as_such() {
+    let f = Fixture::new();
+    let model = f.model.to_str().unwrap();
+    // Without a dataset root, a name no layout owns is "unknown", not "no root".
+    let err = semla_error(&["eval", "--model", model, "--domain", "nosuch/fog"]);
+    assert!(err.contains("unknown domain `nosuch/fog`"), "{err}");
+    let err = semla_error(&["eval", "--model", model, "--domain", "camvid/0001TP"]);
+    assert!(err.contains("no dataset root"), "{err}");
+    // Nothing to evaluate is an error, not 0 %.
+    let err = semla_error(&[
+        "eval",
+        "--model",
+        model,
+        "--domain",
+        "synthetic/fog",
+        "--limit",
+        "0",
+    ]);
+    assert!(err.contains("no image to evaluate"), "{err}");
 }

@@ -279,22 +279,6 @@ fn bad_inputs_are_clear_errors() {
     assert!(err.contains("junk.npy"), "{err}");
 }
 
-/// CRC-32 (PNG chunks), bitwise.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// A minimal RGB8 PNG: one IDAT of stored (uncompressed) deflate blocks.
 fn write_png(path: &Path, width: u32, height: u32, rgb: &[u8]) {
     let mut raw = Vec::new();
@@ -323,7 +307,7 @@ fn write_png(path: &Path, width: u32, height: u32, rgb: &[u8]) {
         let mut body = kind.to_vec();
         body.extend_from_slice(data);
         png.extend_from_slice(&body);
-        png.extend_from_slice(&crc32(&body).to_be_bytes());
+        png.extend_from_slice(&semla_test_support::png::crc32(&body).to_be_bytes());
     };
     let mut header = Vec::new();
     header.extend_from_slice(&width.to_be_bytes());

@@ -167,22 +167,6 @@ pub(crate) fn write_png(
 mod tests {
     use super::*;
 
-    /// CRC-32 (IEEE), as PNG chunks use.
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = 0xFFFF_FFFFu32;
-        for &b in bytes {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 {
-                    (crc >> 1) ^ 0xEDB8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        !crc
-    }
-
     fn jpeg_bytes() -> Vec<u8> {
         let img = RgbImage::from_fn(64, 48, |x, y| Rgb([(x * 4) as u8, (y * 5) as u8, 90]));
         let mut out = std::io::Cursor::new(Vec::new());
@@ -218,12 +202,8 @@ mod tests {
         // A valid 1x1 PNG whose IHDR claims 100000 x 100000 pixels.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("huge.png");
-        let mut png = rgb_png_bytes(&RgbImage::new(1, 1)).unwrap();
-        png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
-        png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
-        // The IHDR chunk's CRC (over type and data) after the edit.
-        let crc = crc32(&png[12..29]);
-        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        let png = rgb_png_bytes(&RgbImage::new(1, 1)).unwrap();
+        let png = semla_test_support::png::claiming_size(png, 100_000, 100_000);
         std::fs::write(&path, &png).unwrap();
         let err = read_rgb(&path).unwrap_err().to_string();
         assert!(

@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use semla_data::image_io::read_rgb;
 use semla_data::labels::{LabelMap, read_label_map, write_label_map};
 use semla_test_support::fuzz::{LargestAllocation, largest_allocation, mutated};
+use semla_test_support::png::with_valid_crcs;
 
 #[global_allocator]
 static ALLOCATOR: LargestAllocation = LargestAllocation;
@@ -42,43 +43,6 @@ fn label_map() -> Vec<u8> {
     )
     .unwrap();
     std::fs::read(path).unwrap()
-}
-
-/// CRC-32 (IEEE, as PNG chunks use), bit by bit.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-/// Recomputes the CRC of every PNG chunk whose length still fits the file, so
-/// that damage inside a chunk (a huge width in `IHDR`) reaches the decoder
-/// instead of failing the checksum.
-fn with_valid_crcs(mut bytes: Vec<u8>) -> Vec<u8> {
-    let mut at = 8;
-    while at + 12 <= bytes.len() {
-        let len =
-            u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
-        let Some(end) = (at + 8)
-            .checked_add(len)
-            .filter(|&end| end + 4 <= bytes.len())
-        else {
-            break;
-        };
-        let crc = crc32(&bytes[at + 4..end]);
-        bytes[end..end + 4].copy_from_slice(&crc.to_be_bytes());
-        at = end + 4;
-    }
-    bytes
 }
 
 /// Decodes `bytes` written as `name` with `decode` and checks the outcome.

@@ -4,12 +4,12 @@
 
 use std::path::Path;
 
-use semla_core::fs::write_atomic;
+use semla_core::fs::{StagedDir, write_atomic};
 use semla_metrics::Definition;
 use semla_pipeline::{AdapterChoice, Fusion};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ExperimentError, Result};
+use crate::error::Result;
 use crate::settings::{ExperimentKind, ExperimentSettings};
 
 /// The mixture used for one image (a line of `weights.jsonl`).
@@ -125,15 +125,20 @@ impl ExperimentOutput {
     }
 
     /// Writes `results.json`, `report.json` and `weights.jsonl` into `dir`
-    /// (created if needed; each file atomic).
+    /// (created if needed), the three together: staged beside `dir` with its other
+    /// files and swapped in whole, so that an interrupted write never leaves a
+    /// new `results.json` beside old per-image weights.
     pub fn write(&self, dir: &Path, settings: &ExperimentSettings) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| ExperimentError::io(dir, e))?;
-        write_atomic(&dir.join("results.json"), self.results_json().as_bytes())?;
-        write_atomic(
-            &dir.join("report.json"),
-            self.report_json(settings).as_bytes(),
-        )?;
-        write_atomic(&dir.join("weights.jsonl"), self.weights_jsonl().as_bytes())?;
+        let staged = StagedDir::from_existing(dir)?;
+        let files = [
+            ("results.json", self.results_json()),
+            ("report.json", self.report_json(settings)),
+            ("weights.jsonl", self.weights_jsonl()),
+        ];
+        for (name, text) in files {
+            write_atomic(&staged.path().join(name), text.as_bytes())?;
+        }
+        staged.commit()?;
         Ok(())
     }
 

@@ -7,6 +7,9 @@
 //! - [`shared`]: the `../shared` folder of real data and weights, with the
 //!   skip message tests print when it is absent;
 //! - [`cli`]: running the `semla` binary of the workspace;
+//! - [`files`]: snapshots of folders, leftover temporary names, and writes
+//!   interrupted at every commit point;
+//! - [`png`]: PNG chunk checksums, for files damaged on purpose;
 //! - [`fuzz`]: byte mutations of valid files for property-based tests of the
 //!   parsers of untrusted files, and [`fuzz::LargestAllocation`], a global
 //!   allocator that tells the largest single allocation a parser asked for.
@@ -311,5 +314,141 @@ pub mod fuzz {
         LARGEST.with(|largest| largest.set(0));
         let result = f();
         (result, LARGEST.with(Cell::get))
+    }
+}
+
+pub mod files {
+    //! Folders before and after a write: what they hold, what a write left behind.
+
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use semla_core::fs::{fail_commit_after, is_temporary_name};
+
+    /// Every file under `dir` with its bytes, by path relative to `dir`.
+    pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    let rel = path.strip_prefix(dir).unwrap().to_path_buf();
+                    out.insert(rel, std::fs::read(&path).unwrap());
+                }
+            }
+        }
+        out
+    }
+
+    /// Files and folders under `dir` (itself included) with a staging or
+    /// temporary name.
+    pub fn temporary_names(dir: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let entry = entry.unwrap();
+                if is_temporary_name(&entry.file_name().to_string_lossy()) {
+                    found.push(entry.path());
+                }
+                if entry.path().is_dir() {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        found
+    }
+
+    /// Runs `write` with the `n`-th commit point failing, for n = 0, 1, ... until
+    /// it succeeds (it returns whether it did); after every failure the folder
+    /// `watched` is as it was and no temporary name is left under `parent`.
+    /// Returns how many commit points the write has. The failure injection is
+    /// process-wide: call it from a test binary of its own.
+    pub fn interrupt_everywhere(
+        parent: &Path,
+        watched: &Path,
+        mut write: impl FnMut() -> bool,
+    ) -> usize {
+        let before = if watched.exists() {
+            snapshot(watched)
+        } else {
+            BTreeMap::new()
+        };
+        for n in 0..64 {
+            fail_commit_after(Some(n));
+            let ok = write();
+            fail_commit_after(None);
+            assert_eq!(
+                temporary_names(parent),
+                Vec::<PathBuf>::new(),
+                "after commit point {n}"
+            );
+            if ok {
+                return n as usize;
+            }
+            let now = if watched.exists() {
+                snapshot(watched)
+            } else {
+                BTreeMap::new()
+            };
+            assert!(
+                now == before,
+                "{} changed, interrupted at commit point {n}",
+                watched.display()
+            );
+        }
+        panic!("the write never completed");
+    }
+}
+
+pub mod png {
+    //! PNG files damaged on purpose still need valid chunk checksums to reach
+    //! the decoder's size checks.
+
+    /// CRC-32 (IEEE), as PNG chunks use, bit by bit.
+    pub fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    /// Recomputes the CRC of every chunk whose length still fits the file, so
+    /// that damage inside a chunk (a huge width in `IHDR`) reaches the decoder
+    /// instead of failing the checksum.
+    pub fn with_valid_crcs(mut bytes: Vec<u8>) -> Vec<u8> {
+        let mut at = 8;
+        while at + 12 <= bytes.len() {
+            let len = u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+                as usize;
+            let Some(end) = (at + 8)
+                .checked_add(len)
+                .filter(|&end| end + 4 <= bytes.len())
+            else {
+                break;
+            };
+            let crc = crc32(&bytes[at + 4..end]);
+            bytes[end..end + 4].copy_from_slice(&crc.to_be_bytes());
+            at = end + 4;
+        }
+        bytes
+    }
+
+    /// A valid PNG whose `IHDR` now claims `width x height` (checksum fixed).
+    pub fn claiming_size(mut bytes: Vec<u8>, width: u32, height: u32) -> Vec<u8> {
+        bytes[16..20].copy_from_slice(&width.to_be_bytes());
+        bytes[20..24].copy_from_slice(&height.to_be_bytes());
+        with_valid_crcs(bytes)
     }
 }

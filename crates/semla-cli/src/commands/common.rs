@@ -38,6 +38,10 @@ pub fn resolve(name: &str, explicit_root: Option<&Path>) -> anyhow::Result<Domai
         Ok(root) => Ok(resolve_domain(name, &root)?),
         Err(no_root) => match resolve_domain(name, Path::new("")) {
             Ok(domain) => Ok(domain),
+            // A name no layout owns is the error, whatever the root.
+            Err(unknown @ semla_data::domains::DomainError::UnknownDomain { .. }) => {
+                Err(unknown.into())
+            }
             Err(_) => Err(no_root.into()),
         },
     }

@@ -35,6 +35,7 @@ pub fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<()> {
         DemoConfig::full()
     };
     config.embedder = args.embedder.to_string();
+    super::common::check_out_folder(&args.out)?;
     let outcome = run_demo(&config, &args.out, stderr_progress().as_mut())?;
     let table = &outcome.table;
     if ctx.json {

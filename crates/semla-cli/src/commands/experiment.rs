@@ -91,11 +91,11 @@ pub fn run(
     ) else {
         bail!("--experiment needs --library, --sources, --targets and --out");
     };
+    // Before any work: an --out that cannot be written fails now, not after it.
+    super::common::check_out_folder(out)?;
     let device = Device::Cpu;
-    let model: Arc<dyn Segmenter> = Arc::from(
-        load_segmenter(common.model, &device)
-            .with_context(|| format!("loading the model {}", common.model.display()))?,
-    );
+    let model: Arc<dyn Segmenter> =
+        Arc::from(load_segmenter(common.model, &device).context("loading the model")?);
     let sources = name_list(sources)?;
     let target_names = name_list(targets)?;
     let config = match &options.semla_config {
@@ -111,7 +111,7 @@ pub fn run(
         ..ExperimentSettings::new(kind)
     };
     let library = SourceLibrary::open(library_dir, &sources, kind == ExperimentKind::Semla)
-        .with_context(|| format!("opening the adapter library {}", library_dir.display()))?;
+        .context("opening the adapter library")?;
     let mut domain_sources = Vec::new();
     for name in &target_names {
         let domain = resolve(name, common.data_root)?;

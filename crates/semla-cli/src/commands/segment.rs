@@ -66,17 +66,14 @@ pub fn run(args: SegmentArgs, ctx: &Context) -> anyhow::Result<()> {
     if let Some(labels) = &args.labels {
         check_out_folder(labels)?;
     }
-    let model: Arc<dyn Segmenter> = Arc::from(
-        load_segmenter(&args.model, &device)
-            .with_context(|| format!("loading the model {}", args.model.display()))?,
-    );
+    let model: Arc<dyn Segmenter> =
+        Arc::from(load_segmenter(&args.model, &device).context("loading the model")?);
     let open = || match &args.sources {
         Some(value) => SourceLibrary::open(&args.library, &name_list(value)?, true)
             .map_err(anyhow::Error::from),
         None => SourceLibrary::open_with_prototypes(&args.library).map_err(anyhow::Error::from),
     };
-    let library = open()
-        .with_context(|| format!("opening the adapter library {}", args.library.display()))?;
+    let library = open().context("opening the adapter library")?;
     let config = SemlaConfig::resolve(
         args.semla_config.as_deref(),
         args.top_k,

@@ -52,8 +52,7 @@ pub struct EmbedArgs {
 /// Runs `semla library embed`.
 pub fn run(args: EmbedArgs, ctx: &Context) -> anyhow::Result<()> {
     let device = Device::Cpu;
-    let library = AdapterLibrary::open(&args.library)
-        .with_context(|| format!("opening the adapter library {}", args.library.display()))?;
+    let library = AdapterLibrary::open(&args.library).context("opening the adapter library")?;
     let names: Vec<String> = match &args.sources {
         Some(value) => name_list(value)?,
         None => library.names().into_iter().map(str::to_string).collect(),

@@ -95,8 +95,7 @@ pub fn run(args: RetrieveArgs, ctx: &Context) -> anyhow::Result<()> {
         args.similarity,
     )?
     .retrieval_params();
-    let library = AdapterLibrary::open(&args.library)
-        .with_context(|| format!("opening the adapter library {}", args.library.display()))?;
+    let library = AdapterLibrary::open(&args.library).context("opening the adapter library")?;
     let (query_path, query, embedder_id) = match (&args.embedding, &args.image, &args.embedder) {
         (Some(path), _, _) => (path.clone(), read_query(path)?, None),
         (None, Some(image), Some(spec)) => {
