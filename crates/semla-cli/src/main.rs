@@ -20,15 +20,15 @@ struct Cli {
     json: bool,
 
     /// Largest image, label map or resize size accepted, in pixels.
-    #[arg(long, global = true, value_name = "N", default_value_t = semla_core::limits::DEFAULT_MAX_PIXELS)]
+    #[arg(long, global = true, value_name = "N", help_heading = "Limits", default_value_t = semla_core::limits::DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
 
     /// Most classes a model, label map or metric may have.
-    #[arg(long, global = true, value_name = "N", default_value_t = semla_core::limits::DEFAULT_MAX_CLASSES)]
+    #[arg(long, global = true, value_name = "N", help_heading = "Limits", default_value_t = semla_core::limits::DEFAULT_MAX_CLASSES)]
     max_classes: u64,
 
     /// Most images per batch.
-    #[arg(long, global = true, value_name = "N", default_value_t = semla_core::limits::DEFAULT_MAX_BATCH)]
+    #[arg(long, global = true, value_name = "N", help_heading = "Limits", default_value_t = semla_core::limits::DEFAULT_MAX_BATCH)]
     max_batch: u64,
 
     #[command(subcommand)]

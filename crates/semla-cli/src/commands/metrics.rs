@@ -18,7 +18,10 @@ use super::Context;
 /// Arguments of `semla metrics`.
 #[derive(clap::Args, Debug)]
 pub struct MetricsArgs {
-    /// Predicted label map (PNG) or folder of them.
+    /// Predicted label map (PNG) or folder of them. Folders pair their files by
+    /// name, less a tail all names of a folder share (`a_pred.png` with
+    /// `a_gt.png`, CamVid's `X.png` with `X_L.png`); a file without a partner is
+    /// an error.
     #[arg(long)]
     pub pred: PathBuf,
     /// Ground-truth label map (PNG) or folder of them.

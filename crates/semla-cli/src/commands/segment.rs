@@ -104,7 +104,14 @@ pub fn run(args: SegmentArgs, ctx: &Context) -> anyhow::Result<()> {
             keep_going: args.keep_going,
         },
         &mut bars,
-    )?;
+    )
+    .map_err(|e| {
+        if args.images.len() > 1 && !args.keep_going {
+            anyhow::anyhow!("{e} (nothing was written; --keep-going segments the other images)")
+        } else {
+            e.into()
+        }
+    })?;
     let results = &run.images;
     if ctx.json {
         ctx.print_json(&serde_json::json!({
