@@ -247,21 +247,49 @@ impl Semla {
     /// Segments one photo at its own size. Embedders that work on the photo
     /// as decoded (CLIP) get it; the others get it as a sample.
     pub fn segment(&self, photo: &RgbImage, request: &Request) -> Result<Prediction> {
-        let sample = Sample::from_photo(photo);
+        self.segment_photos(&[photo], request)?
+            .pop()
+            .ok_or_else(|| PipelineError::Invalid("the model returned nothing".into()))
+    }
+
+    /// Segments photos of one size in one batch, each with its own mixture, at
+    /// their own size (what [`segment`](Self::segment) does for one). Embedders
+    /// that work on photos embed each alone, so an image's mixture does not depend
+    /// on the batch it came in.
+    pub fn segment_photos(
+        &self,
+        photos: &[&RgbImage],
+        request: &Request,
+    ) -> Result<Vec<Prediction>> {
+        if let Some(first) = photos.first()
+            && let Some(other) = photos.iter().find(|p| p.dimensions() != first.dimensions())
+        {
+            return Err(PipelineError::Invalid(format!(
+                "the images of a batch must have one size: {}x{} and {}x{} (width x height)",
+                first.width(),
+                first.height(),
+                other.width(),
+                other.height()
+            )));
+        }
+        let samples: Vec<Sample> = photos.iter().map(|p| Sample::from_photo(p)).collect();
+        let refs: Vec<&Sample> = samples.iter().collect();
         let started = Instant::now();
         let embeddings = match (&request.mode, &self.embedder) {
-            (Mode::Semla, Some(embedder)) if embedder.prefers_photos() => {
-                Some(vec![embedder.embed_photo(photo, &self.device)?])
-            }
+            (Mode::Semla, Some(embedder)) if embedder.prefers_photos() => Some(
+                photos
+                    .iter()
+                    .map(|p| embedder.embed_photo(p, &self.device))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
             _ => None,
         };
         let embed_s = started.elapsed().as_secs_f64();
-        let mut out = self.segment_embedded(&[&sample], embeddings, request)?;
-        let mut prediction = out
-            .pop()
-            .ok_or_else(|| PipelineError::Invalid("the model returned nothing".into()))?;
-        prediction.timings.embed_s += embed_s;
-        Ok(prediction)
+        let mut out = self.segment_embedded(&refs, embeddings, request)?;
+        for prediction in &mut out {
+            prediction.timings.embed_s += embed_s;
+        }
+        Ok(out)
     }
 
     /// Segments a batch of samples (one size), each image with its own mixture.
@@ -359,38 +387,108 @@ impl Semla {
                 mixture_scores(self.model.as_ref(), &images, &adapters, &rows, fusion)?
             }
         };
-        check_finite(&scores, &mixtures)?;
         let forward_s = started.elapsed().as_secs_f64();
-        let started = Instant::now();
-        let maps = argmax_maps(&scores)?;
-        let probabilities: Option<Tensor> = match (request.probabilities, fusion) {
-            (false, _) => None,
-            (true, Fusion::Outputs) => Some(scores),
-            (true, Fusion::Weights) => Some(class_probabilities(&scores)?),
-        };
         let timings = StageTimings {
             images: samples.len(),
             embed_s,
             retrieve_s,
             forward_s,
-            postprocess_s: started.elapsed().as_secs_f64(),
+            postprocess_s: 0.0,
         };
-        let mut out = Vec::with_capacity(samples.len());
-        for (i, ((sample, labels), adapters)) in samples.iter().zip(maps).zip(mixtures).enumerate()
-        {
-            let probabilities = match &probabilities {
-                Some(p) => Some(p.get(i)?.flatten_all()?.to_vec1::<f32>()?),
-                None => None,
-            };
-            out.push(Prediction {
-                labels,
-                height: sample.height,
-                width: sample.width,
-                adapters,
-                probabilities,
-                timings,
-            });
-        }
-        Ok(out)
+        predictions(
+            samples,
+            &scores,
+            mixtures,
+            fusion,
+            request.probabilities,
+            timings,
+        )
     }
+}
+
+/// Segments samples of one size with `adapters` fused by `weights`, the same
+/// mixture for every image (none: the base model): the PEFT-shaped path, for
+/// adapters held in memory (a merge made by the caller) rather than in a
+/// library. The fusion is exact (`cat`, applied factored).
+pub fn segment_with_adapters(
+    model: &dyn Segmenter,
+    samples: &[&Sample],
+    adapters: &[&Adapter],
+    weights: &[f64],
+    probabilities: bool,
+    device: &Device,
+) -> Result<Vec<Prediction>> {
+    if samples.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !adapters.is_empty() || !weights.is_empty() {
+        semla_adapters::fusion::check_weights(weights, adapters.len())?;
+    }
+    semla_adapters::apply::check_adapters_fit(adapters, &model.sites())?;
+    let started = Instant::now();
+    let images = model.normalization().batch(samples, device)?;
+    let scores = mixture_scores(
+        model,
+        &images,
+        adapters,
+        &[weights.to_vec()],
+        Fusion::Weights,
+    )?;
+    let timings = StageTimings {
+        images: samples.len(),
+        forward_s: started.elapsed().as_secs_f64(),
+        ..StageTimings::default()
+    };
+    let mixture: Vec<AdapterChoice> = adapters
+        .iter()
+        .zip(weights)
+        .map(|(a, &w)| AdapterChoice::weighted(a.name.clone(), w))
+        .collect();
+    let mixtures = vec![mixture; samples.len()];
+    predictions(
+        samples,
+        &scores,
+        mixtures,
+        Fusion::Weights,
+        probabilities,
+        timings,
+    )
+}
+
+/// The predictions of a batch from its scores `[N, C, H, W]` (logits, or
+/// probabilities with late fusion): checked finite, arg-max labels, optional
+/// probabilities, the post-processing time added to `timings`.
+fn predictions(
+    samples: &[&Sample],
+    scores: &Tensor,
+    mixtures: Vec<Vec<AdapterChoice>>,
+    fusion: Fusion,
+    probabilities: bool,
+    mut timings: StageTimings,
+) -> Result<Vec<Prediction>> {
+    check_finite(scores, &mixtures)?;
+    let started = Instant::now();
+    let maps = argmax_maps(scores)?;
+    let probabilities: Option<Tensor> = match (probabilities, fusion) {
+        (false, _) => None,
+        (true, Fusion::Outputs) => Some(scores.clone()),
+        (true, Fusion::Weights) => Some(class_probabilities(scores)?),
+    };
+    timings.postprocess_s = started.elapsed().as_secs_f64();
+    let mut out = Vec::with_capacity(samples.len());
+    for (i, ((sample, labels), adapters)) in samples.iter().zip(maps).zip(mixtures).enumerate() {
+        let probabilities = match &probabilities {
+            Some(p) => Some(p.get(i)?.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        out.push(Prediction {
+            labels,
+            height: sample.height,
+            width: sample.width,
+            adapters,
+            probabilities,
+            timings,
+        });
+    }
+    Ok(out)
 }
