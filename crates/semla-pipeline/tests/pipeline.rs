@@ -385,3 +385,101 @@ fn a_library_refuses_an_embedder_it_was_not_made_by() {
     let err = plain.segment_samples(&[&s], &Request::semla()).unwrap_err();
     assert!(err.to_string().contains("embedder"), "{err}");
 }
+
+#[test]
+fn photos_of_a_batch_are_segmented_as_alone_and_one_size_is_required() {
+    let setup = setup();
+    let semla = semla(&setup, SemlaSettings::default());
+    let photos: Vec<_> = (0..3)
+        .map(|d| sample(&setup, d, 2).to_photo().unwrap())
+        .collect();
+    let refs: Vec<_> = photos.iter().collect();
+    let request = Request::semla();
+    let batch = semla.segment_photos(&refs, &request).unwrap();
+    for (photo, in_batch) in photos.iter().zip(&batch) {
+        let alone = semla.segment(photo, &request).unwrap();
+        assert_eq!(in_batch.adapters, alone.adapters);
+        assert_eq!(in_batch.labels, alone.labels);
+        assert_eq!(in_batch.timings.images, 3);
+    }
+    let small = semla_data::RgbImage::new(16, 12);
+    let err = semla
+        .segment_photos(&[&photos[0], &small], &request)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("one size") && err.contains("16x12"), "{err}");
+    assert!(semla.segment_photos(&[], &request).unwrap().is_empty());
+}
+
+#[test]
+fn adapters_in_memory_are_the_library_mixture() {
+    let setup = setup();
+    let semla = semla(&setup, SemlaSettings::default());
+    let s = sample(&setup, 2, 0);
+    let library = SourceLibrary::open(&setup.library, &names(), false).unwrap();
+    let (fog, night) = (
+        library.adapter("fog").unwrap(),
+        library.adapter("night").unwrap(),
+    );
+    let mixture = vec![
+        AdapterChoice::weighted("fog", 0.7),
+        AdapterChoice::weighted("night", 0.3),
+    ];
+    let from_library = semla
+        .segment_samples(&[&s], &Request::mode(Mode::Adapters(mixture.clone())))
+        .unwrap()
+        .pop()
+        .unwrap();
+    let in_memory = semla_pipeline::semla::segment_with_adapters(
+        setup.model.as_ref(),
+        &[&s],
+        &[fog, night],
+        &[0.7, 0.3],
+        true,
+        &Device::Cpu,
+    )
+    .unwrap()
+    .pop()
+    .unwrap();
+    assert_eq!(in_memory.labels, from_library.labels);
+    assert_eq!(in_memory.adapters, mixture);
+    let probabilities = in_memory.probabilities.unwrap();
+    let pixels = s.height * s.width;
+    assert_eq!(
+        probabilities.len(),
+        semla_data::synthetic::NUM_CLASSES * pixels
+    );
+    let total: f32 = (0..semla_data::synthetic::NUM_CLASSES)
+        .map(|c| probabilities[c * pixels])
+        .sum();
+    assert!((total - 1.0).abs() < 1e-5, "{total}");
+    // No adapter: the base model; a weight count that does not match: an error.
+    let base = semla_pipeline::semla::segment_with_adapters(
+        setup.model.as_ref(),
+        &[&s],
+        &[],
+        &[],
+        false,
+        &Device::Cpu,
+    )
+    .unwrap()
+    .pop()
+    .unwrap();
+    let zero = semla
+        .segment_samples(&[&s], &Request::mode(Mode::ZeroShot))
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(base.labels, zero.labels);
+    assert!(
+        semla_pipeline::semla::segment_with_adapters(
+            setup.model.as_ref(),
+            &[&s],
+            &[fog],
+            &[0.5, 0.5],
+            false,
+            &Device::Cpu,
+        )
+        .is_err()
+    );
+}
