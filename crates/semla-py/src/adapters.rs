@@ -400,7 +400,9 @@ impl AdapterLibrary {
         if !self.entry(name)?.has_prototype() {
             return Ok(None);
         }
-        let values = self.inner.prototype(name).map_err(Failure::from)?;
+        let library = Arc::clone(&self.inner);
+        let name = name.to_string();
+        let values = run(py, move || Ok(library.prototype(&name)?))?;
         let n = values.len();
         Ok(Some(to_numpy(py, values, &[n])?))
     }

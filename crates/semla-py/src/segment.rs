@@ -275,7 +275,8 @@ impl Segmenter {
         image: &Bound<'py, PyAny>,
         labels: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let photo = image_arg(image)?.load()?;
+        let arg = image_arg(image)?;
+        let photo = run(py, move || arg.load())?;
         let (values, shape) = labels_arg(labels, "labels")?;
         if shape[..] != [photo.height() as usize, photo.width() as usize] {
             return Err(shape_error(format!(
