@@ -1,6 +1,7 @@
 """Type stubs of the extension module ``semla._semla`` (re-exported by ``semla``)."""
 
 import os
+import pathlib
 from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
@@ -59,7 +60,7 @@ class AdapterLibrary:
     @staticmethod
     def open(path: PathLike) -> AdapterLibrary: ...
     @property
-    def root(self) -> str: ...
+    def root(self) -> pathlib.Path: ...
     @property
     def names(self) -> list[str]: ...
     @property
