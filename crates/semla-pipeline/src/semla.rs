@@ -239,6 +239,23 @@ impl Semla {
         self.embedder.as_deref()
     }
 
+    /// The query embedding `[D]` of one photo, as [`segment`](Self::segment)
+    /// computes it: from the photo as decoded for embedders that prefer photos
+    /// (CLIP), else from the photo as a sample.
+    pub fn embed(&self, photo: &RgbImage) -> Result<Vec<f32>> {
+        let embedder = self
+            .embedder
+            .as_deref()
+            .ok_or_else(|| PipelineError::Invalid("this pipeline has no embedder".into()))?;
+        if embedder.prefers_photos() {
+            return embedder.embed_photo(photo, &self.device);
+        }
+        embedder
+            .embed_samples(&[&Sample::from_photo(photo)], &self.device)?
+            .pop()
+            .ok_or_else(|| PipelineError::Invalid("the embedder returned nothing".into()))
+    }
+
     /// The default settings.
     pub fn settings(&self) -> &SemlaSettings {
         &self.settings
@@ -279,7 +296,7 @@ impl Semla {
             (Mode::Semla, Some(embedder)) if embedder.prefers_photos() => Some(
                 photos
                     .iter()
-                    .map(|p| embedder.embed_photo(p, &self.device))
+                    .map(|p| self.embed(p))
                     .collect::<Result<Vec<_>>>()?,
             ),
             _ => None,

@@ -487,23 +487,8 @@ impl SemLA {
         let arg = image_arg(image)?;
         let semla = Arc::clone(&self.semla);
         let embedding = run(py, move || -> Outcome<Vec<f32>> {
-            let (photos, _) = load_images(vec![arg])?;
-            let embedder = semla
-                .embedder()
-                .ok_or_else(|| Failure::new(Kind::Semla, "this SemLA has no embedder"))?;
-            let device = Device::Cpu;
-            let photo = photos
-                .first()
-                .ok_or_else(|| Failure::new(Kind::Semla, "no image"))?;
-            Ok(if embedder.prefers_photos() {
-                embedder.embed_photo(photo, &device)?
-            } else {
-                let sample = Sample::from_photo(photo);
-                embedder
-                    .embed_samples(&[&sample], &device)?
-                    .pop()
-                    .ok_or_else(|| Failure::new(Kind::Semla, "the embedder returned nothing"))?
-            })
+            let photo = arg.load()?;
+            Ok(semla.embed(&photo)?)
         })?;
         let n = embedding.len();
         to_numpy(py, embedding, &[n])
