@@ -58,6 +58,8 @@ enum Command {
     Metrics(commands::metrics::MetricsArgs),
     /// Segment images with SemLA: masks, overlays and the adapters used.
     Segment(commands::segment::SegmentArgs),
+    /// SemLA as an HTTP service: per-image retrieval, explanations, a web page, metrics.
+    Serve(commands::serve::ServeArgs),
     /// Train a base segmenter (`semla train base`).
     Train(commands::train::TrainArgs),
 }
@@ -120,6 +122,7 @@ fn main() -> std::process::ExitCode {
         Command::Library(args) => commands::library::run(args, &ctx),
         Command::Metrics(args) => commands::metrics::run(args, &ctx),
         Command::Segment(args) => commands::segment::run(args, &ctx),
+        Command::Serve(args) => commands::serve::run(args, &ctx),
         Command::Train(args) => commands::train::run(args, &ctx),
     };
     match result {

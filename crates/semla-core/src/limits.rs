@@ -62,8 +62,13 @@ pub fn set(pixels: Option<u64>, classes: Option<u64>, batch: Option<u64>) {
 
 /// Checks a `width x height` size against [`max_pixels`]; `what` names it.
 pub fn check_pixels(width: u64, height: u64, what: &str) -> Result<(), String> {
+    check_pixels_under(width, height, max_pixels(), what)
+}
+
+/// Checks a `width x height` size against an explicit limit of `max` pixels
+/// (a service's own `--max-pixels`); `what` names it.
+pub fn check_pixels_under(width: u64, height: u64, max: u64, what: &str) -> Result<(), String> {
     let pixels = width.saturating_mul(height);
-    let max = max_pixels();
     if pixels > max {
         return Err(format!(
             "{what} is {width}x{height} = {pixels} pixels, more than the limit of {max} \

@@ -15,16 +15,24 @@ use crate::labels::LabelError;
 /// may not allocate beyond it. A JPEG cut short (no end-of-image marker) must
 /// decode strictly, so that a truncated file is an error, not a grey picture.
 pub fn read_rgb(path: &Path) -> Result<RgbImage, LabelError> {
+    let bytes = read_bounded(path)?;
+    decode_rgb(&bytes, path, semla_core::limits::max_pixels())
+}
+
+/// Decodes an encoded photo (PNG, JPEG) held in memory as 8-bit RGB, as
+/// [`read_rgb`] does for a file: the size is read from the header and checked
+/// against `max_pixels` before any pixel is decoded, and the decoder may not
+/// allocate beyond it. `name` is what errors call the data (a file, an upload).
+pub fn decode_rgb(bytes: &[u8], name: &Path, max_pixels: u64) -> Result<RgbImage, LabelError> {
     let io = |source| LabelError::Io {
-        path: path.to_path_buf(),
+        path: name.to_path_buf(),
         source,
     };
     let image_error = |message: String| LabelError::Image {
-        path: path.to_path_buf(),
+        path: name.to_path_buf(),
         message,
     };
-    let bytes = read_bounded(path)?;
-    let header = image::ImageReader::new(std::io::Cursor::new(&bytes))
+    let header = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(io)?;
     let format = header.format();
@@ -36,9 +44,14 @@ pub fn read_rgb(path: &Path) -> Result<RgbImage, LabelError> {
         _ => image_error(err.to_string()),
     };
     let (width, height) = header.into_dimensions().map_err(decode_error)?;
-    semla_core::limits::check_pixels(u64::from(width), u64::from(height), "the image")
-        .map_err(image_error)?;
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+    semla_core::limits::check_pixels_under(
+        u64::from(width),
+        u64::from(height),
+        max_pixels,
+        "the image",
+    )
+    .map_err(image_error)?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(io)?;
     let mut limits = image::Limits::default();
@@ -50,8 +63,8 @@ pub fn read_rgb(path: &Path) -> Result<RgbImage, LabelError> {
     );
     reader.limits(limits);
     let image = reader.decode().map_err(decode_error)?;
-    if format == Some(image::ImageFormat::Jpeg) && !ends_with_eoi(&bytes) {
-        check_jpeg_strictly(&bytes).map_err(image_error)?;
+    if format == Some(image::ImageFormat::Jpeg) && !ends_with_eoi(bytes) {
+        check_jpeg_strictly(bytes).map_err(image_error)?;
     }
     Ok(image.to_rgb8())
 }
@@ -125,7 +138,7 @@ pub fn write_rgb_png(path: &Path, image: &RgbImage) -> Result<(), LabelError> {
 }
 
 /// Raw PNG samples encoded in memory.
-pub(crate) fn png_bytes(
+pub fn png_bytes(
     width: u32,
     height: u32,
     color: png::ColorType,

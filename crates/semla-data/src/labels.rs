@@ -181,17 +181,7 @@ pub fn read_label_map(path: &Path) -> Result<LabelMap, LabelError> {
 ///
 /// The file is written to a temporary file in the same folder and renamed into place.
 pub fn write_label_map(path: &Path, map: &LabelMap) -> Result<(), LabelError> {
-    let sixteen = map.values.iter().any(|&v| v > 255);
-    let data: Vec<u8> = if sixteen {
-        map.values.iter().flat_map(|v| v.to_be_bytes()).collect()
-    } else {
-        map.values.iter().map(|&v| v as u8).collect()
-    };
-    let depth = if sixteen {
-        png::BitDepth::Sixteen
-    } else {
-        png::BitDepth::Eight
-    };
+    let (depth, data) = label_samples(map);
     crate::image_io::write_png(
         path,
         map.width,
@@ -200,6 +190,32 @@ pub fn write_label_map(path: &Path, map: &LabelMap) -> Result<(), LabelError> {
         depth,
         &data,
     )
+}
+
+/// A label map encoded in memory as [`write_label_map`] writes it.
+pub fn label_map_png_bytes(map: &LabelMap) -> Result<Vec<u8>, png::EncodingError> {
+    let (depth, data) = label_samples(map);
+    crate::image_io::png_bytes(
+        map.width,
+        map.height,
+        png::ColorType::Grayscale,
+        depth,
+        &data,
+    )
+}
+
+/// The grey PNG samples of a label map: 8-bit when every value fits, else
+/// 16-bit big-endian.
+fn label_samples(map: &LabelMap) -> (png::BitDepth, Vec<u8>) {
+    if map.values.iter().any(|&v| v > 255) {
+        let data = map.values.iter().flat_map(|v| v.to_be_bytes()).collect();
+        (png::BitDepth::Sixteen, data)
+    } else {
+        (
+            png::BitDepth::Eight,
+            map.values.iter().map(|&v| v as u8).collect(),
+        )
+    }
 }
 
 /// The ignore value of Cityscapes train ids.

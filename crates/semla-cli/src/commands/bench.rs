@@ -37,6 +37,9 @@ pub enum BenchCommand {
     Speed(SpeedArgs),
     /// Bar charts (PNG) of a `bench camvid` summary and/or a `bench speed` result.
     Chart(ChartArgs),
+    /// `semla serve` under load: requests per second and p50/p95/p99 latency at
+    /// 1, 2, 4 concurrent clients, next to the pipeline's own per-image time.
+    Serve(super::serve::BenchServeArgs),
 }
 
 /// Arguments of `semla bench speed`.
@@ -169,6 +172,7 @@ pub fn run(args: BenchArgs, ctx: &Context) -> anyhow::Result<()> {
         BenchCommand::Camvid(args) => run_camvid(args, ctx),
         BenchCommand::Speed(args) => run_speed(args, ctx),
         BenchCommand::Chart(args) => run_chart(args, ctx),
+        BenchCommand::Serve(args) => super::serve::bench(args, ctx),
     }
 }
 

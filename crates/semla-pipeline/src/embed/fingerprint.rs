@@ -61,3 +61,40 @@ pub fn folder_fingerprint(dir: &Path) -> Result<u64> {
     }
     Ok(hash.finish())
 }
+
+/// A fingerprint of the adapters `names` of a library, in that order: each
+/// adapter's name, its `adapter_config.json`, its weights file and its
+/// prototype file, byte for byte (adapters are small next to models), and the
+/// library's record of its embedder. Two libraries with the same fingerprint
+/// fuse the same adapters with the same prototypes.
+pub fn library_fingerprint(
+    library: &semla_adapters::AdapterLibrary,
+    names: &[String],
+) -> Result<u64> {
+    let mut hash = Fnv::new();
+    let add_file = |hash: &mut Fnv, path: &Path| -> Result<()> {
+        let bytes = std::fs::read(path).map_err(|e| PipelineError::io(path, e))?;
+        hash.write(&(bytes.len() as u64).to_le_bytes());
+        hash.write(&bytes);
+        Ok(())
+    };
+    for name in names {
+        let entry = library.entry(name)?;
+        hash.write(&(name.len() as u64).to_le_bytes());
+        hash.write(name.as_bytes());
+        add_file(
+            &mut hash,
+            &entry.dir.join(semla_adapters::peft::CONFIG_FILE),
+        )?;
+        add_file(&mut hash, &entry.weights_file)?;
+        match &entry.prototype_file {
+            Some(prototype) => add_file(&mut hash, prototype)?,
+            None => hash.write(b"no prototype"),
+        }
+    }
+    let record = library.root().join(semla_adapters::library::RECORD_FILE);
+    if record.exists() {
+        add_file(&mut hash, &record)?;
+    }
+    Ok(hash.finish())
+}
