@@ -45,6 +45,9 @@ pub struct ScoreJob<'a> {
     pub num_classes: usize,
     /// Score only the first samples (all when `None`).
     pub limit: Option<usize>,
+    /// Score only these indices of the first `limit` samples, in this order
+    /// (a shard's share, see [`crate::shard`]); all of them when `None`.
+    pub only: Option<&'a [usize]>,
     /// Images per batch at most (batches hold images of one size).
     pub batch_size: usize,
     /// Names the job in progress and errors.
@@ -54,11 +57,11 @@ pub struct ScoreJob<'a> {
 /// The predictions of a batch: per image, its classes `[H, W]` and mixture.
 pub type BatchPredictions = Vec<(Vec<u16>, Vec<AdapterChoice>)>;
 
-/// Scores the first `limit` samples of the job's source (none is an error):
-/// batches of up to `batch_size` images of one size go to `predict`, which
-/// returns each image's classes and mixture; the predictions are accumulated
-/// into a confusion matrix and handed to `each`. Returns the matrix and the
-/// number of images scored.
+/// Scores the first `limit` samples of the job's source (none is an error), or
+/// the job's `only` indices among them: batches of up to `batch_size`
+/// consecutive images of one size go to `predict`, which returns each image's
+/// classes and mixture; the predictions are accumulated into a confusion matrix
+/// and handed to `each`. Returns the matrix and the number of images scored.
 pub fn score_source(
     job: &ScoreJob<'_>,
     progress: &mut dyn Progress,
@@ -69,6 +72,7 @@ pub fn score_source(
         source,
         num_classes,
         limit,
+        only,
         batch_size,
         label,
     } = *job;
@@ -80,12 +84,21 @@ pub fn score_source(
             limit.map_or("none".to_string(), |l| l.to_string())
         )));
     }
+    if let Some(index) = only.and_then(|o| o.iter().find(|&&i| i >= total)) {
+        return Err(ExperimentError::Invalid(format!(
+            "{label}: image {index} asked for, but only {total} are evaluated"
+        )));
+    }
+    let order: Vec<usize> = match only {
+        Some(indices) => indices.to_vec(),
+        None => (0..total).collect(),
+    };
     let batch_size = batch_size.max(1);
     semla_core::limits::check_batch(batch_size as u64, "a batch")
         .map_err(ExperimentError::Invalid)?;
     let ignore = u16::try_from(source.ignore_label()).ok();
     let mut confusion = ConfusionMatrix::new(num_classes);
-    progress.begin(label, total as u64);
+    progress.begin(label, order.len() as u64);
     let mut pending: Vec<(usize, Sample)> = Vec::new();
     let mut flush = |pending: &mut Vec<(usize, Sample)>| -> Result<()> {
         if pending.is_empty() {
@@ -128,7 +141,7 @@ pub fn score_source(
         pending.clear();
         Ok(())
     };
-    for index in 0..total {
+    for (done, &index) in order.iter().enumerate() {
         let sample = source.sample(index)?;
         sample.check(&source.describe(index))?;
         let fits = pending
@@ -141,11 +154,11 @@ pub fn score_source(
         if pending.len() == batch_size {
             flush(&mut pending)?;
         }
-        progress.set(index as u64 + 1);
+        progress.set(done as u64 + 1);
     }
     flush(&mut pending)?;
     progress.end();
-    Ok((confusion, total))
+    Ok((confusion, order.len()))
 }
 
 /// Checks that `source` labels the model's classes (see
@@ -190,6 +203,127 @@ fn request_for(semla: &Semla, settings: &ExperimentSettings, target: &str) -> Re
     })
 }
 
+/// Refuses settings `semla` cannot run (the `semla` mode needs an embedder).
+pub(crate) fn check_runnable(semla: &Semla, settings: &ExperimentSettings) -> Result<()> {
+    if settings.kind == ExperimentKind::Semla && semla.embedder().is_none() {
+        return Err(ExperimentError::Invalid(
+            "the semla experiment needs an embedder".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// One target's evaluation: its confusion matrix and per-image records.
+pub(crate) struct TargetRun {
+    /// Pixel counts of the images scored.
+    pub confusion: ConfusionMatrix,
+    /// Images scored.
+    pub images: usize,
+    /// Wall time (loading, embedding, retrieval, segmentation).
+    pub seconds: f64,
+    /// Index in the target's source and the record of each image, in
+    /// evaluation order.
+    pub records: Vec<(usize, ImageRecord)>,
+    /// Kept predictions.
+    pub predictions: Vec<KeptPrediction>,
+}
+
+/// Evaluates `target` with `settings`: every image of its first `limit`, or the
+/// `only` indices among them (a shard's share).
+pub(crate) fn run_target(
+    semla: &Semla,
+    target: &Target<'_>,
+    settings: &ExperimentSettings,
+    only: Option<&[usize]>,
+    progress: &mut dyn Progress,
+) -> Result<TargetRun> {
+    let started = Instant::now();
+    let model = semla.model().as_ref();
+    check_classes(target.source, model, &format!("target {}", target.name))?;
+    let request = request_for(semla, settings, &target.name)?;
+    let label = format!("{} on {}", settings.method_name(), target.name);
+    let job = ScoreJob {
+        source: target.source,
+        num_classes: model.num_classes(),
+        limit: settings.limit,
+        only,
+        batch_size: settings.batch_size,
+        label: &label,
+    };
+    let mut records = Vec::new();
+    let mut predictions = Vec::new();
+    let (confusion, images) = score_source(
+        &job,
+        progress,
+        &mut |samples| {
+            Ok(semla
+                .segment_samples(samples, &request)?
+                .into_iter()
+                .map(|p| (p.labels, p.adapters))
+                .collect())
+        },
+        &mut |scored| {
+            records.push((
+                scored.index,
+                ImageRecord {
+                    target: target.name.clone(),
+                    image: target.source.describe(scored.index),
+                    adapters: scored.adapters,
+                },
+            ));
+            if scored.index < settings.keep_predictions {
+                predictions.push(KeptPrediction {
+                    target: target.name.clone(),
+                    index: scored.index,
+                    classes: scored.classes,
+                    height: scored.sample.height,
+                    width: scored.sample.width,
+                });
+            }
+            Ok(())
+        },
+    )?;
+    Ok(TargetRun {
+        confusion,
+        images,
+        seconds: started.elapsed().as_secs_f64(),
+        records,
+        predictions,
+    })
+}
+
+/// The report of a target from its confusion matrix: every score of
+/// `results.json` and `report.json` comes from the matrix, so a merge of shards
+/// (whose matrices sum to the whole run's) reports what the whole run does.
+pub(crate) fn target_report(
+    target: &str,
+    definition: Definition,
+    class_names: &[String],
+    confusion: &ConfusionMatrix,
+    images: usize,
+    seconds: f64,
+) -> TargetReport {
+    let scores = confusion.scores(definition);
+    TargetReport {
+        target: target.to_string(),
+        definition,
+        images,
+        miou_percent: 100.0 * scores.mean_iou.unwrap_or(0.0),
+        pixel_accuracy_percent: scores.pixel_accuracy.map(|a| 100.0 * a),
+        per_class_iou: scores
+            .classes
+            .iter()
+            .map(|c| ClassIou {
+                class: c.class,
+                name: class_names.get(c.class).cloned().unwrap_or_default(),
+                iou_percent: c.iou.map(|v| 100.0 * v),
+            })
+            .collect(),
+        seconds,
+        seconds_per_image: seconds / images as f64,
+    }
+}
+
 /// Runs one experiment over `targets` with `semla` (its embedder is required
 /// for `semla`). Images are batched up to `settings.batch_size` while they
 /// share one size; each keeps its own mixture.
@@ -199,12 +333,7 @@ pub fn run_experiment(
     settings: &ExperimentSettings,
     progress: &mut dyn Progress,
 ) -> Result<ExperimentOutput> {
-    if settings.kind == ExperimentKind::Semla && semla.embedder().is_none() {
-        return Err(ExperimentError::Invalid(
-            "the semla experiment needs an embedder".into(),
-        ));
-    }
-    let model = semla.model().as_ref();
+    check_runnable(semla, settings)?;
     let mut output = ExperimentOutput {
         kind: settings.kind,
         fusion: settings.fusion,
@@ -214,67 +343,23 @@ pub fn run_experiment(
         predictions: Vec::new(),
     };
     for target in targets {
-        let started = Instant::now();
-        check_classes(target.source, model, &format!("target {}", target.name))?;
-        let request = request_for(semla, settings, &target.name)?;
-        let label = format!("{} on {}", settings.method_name(), target.name);
-        let job = ScoreJob {
-            source: target.source,
-            num_classes: model.num_classes(),
-            limit: settings.limit,
-            batch_size: settings.batch_size,
-            label: &label,
-        };
-        let (confusion, images) = score_source(
-            &job,
-            progress,
-            &mut |samples| {
-                Ok(semla
-                    .segment_samples(samples, &request)?
-                    .into_iter()
-                    .map(|p| (p.labels, p.adapters))
-                    .collect())
-            },
-            &mut |scored| {
-                output.images.push(ImageRecord {
-                    target: target.name.clone(),
-                    image: target.source.describe(scored.index),
-                    adapters: scored.adapters,
-                });
-                if scored.index < settings.keep_predictions {
-                    output.predictions.push(KeptPrediction {
-                        target: target.name.clone(),
-                        index: scored.index,
-                        classes: scored.classes,
-                        height: scored.sample.height,
-                        width: scored.sample.width,
-                    });
-                }
-                Ok(())
-            },
-        )?;
-        let scores = confusion.scores(target.definition);
-        let seconds = started.elapsed().as_secs_f64();
-        let miou_percent = 100.0 * scores.mean_iou.unwrap_or(0.0);
-        output.results.push((target.name.clone(), miou_percent));
-        output.reports.push(TargetReport {
-            target: target.name.clone(),
-            definition: target.definition,
-            images,
-            miou_percent,
-            pixel_accuracy_percent: scores.pixel_accuracy.map(|a| 100.0 * a),
-            per_class_iou: scores
-                .classes
-                .iter()
-                .map(|c| ClassIou {
-                    class: c.class,
-                    name: target.class_names.get(c.class).cloned().unwrap_or_default(),
-                    iou_percent: c.iou.map(|v| 100.0 * v),
-                })
-                .collect(),
-            seconds,
-            seconds_per_image: seconds / images as f64,
-        });
+        let run = run_target(semla, target, settings, None, progress)?;
+        let report = target_report(
+            &target.name,
+            target.definition,
+            &target.class_names,
+            &run.confusion,
+            run.images,
+            run.seconds,
+        );
+        output
+            .results
+            .push((target.name.clone(), report.miou_percent));
+        output.reports.push(report);
+        output
+            .images
+            .extend(run.records.into_iter().map(|(_, record)| record));
+        output.predictions.extend(run.predictions);
     }
     Ok(output)
 }
@@ -316,6 +401,7 @@ pub fn evaluate(
         source,
         num_classes: model.num_classes(),
         limit,
+        only: None,
         batch_size: 1,
         label: "evaluating",
     };

@@ -16,6 +16,17 @@ pub enum ExperimentError {
     /// Bad input: an unknown target adapter, an empty target, ...
     #[error("{0}")]
     Invalid(String),
+    /// A shard part file is not one (or not a whole one).
+    #[error("{path}: {message}")]
+    Part {
+        /// The part file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Shard parts that are not one complete run.
+    #[error("cannot merge the shard parts: {0}")]
+    Merge(String),
     /// The per-image path failed (embedding, retrieval, fusion, forward).
     #[error(transparent)]
     Pipeline(Box<semla_pipeline::PipelineError>),

@@ -9,6 +9,8 @@
 //!   adaptation (`semla eval`), sharing one scoring loop.
 //! - [`output`]: what a run produced, and the official `results.json` with the
 //!   richer `report.json` and `weights.jsonl`.
+//! - [`shard`]: one shard of a run ([`run_shard`], `--shard I/N`) and the exact
+//!   merge of the parts ([`merge_parts`], `semla eval merge`).
 //!
 //! Studies that train models (the demo, the CamVid benchmark) are in
 //! `semla-bench`; nothing here trains.
@@ -17,8 +19,10 @@ pub mod engine;
 pub mod error;
 pub mod output;
 pub mod settings;
+pub mod shard;
 
 pub use engine::{EvalReport, evaluate, run_experiment};
 pub use error::{ExperimentError, Result};
 pub use output::ExperimentOutput;
 pub use settings::{ExperimentKind, ExperimentSettings, Target};
+pub use shard::{Fingerprint, Merged, Shard, ShardPart, merge_parts, run_shard};

@@ -150,7 +150,7 @@ impl ExperimentOutput {
     }
 }
 
-fn to_json_indent4(value: &serde_json::Value) -> String {
+pub(crate) fn to_json_indent4(value: &serde_json::Value) -> String {
     let mut buf = Vec::new();
     let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
     let mut ser = serde_json::Serializer::with_formatter(&mut buf, formatter);

@@ -479,3 +479,144 @@ fn clip_embedder_matches_transformers_features_from_files_and_samples() {
         }
     }
 }
+
+#[test]
+fn shards_merge_into_the_whole_run_whatever_their_count() {
+    use semla_experiments::shard::{Fingerprint, Shard, ShardPart, assignment};
+    use semla_experiments::{merge_parts, run_shard};
+
+    let setup = setup();
+    // 12 images named #0..#11: sorted by id, #10 and #11 come before #2.
+    let night = render_domain("night", semla_data::synthetic::Split::Val, 12, W, H).unwrap();
+    let targets = vec![
+        Target {
+            name: "night".into(),
+            source: &night,
+            definition: Definition::Detectron2,
+            class_names: Vec::new(),
+        },
+        Target {
+            name: "fog".into(),
+            source: &setup.val[2],
+            definition: Definition::Cityscapes,
+            class_names: Vec::new(),
+        },
+    ];
+    let settings = ExperimentSettings {
+        remove_target_adapter: true,
+        batch_size: 3,
+        ..ExperimentSettings::new(ExperimentKind::Semla)
+    };
+    let embedder = SegmenterEmbedder::backbone(setup.model.clone(), 1).unwrap();
+    let semla = semla(&setup, Box::new(embedder)).unwrap();
+    let whole = run_experiment(&semla, &targets, &settings, &mut NoProgress).unwrap();
+    let inputs = Fingerprint::of_inputs(
+        &setup._dir.path().join("model"),
+        &setup.library,
+        &names(),
+        &settings,
+        &serde_json::json!({}),
+    )
+    .unwrap();
+    let without_timings = |output: &semla_experiments::ExperimentOutput| {
+        let mut report: serde_json::Value =
+            serde_json::from_str(&output.report_json(&settings)).unwrap();
+        for target in report["targets"].as_array_mut().unwrap() {
+            target["seconds"] = serde_json::Value::Null;
+            target["seconds_per_image"] = serde_json::Value::Null;
+        }
+        report
+    };
+    // 13 shards for 12 images: one shard has no night image, nine no fog image.
+    for count in [1, 3, 5, 13] {
+        let parts: Vec<(std::path::PathBuf, ShardPart)> = (0..count)
+            .rev()
+            .map(|i| {
+                let shard = Shard::new(i, count).unwrap();
+                let part = run_shard(&semla, &targets, &settings, shard, &inputs, &mut NoProgress)
+                    .unwrap();
+                (format!("part-{i}").into(), part)
+            })
+            .collect();
+        let merged = merge_parts(&parts).unwrap();
+        assert_eq!(merged.shards, count);
+        assert_eq!(
+            merged.output.results_json(),
+            whole.results_json(),
+            "{count}"
+        );
+        assert_eq!(
+            merged.output.weights_jsonl(),
+            whole.weights_jsonl(),
+            "{count}"
+        );
+        assert_eq!(without_timings(&merged.output), without_timings(&whole));
+        assert_eq!(merged.output.results, whole.results);
+    }
+
+    // Shard 1 of 3 holds the sorted positions 1, 4, 7, 10: #1, #2, #5, #8.
+    let ids: Vec<String> = (0..12).map(|i| format!("#{i}")).collect();
+    let owner = assignment(&ids, 3);
+    let mine: Vec<usize> = (0..12).filter(|&i| owner[i] == 1).collect();
+    assert_eq!(mine, [1, 2, 5, 8]);
+    let part = run_shard(
+        &semla,
+        &targets,
+        &settings,
+        Shard::new(1, 3).unwrap(),
+        &inputs,
+        &mut NoProgress,
+    )
+    .unwrap();
+    assert_eq!(part.targets[0].images, ["#1", "#2", "#5", "#8"]);
+    // Written and read back, a part is what it was (floats bit for bit).
+    let dir = setup._dir.path().join("shard-1");
+    let file = part.write(&dir).unwrap();
+    assert_eq!(file, dir.join("shard.json"));
+    assert_eq!(ShardPart::read(&dir).unwrap(), part);
+    assert_eq!(ShardPart::read(&file).unwrap(), part);
+
+    // Another top-k is another fingerprint.
+    let top3 = ExperimentSettings {
+        params: semla_retrieval::RetrievalParams {
+            top_k: 3,
+            ..settings.params
+        },
+        ..settings.clone()
+    };
+    let other = Fingerprint::of_inputs(
+        &setup._dir.path().join("model"),
+        &setup.library,
+        &names(),
+        &top3,
+        &serde_json::json!({}),
+    )
+    .unwrap();
+    assert!(other.difference(&inputs).unwrap().contains("settings"));
+    assert_eq!(inputs.difference(&inputs.clone()), None);
+
+    // A copy of the model folder elsewhere is the same model (its training
+    // checkpoints aside); one changed file makes it another.
+    let model = setup._dir.path().join("model");
+    let copy = setup._dir.path().join("elsewhere/model");
+    std::fs::create_dir_all(copy.join("checkpoint")).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(model.join(file), copy.join(file)).unwrap();
+    }
+    std::fs::write(copy.join("checkpoint/state.json"), "{}").unwrap();
+    let of = |model: &Path| {
+        Fingerprint::of_inputs(
+            model,
+            &setup.library,
+            &names(),
+            &settings,
+            &serde_json::json!({}),
+        )
+        .unwrap()
+    };
+    assert_eq!(of(&copy), inputs);
+    let mut config = std::fs::read_to_string(copy.join("config.json")).unwrap();
+    config.push('\n');
+    std::fs::write(copy.join("config.json"), config).unwrap();
+    assert!(of(&copy).difference(&inputs).unwrap().contains("models"));
+}

@@ -45,6 +45,14 @@ pub enum MetricsError {
     /// Two matrices with different class counts cannot be merged.
     #[error("cannot merge a {0}-class confusion matrix into a {1}-class one")]
     ClassCountMismatch(usize, usize),
+    /// Stored counts are not the `K x K` of a matrix of `K` classes.
+    #[error("{found} counts for a {num_classes}-class confusion matrix (expected {num_classes}²)")]
+    CountsLength {
+        /// Number of classes `K`.
+        num_classes: usize,
+        /// Counts given.
+        found: usize,
+    },
 }
 
 /// Which mIoU definition to apply (see the crate documentation).
@@ -101,9 +109,36 @@ impl ConfusionMatrix {
         }
     }
 
+    /// A matrix from stored counts (row-major `[ground truth][prediction]`, `K²`
+    /// values) and its skipped-pixel totals, e.g. one saved by another worker.
+    pub fn from_counts(
+        num_classes: usize,
+        counts: Vec<u64>,
+        ignored: u64,
+        invalid_ground_truth: u64,
+    ) -> Result<Self, MetricsError> {
+        if num_classes.checked_mul(num_classes) != Some(counts.len()) {
+            return Err(MetricsError::CountsLength {
+                num_classes,
+                found: counts.len(),
+            });
+        }
+        Ok(Self {
+            num_classes,
+            counts,
+            ignored,
+            invalid_ground_truth,
+        })
+    }
+
     /// Number of classes `K`.
     pub fn num_classes(&self) -> usize {
         self.num_classes
+    }
+
+    /// Every count, row-major `[ground truth][prediction]` (`K²` values).
+    pub fn counts(&self) -> &[u64] {
+        &self.counts
     }
 
     /// Pixels with ground truth `gt` predicted as `pred`.
@@ -422,5 +457,27 @@ mod tests {
             Ok(Definition::Detectron2)
         );
         assert!("voc".parse::<Definition>().is_err());
+    }
+
+    #[test]
+    fn stored_counts_give_back_the_matrix() {
+        let mut m = ConfusionMatrix::new(3);
+        m.accumulate(&[0, 0, 1, 1, 2, 2, 0], &[0, 0, 0, 1, 1, 255, 7], IGNORE)
+            .unwrap();
+        let copy = ConfusionMatrix::from_counts(
+            3,
+            m.counts().to_vec(),
+            m.ignored(),
+            m.invalid_ground_truth(),
+        )
+        .unwrap();
+        assert_eq!(copy, m);
+        assert_eq!(
+            ConfusionMatrix::from_counts(3, vec![0; 8], 0, 0),
+            Err(MetricsError::CountsLength {
+                num_classes: 3,
+                found: 8
+            })
+        );
     }
 }

@@ -1,5 +1,7 @@
 //! `semla eval`: mIoU of a model (optionally with one adapter of a library)
-//! on a domain split.
+//! on a domain split; with `--experiment`, SemLA's experiments
+//! (`experiment.rs`), one shard of them with `--shard I/N`, and
+//! `semla eval merge` of the shards' parts.
 
 use std::path::PathBuf;
 
@@ -17,10 +19,14 @@ use super::train::DataOptions;
 
 /// Arguments of `semla eval`.
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct EvalArgs {
+    /// `semla eval merge`: join the parts of a sharded experiment.
+    #[command(subcommand)]
+    pub action: Option<EvalAction>,
     /// Model folder (`config.json`, `model.safetensors`).
-    #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    #[arg(long, value_name = "DIR", required = true)]
+    pub model: Option<PathBuf>,
     /// Apply one adapter of a library: `LIBRARY/NAME`.
     #[arg(long, value_name = "LIB/NAME")]
     pub adapter: Option<PathBuf>,
@@ -47,6 +53,26 @@ pub struct EvalArgs {
     pub experiment: super::experiment::ExperimentOptions,
 }
 
+/// What `semla eval` does instead of evaluating.
+#[derive(clap::Subcommand, Debug)]
+pub enum EvalAction {
+    /// Merge the parts of an experiment run in shards (`--shard I/N`) into the
+    /// results.json, report.json and weights.jsonl of the whole run.
+    Merge(MergeArgs),
+}
+
+/// Arguments of `semla eval merge`.
+#[derive(clap::Args, Debug)]
+pub struct MergeArgs {
+    /// The shards' output folders (or their `shard.json` files): all N parts
+    /// of one run, in any order.
+    #[arg(required = true, value_name = "PARTS")]
+    pub parts: Vec<PathBuf>,
+    /// Output folder for results.json, report.json and weights.jsonl.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
 /// Loads `LIB/NAME` as the adaptation of a single adapter with weight 1.
 pub fn single_adapter(
     path: &std::path::Path,
@@ -65,7 +91,7 @@ pub fn single_adapter(
 /// Evaluates the model, adapter and data these arguments name.
 pub fn evaluate_args(args: &EvalArgs) -> anyhow::Result<EvalReport> {
     let device = Device::Cpu;
-    let model = load_segmenter(&args.model, &device)?;
+    let model = load_segmenter(model_of(args)?, &device)?;
     let adaptation = match &args.adapter {
         Some(path) => single_adapter(path, &model.sites())?,
         None => Adaptation::none(),
@@ -97,11 +123,19 @@ pub fn evaluate_args(args: &EvalArgs) -> anyhow::Result<EvalReport> {
     Ok(report)
 }
 
+/// `--model` (clap requires it unless a subcommand is given).
+fn model_of(args: &EvalArgs) -> anyhow::Result<&std::path::Path> {
+    args.model.as_deref().context("--model is required")
+}
+
 /// Runs `semla eval`.
 pub fn run(args: EvalArgs, ctx: &Context) -> anyhow::Result<()> {
+    if let Some(EvalAction::Merge(merge)) = &args.action {
+        return super::experiment::merge(&merge.parts, &merge.out, ctx);
+    }
     if args.experiment.experiment.is_some() {
         let common = super::experiment::EvalCommon {
-            model: &args.model,
+            model: model_of(&args)?,
             data_root: args.data_root.as_deref(),
             resize: args.resize,
             split: args.split,

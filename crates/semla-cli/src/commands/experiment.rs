@@ -1,6 +1,7 @@
 //! `semla eval --experiment zeroshot|oracle|uniform|semla`: SemLA's official
 //! experiments over target domains (the engine is [`semla_experiments`]; this
-//! module parses and reports).
+//! module parses and reports), one shard of them (`--shard I/N`), and
+//! `semla eval merge` of the shards' parts (`semla_experiments::shard`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,7 +10,11 @@ use anyhow::{Context as _, bail};
 use candle_core::Device;
 use semla_data::DomainSource;
 use semla_data::domains::Split;
-use semla_experiments::{ExperimentKind, ExperimentSettings, Target, run_experiment};
+use semla_experiments::shard::PART_FILE;
+use semla_experiments::{
+    ExperimentKind, ExperimentSettings, Fingerprint, Shard, ShardPart, Target, merge_parts,
+    run_experiment, run_shard,
+};
 use semla_metrics::Definition;
 use semla_models::{Segmenter, load_segmenter};
 use semla_pipeline::config::SemlaConfig;
@@ -53,9 +58,15 @@ pub struct ExperimentOptions {
     /// Images per forward pass (same-size images only).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub batch: usize,
-    /// Output folder for results.json, report.json and weights.jsonl.
+    /// Output folder for results.json, report.json and weights.jsonl (with
+    /// --shard: for the shard's part, `shard.json`).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Evaluate only shard I of N (0-based) of each target's images (sorted by
+    /// id, the k-th goes to shard k mod N) and write its part to --out;
+    /// `semla eval merge` joins the N parts into the whole run's files.
+    #[arg(long, value_name = "I/N", requires = "experiment")]
+    pub shard: Option<Shard>,
 }
 
 /// What `semla eval` shares with the experiment.
@@ -143,6 +154,22 @@ pub fn run(
     };
     let embedder = semla.embedder().map(|e| e.spec().to_string());
     let mut bars = Bars::new();
+    if let Some(shard) = options.shard {
+        // Everything else that changes the results: parts of runs that differ
+        // in any of it refuse to merge.
+        let extra = serde_json::json!({
+            "semla_config": config,
+            "embedder": semla.embedder().map(|e| e.id().to_string()),
+            "split": common.split,
+            "resize": common.resize,
+            "definition": common.definition,
+        });
+        let inputs = Fingerprint::of_inputs(common.model, library_dir, &sources, &settings, &extra)
+            .context("fingerprinting the model and the library")?;
+        let part = run_shard(&semla, &targets, &settings, shard, &inputs, &mut bars)?;
+        let path = part.write(out)?;
+        return report_shard(&part, &path, ctx);
+    }
     let output = run_experiment(&semla, &targets, &settings, &mut bars)?;
     output.write(out, &settings)?;
     if ctx.json {
@@ -169,6 +196,92 @@ pub fn run(
             report.images,
             report.seconds_per_image,
             report.definition
+        );
+    }
+    println!("results in {}", out.display());
+    Ok(())
+}
+
+/// Reports the part a shard wrote.
+fn report_shard(part: &ShardPart, path: &Path, ctx: &Context) -> anyhow::Result<()> {
+    let targets: Vec<serde_json::Value> = part
+        .targets
+        .iter()
+        .zip(&part.fingerprint.targets)
+        .map(|(t, listed)| {
+            serde_json::json!({
+                "target": t.target,
+                "images": t.images.len(),
+                "of": listed.images,
+                "seconds": t.seconds,
+            })
+        })
+        .collect();
+    if ctx.json {
+        return ctx.print_json(&serde_json::json!({
+            "shard": part.shard,
+            "part": path,
+            "targets": targets,
+        }));
+    }
+    println!(
+        "{} shard {} ({} fusion):",
+        part.settings.to_settings().method_name(),
+        part.shard,
+        part.settings.fusion.as_str()
+    );
+    for (t, listed) in part.targets.iter().zip(&part.fingerprint.targets) {
+        println!(
+            "  {:<20} {} of {} images ({:.1} s)",
+            t.target,
+            t.images.len(),
+            listed.images,
+            t.seconds
+        );
+    }
+    println!(
+        "part in {} (merge all {} with `semla eval merge`)",
+        path.display(),
+        part.shard.count
+    );
+    Ok(())
+}
+
+/// Runs `semla eval merge PARTS... --out DIR`.
+pub fn merge(parts: &[PathBuf], out: &Path, ctx: &Context) -> anyhow::Result<()> {
+    super::common::check_out_folder(out)?;
+    let mut read = Vec::with_capacity(parts.len());
+    for path in parts {
+        let part = ShardPart::read(path)?;
+        let file = if path.is_dir() {
+            path.join(PART_FILE)
+        } else {
+            path.clone()
+        };
+        read.push((file, part));
+    }
+    let merged = merge_parts(&read)?;
+    merged.output.write(out, &merged.settings)?;
+    if ctx.json {
+        return ctx.print_json(&serde_json::json!({
+            "experiment": merged.settings.kind,
+            "fusion": merged.settings.fusion,
+            "shards": merged.shards,
+            "out": out,
+            "results": merged.output.results.iter().map(|(t, v)| (t.clone(), serde_json::json!(v))).collect::<serde_json::Map<String, serde_json::Value>>(),
+            "targets": merged.output.reports,
+        }));
+    }
+    println!(
+        "{} ({} fusion), {} shards merged:",
+        merged.settings.method_name(),
+        merged.settings.fusion.as_str(),
+        merged.shards
+    );
+    for report in &merged.output.reports {
+        println!(
+            "  {:<20} mIoU {:6.2} %  ({} images, {:?})",
+            report.target, report.miou_percent, report.images, report.definition
         );
     }
     println!("results in {}", out.display());
