@@ -107,7 +107,11 @@ fn main() -> std::process::ExitCode {
         Some(cli.max_batch),
     );
     // An interrupted write leaves the previous content and no temporary files.
-    if let Err(e) = semla_core::remove_on_signals() {
+    // The server writes nothing and handles SIGTERM itself: it drains the
+    // requests in flight before it exits.
+    if !matches!(cli.command, Command::Serve(_))
+        && let Err(e) = semla_core::remove_on_signals()
+    {
         tracing::warn!("cannot watch for interrupts: {e}");
     }
     let ctx = commands::Context { json: cli.json };
