@@ -21,7 +21,6 @@
 //! prediction and mixture do not depend on the images batched with it (the
 //! pipeline's tests check that a batch segments as each image alone).
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use semla_core::Progress;
@@ -148,23 +147,18 @@ impl Fingerprint {
         settings: &ExperimentSettings,
         extra: &serde_json::Value,
     ) -> Result<Self> {
-        let mut model = Fnv::new();
-        hash_files(&mut model, model_dir)?;
-        let mut library = Fnv::new();
-        hash_files(&mut library, library_dir)?;
-        for name in sources {
-            write_str(&mut library, name);
-            hash_files(&mut library, &library_dir.join(name))?;
-        }
+        let fs = |e: semla_core::fs::FsError| ExperimentError::io(e.path, e.source);
+        let model = semla_core::hash::model_fingerprint(model_dir).map_err(fs)?;
+        let library = semla_core::hash::library_fingerprint(library_dir, sources).map_err(fs)?;
         let mut hash = Fnv::new();
         let settings = serde_json::json!({
             "experiment": PartSettings::from(settings),
             "extra": extra,
         });
-        write_str(&mut hash, &settings.to_string());
+        hash.write_str(&settings.to_string());
         Ok(Self {
-            model: hex(&model),
-            library: hex(&library),
+            model,
+            library,
             settings: hex(&hash),
             targets: Vec::new(),
         })
@@ -213,76 +207,24 @@ impl Fingerprint {
 /// The hash of a target's name, definition, class names and image ids.
 fn list_hash(target: &str, definition: Definition, class_names: &[String], ids: &[&str]) -> String {
     let mut hash = Fnv::new();
-    write_str(&mut hash, target);
-    write_str(
-        &mut hash,
-        match definition {
-            Definition::Cityscapes => "cityscapes",
-            Definition::Detectron2 => "detectron2",
-        },
-    );
+    hash.write_str(target);
+    hash.write_str(match definition {
+        Definition::Cityscapes => "cityscapes",
+        Definition::Detectron2 => "detectron2",
+    });
     hash.write(&(class_names.len() as u64).to_le_bytes());
     for name in class_names {
-        write_str(&mut hash, name);
+        hash.write_str(name);
     }
     hash.write(&(ids.len() as u64).to_le_bytes());
     for id in ids {
-        write_str(&mut hash, id);
+        hash.write_str(id);
     }
     hex(&hash)
 }
 
 fn hex(hash: &Fnv) -> String {
     format!("{:016x}", hash.finish())
-}
-
-/// Feeds a length-prefixed string (so that concatenations cannot collide).
-fn write_str(hash: &mut Fnv, text: &str) {
-    hash.write(&(text.len() as u64).to_le_bytes());
-    hash.write(text.as_bytes());
-}
-
-/// The entries of `dir` but temporary names, sorted by name.
-fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let read = std::fs::read_dir(dir).map_err(|e| ExperimentError::io(dir, e))?;
-    let mut entries = Vec::new();
-    for entry in read {
-        let entry = entry.map_err(|e| ExperimentError::io(dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !semla_core::fs::is_temporary_name(&name) {
-            entries.push((name, entry.path()));
-        }
-    }
-    entries.sort();
-    Ok(entries)
-}
-
-/// Feeds the files directly in `dir` (following links), sorted by name: each
-/// one's name, size and contents. Sub-folders (training checkpoints) are not
-/// what a model or adapter loads, and are left out.
-fn hash_files(hash: &mut Fnv, dir: &Path) -> Result<()> {
-    for (name, path) in sorted_entries(dir)? {
-        let meta = std::fs::metadata(&path).map_err(|e| ExperimentError::io(&path, e))?;
-        if meta.is_file() {
-            hash_file(hash, &path, &name)?;
-        }
-    }
-    Ok(())
-}
-
-fn hash_file(hash: &mut Fnv, path: &Path, relative: &str) -> Result<()> {
-    let io = |e| ExperimentError::io(path, e);
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    write_str(hash, relative);
-    hash.write(&file.metadata().map_err(io)?.len().to_le_bytes());
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            return Ok(());
-        }
-        hash.write(&buf[..n]);
-    }
 }
 
 /// The settings a part records: what `report.json` shows of a run.

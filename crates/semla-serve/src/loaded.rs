@@ -10,7 +10,6 @@ use std::time::{Instant, SystemTime};
 use semla_adapters::AdapterLibrary;
 use semla_data::synthetic::{Split, SyntheticWorld};
 use semla_models::Segmenter;
-use semla_pipeline::embed::fingerprint::library_fingerprint;
 use semla_pipeline::render::palette_for;
 use semla_pipeline::{EmbedderSpec, PipelineError, Request, Semla, SemlaSettings, SourceLibrary};
 use serde::Serialize;
@@ -64,7 +63,7 @@ pub struct BrokenInfo {
 pub struct LoadSpec {
     /// The segmenter (loaded once; reloads keep it).
     pub model: Arc<dyn Segmenter>,
-    /// The model folder's fingerprint (hex).
+    /// The model folder's fingerprint ([`semla_core::hash::model_fingerprint`]).
     pub model_fingerprint: String,
     /// What `/info` calls the model (its folder).
     pub model_name: String,
@@ -94,7 +93,8 @@ pub struct Loaded {
     pub model_fingerprint: String,
     /// What `/info` calls the model.
     pub model_name: String,
-    /// Fingerprint of the candidate adapters and prototypes (hex).
+    /// Fingerprint of the candidate adapters and prototypes
+    /// ([`semla_core::hash::library_fingerprint`], as shards record it).
     pub library_fingerprint: String,
     /// The query embedder's spec (empty: none).
     pub embedder: String,
@@ -116,7 +116,8 @@ impl LoadSpec {
             None => SourceLibrary::open_with_prototypes(&self.library)?,
         };
         let names = candidates.sources().to_vec();
-        let fingerprint = library_fingerprint(&library, &names)?;
+        let fingerprint = semla_core::hash::library_fingerprint(&self.library, &names)
+            .map_err(|e| PipelineError::io(e.path, e.source))?;
         let semla = Semla::with_embedder_spec(
             self.model.clone(),
             candidates,
@@ -176,7 +177,7 @@ impl LoadSpec {
             classes,
             model_fingerprint: self.model_fingerprint.clone(),
             model_name: self.model_name.clone(),
-            library_fingerprint: format!("{fingerprint:016x}"),
+            library_fingerprint: fingerprint,
             embedder,
             loaded_at: SystemTime::now(),
             load_s: started.elapsed().as_secs_f64(),

@@ -1,6 +1,7 @@
 //! The model thread: a batch of queued images of one size, each with its own
 //! mixture, equals the images segmented one by one; a job whose client left
 //! is skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The routes driven without a socket (`tower::ServiceExt::oneshot`): every
 //! status code, limit and error body, the explanation against the pipeline
 //! itself, the OpenAPI document against the router, the metrics text.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 mod common;
 
@@ -135,7 +136,7 @@ async fn a_multipart_upload_is_segmented_as_the_pipeline_segments_it_and_explain
         );
     }
     // Present classes count the label map's pixels.
-    let mut counts = vec![0u64; 10];
+    let mut counts = [0u64; 10];
     for &l in &labels {
         counts[usize::from(l)] += 1;
     }

@@ -2,6 +2,7 @@
 //! `/metrics` over the wire, graceful shutdown draining the requests in
 //! flight, and a bounded load test (fixed requests and seconds) asserting no
 //! 5xx, 429s above `--max-concurrent`, and flat memory.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 mod common;
 
@@ -166,6 +167,10 @@ async fn under_bounded_load_no_5xx_429s_above_max_concurrent_and_flat_memory() {
     )
     .await;
     let after = resident_bytes();
+    println!(
+        "load: {} requests at 2 clients in {:.2} s: {:?}; p50 {:.1} ms p99 {:.1} ms",
+        within.requests, within.seconds, within.statuses, within.p50_ms, within.p99_ms
+    );
     println!(
         "load: {} requests at 6 clients over max-concurrent 2 in {:.2} s: {:?}; p50 {:.1} ms p99 {:.1} ms; resident {} -> {} MB",
         over.requests,

@@ -12,7 +12,6 @@ use anyhow::Context as _;
 use candle_core::Device;
 use semla_models::{Segmenter, load_segmenter};
 use semla_pipeline::config::SemlaConfig;
-use semla_pipeline::embed::fingerprint::folder_fingerprint;
 use semla_pipeline::{EmbedderSpec, Request};
 use semla_serve::{LoadSpec, ServeConfig};
 
@@ -51,7 +50,7 @@ impl ServedOptions {
         let device = Device::Cpu;
         let model: Arc<dyn Segmenter> =
             Arc::from(load_segmenter(&self.model, &device).context("loading the model")?);
-        let fingerprint = folder_fingerprint(&self.model)?;
+        let fingerprint = semla_core::hash::model_fingerprint(&self.model)?;
         let config = SemlaConfig::resolve(
             self.semla_config.as_deref(),
             self.top_k,
@@ -61,7 +60,7 @@ impl ServedOptions {
         let sources = self.sources.as_deref().map(name_list).transpose()?;
         Ok(LoadSpec {
             model,
-            model_fingerprint: format!("{fingerprint:016x}"),
+            model_fingerprint: fingerprint,
             model_name: self.model.display().to_string(),
             library: self.library.clone(),
             sources,

@@ -1,7 +1,7 @@
 //! The tiny SemLA world the service tests run on: the Python package's
 //! committed fixtures (a random tiny segmenter, a library of three adapters
 //! with `style` prototypes, two photos).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers stop loudly
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
