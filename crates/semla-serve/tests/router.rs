@@ -779,3 +779,43 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[tokio::test]
+async fn a_jpeg_upload_is_decoded_as_the_cli_decodes_it_and_a_cut_one_is_refused() {
+    let server = server().await;
+    let photo = semla_data::image_io::read_rgb(&fixtures().join("images/fog.png")).unwrap();
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    photo.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+    let jpeg = jpeg.into_inner();
+    let reply = call(
+        &server,
+        post("/v1/segment?mode=zeroshot", "image/jpeg", jpeg.clone()),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let (_, _, labels) = decode_labels(&unbase64(reply.json()["labels_png"].as_str().unwrap()));
+    // The same bytes through the CLI's decoder and the pipeline.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fog.jpg");
+    std::fs::write(&file, &jpeg).unwrap();
+    let decoded = semla_data::image_io::read_rgb(&file).unwrap();
+    let loaded = semla_serve::engine::current(&server.state.current).unwrap();
+    let expected = loaded
+        .semla
+        .segment(
+            &decoded,
+            &PipelineRequest::mode(semla_pipeline::Mode::ZeroShot),
+        )
+        .unwrap();
+    assert_eq!(labels, expected.labels);
+    call(
+        &server,
+        post(
+            "/v1/segment",
+            "image/jpeg",
+            jpeg[..jpeg.len() * 2 / 3].to_vec(),
+        ),
+    )
+    .await
+    .assert_error(400, "bad_request", "truncated or corrupt JPEG");
+}
