@@ -1,5 +1,6 @@
-//! What several commands share: progress bars for the library's progress
-//! reports, name lists, domain resolution, `HxW` sizes and `LIB/NAME` paths.
+//! What several commands share: the flags naming what SemLA runs on, progress
+//! bars for the library's progress reports, name lists, domain resolution, `HxW`
+//! sizes and `LIB/NAME` paths.
 
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,70 @@ use semla_core::Progress;
 use semla_data::domains::{Domain, EvaluatorKind, data_root, resolve_domain};
 use semla_metrics::Definition;
 use semla_pipeline::config::read_domain_list;
+
+/// What SemLA runs on, for `semla segment` and `semla serve`: model, library,
+/// candidates, embedder and SemLA's defaults.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PipelineOptions {
+    /// Base model folder (`config.json`, `model.safetensors`).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Adapter library with prototypes.
+    #[arg(long, value_name = "DIR")]
+    pub library: PathBuf,
+    /// Candidate adapters (file or comma-separated names; default: all with a prototype).
+    #[arg(long, value_name = "FILE|A,B,..")]
+    pub sources: Option<String>,
+    /// Query embedder (default: the one recorded with the library, else `backbone`).
+    #[arg(long, value_name = "E")]
+    pub embedder: Option<semla_pipeline::EmbedderSpec>,
+    /// SemLA settings (`semla_config.yaml` or JSON; default: official values).
+    #[arg(long, value_name = "FILE")]
+    pub semla_config: Option<PathBuf>,
+    /// Number of adapters to fuse (overrides the config).
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Softmax temperature (overrides the config).
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f64>,
+}
+
+impl PipelineOptions {
+    /// The model, loaded.
+    pub fn load_model(
+        &self,
+        device: &candle_core::Device,
+    ) -> anyhow::Result<std::sync::Arc<dyn semla_models::Segmenter>> {
+        Ok(std::sync::Arc::from(
+            semla_models::load_segmenter(&self.model, device).context("loading the model")?,
+        ))
+    }
+
+    /// The candidate names given (`None`: every adapter with a prototype).
+    pub fn source_names(&self) -> anyhow::Result<Option<Vec<String>>> {
+        self.sources.as_deref().map(name_list).transpose()
+    }
+
+    /// The candidate adapters with their prototypes.
+    pub fn open_library(&self) -> anyhow::Result<semla_pipeline::SourceLibrary> {
+        use semla_pipeline::SourceLibrary;
+        let library = match self.source_names()? {
+            Some(names) => SourceLibrary::open(&self.library, &names, true)?,
+            None => SourceLibrary::open_with_prototypes(&self.library)?,
+        };
+        Ok(library)
+    }
+
+    /// SemLA's settings: the config file with the flags' overrides.
+    pub fn config(&self) -> anyhow::Result<semla_pipeline::config::SemlaConfig> {
+        Ok(semla_pipeline::config::SemlaConfig::resolve(
+            self.semla_config.as_deref(),
+            self.top_k,
+            self.temperature,
+            None,
+        )?)
+    }
+}
 
 /// A list given as a YAML/JSON file or as comma-separated names.
 pub fn name_list(value: &str) -> anyhow::Result<Vec<String>> {

@@ -3,42 +3,20 @@
 //! coloured mask and an overlay (PNG), and report the adapters used.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use candle_core::Device;
-use semla_models::{Segmenter, load_segmenter};
-use semla_pipeline::config::SemlaConfig;
 use semla_pipeline::files::{FileOutputs, segment_files};
-use semla_pipeline::{EmbedderSpec, Request, Semla, SourceLibrary};
+use semla_pipeline::{Request, Semla};
 
 use super::Context;
-use super::common::{Bars, check_out_folder, name_list, parse_size};
+use super::common::{Bars, PipelineOptions, check_out_folder, parse_size};
 
 /// Arguments of `semla segment`.
 #[derive(clap::Args, Debug)]
 pub struct SegmentArgs {
-    /// Base model folder (`config.json`, `model.safetensors`).
-    #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
-    /// Adapter library with prototypes.
-    #[arg(long, value_name = "DIR")]
-    pub library: PathBuf,
-    /// Candidate adapters (file or comma-separated names; default: all with a prototype).
-    #[arg(long, value_name = "FILE|A,B,..")]
-    pub sources: Option<String>,
-    /// Query embedder (default: the one recorded with the library, else `backbone`).
-    #[arg(long, value_name = "E")]
-    pub embedder: Option<EmbedderSpec>,
-    /// SemLA settings (`semla_config.yaml` or JSON; default: official values).
-    #[arg(long, value_name = "FILE")]
-    pub semla_config: Option<PathBuf>,
-    /// Number of adapters to fuse (overrides the config).
-    #[arg(long, value_name = "K")]
-    pub top_k: Option<usize>,
-    /// Softmax temperature (overrides the config).
-    #[arg(long, value_name = "T")]
-    pub temperature: Option<f64>,
+    #[command(flatten)]
+    pub pipeline: PipelineOptions,
     /// Resize images to HEIGHTxWIDTH before the model.
     #[arg(long, value_name = "HxW", value_parser = parse_size)]
     pub resize: Option<(usize, usize)>,
@@ -66,25 +44,17 @@ pub fn run(args: SegmentArgs, ctx: &Context) -> anyhow::Result<()> {
     if let Some(labels) = &args.labels {
         check_out_folder(labels)?;
     }
-    let model: Arc<dyn Segmenter> =
-        Arc::from(load_segmenter(&args.model, &device).context("loading the model")?);
-    let open = || match &args.sources {
-        Some(value) => SourceLibrary::open(&args.library, &name_list(value)?, true)
-            .map_err(anyhow::Error::from),
-        None => SourceLibrary::open_with_prototypes(&args.library).map_err(anyhow::Error::from),
-    };
-    let library = open().context("opening the adapter library")?;
-    let config = SemlaConfig::resolve(
-        args.semla_config.as_deref(),
-        args.top_k,
-        args.temperature,
-        None,
-    )?;
+    let model = args.pipeline.load_model(&device)?;
+    let library = args
+        .pipeline
+        .open_library()
+        .context("opening the adapter library")?;
+    let config = args.pipeline.config()?;
     let params = config.retrieval_params();
     let semla = Semla::with_embedder_spec(
         model,
         library,
-        args.embedder.as_ref(),
+        args.pipeline.embedder.as_ref(),
         config.settings(),
         &device,
     )?;

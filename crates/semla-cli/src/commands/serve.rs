@@ -10,72 +10,35 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use candle_core::Device;
-use semla_models::{Segmenter, load_segmenter};
-use semla_pipeline::config::SemlaConfig;
-use semla_pipeline::{EmbedderSpec, Request};
+use semla_pipeline::Request;
 use semla_serve::{LoadSpec, ServeConfig};
 
 use super::Context;
-use super::common::name_list;
+use super::common::PipelineOptions;
 
-/// What is served: model, library, embedder and SemLA's defaults.
-#[derive(clap::Args, Debug, Clone)]
-pub struct ServedOptions {
-    /// Base model folder (`config.json`, `model.safetensors`).
-    #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
-    /// Adapter library with prototypes.
-    #[arg(long, value_name = "DIR")]
-    pub library: PathBuf,
-    /// Candidate adapters (file or comma-separated names; default: all with a prototype).
-    #[arg(long, value_name = "FILE|A,B,..")]
-    pub sources: Option<String>,
-    /// Query embedder (default: the one recorded with the library, else `backbone`).
-    #[arg(long, value_name = "E")]
-    pub embedder: Option<EmbedderSpec>,
-    /// SemLA settings (`semla_config.yaml` or JSON; default: official values).
-    #[arg(long, value_name = "FILE")]
-    pub semla_config: Option<PathBuf>,
-    /// Default number of adapters to fuse (overrides the config; requests may too).
-    #[arg(long, value_name = "K")]
-    pub top_k: Option<usize>,
-    /// Default softmax temperature (overrides the config; requests may too).
-    #[arg(long, value_name = "T")]
-    pub temperature: Option<f64>,
-}
-
-impl ServedOptions {
-    /// Loads the model and describes the rest for [`semla_serve`] to load.
-    fn load_spec(&self) -> anyhow::Result<LoadSpec> {
-        let device = Device::Cpu;
-        let model: Arc<dyn Segmenter> =
-            Arc::from(load_segmenter(&self.model, &device).context("loading the model")?);
-        let fingerprint = semla_core::hash::model_fingerprint(&self.model)?;
-        let config = SemlaConfig::resolve(
-            self.semla_config.as_deref(),
-            self.top_k,
-            self.temperature,
-            None,
-        )?;
-        let sources = self.sources.as_deref().map(name_list).transpose()?;
-        Ok(LoadSpec {
-            model,
-            model_fingerprint: fingerprint,
-            model_name: self.model.display().to_string(),
-            library: self.library.clone(),
-            sources,
-            embedder: self.embedder.clone(),
-            settings: config.settings(),
-            device,
-        })
-    }
+/// What is served, loaded: the model, and where the rest comes from for
+/// [`semla_serve`] to load (and reload).
+fn load_spec(options: &PipelineOptions) -> anyhow::Result<LoadSpec> {
+    let device = Device::Cpu;
+    let model = options.load_model(&device)?;
+    let fingerprint = semla_core::hash::model_fingerprint(&options.model)?;
+    Ok(LoadSpec {
+        model,
+        model_fingerprint: fingerprint,
+        model_name: options.model.display().to_string(),
+        library: options.library.clone(),
+        sources: options.source_names()?,
+        embedder: options.embedder.clone(),
+        settings: options.config()?.settings(),
+        device,
+    })
 }
 
 /// Arguments of `semla serve`.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
-    pub served: ServedOptions,
+    pub served: PipelineOptions,
     /// Address to listen on (no TLS: keep it on loopback or behind a TLS proxy).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub bind: SocketAddr,
@@ -144,7 +107,7 @@ pub fn run(args: ServeArgs, _ctx: &Context) -> anyhow::Result<()> {
         ..ServeConfig::default()
     };
     config.validate().map_err(anyhow::Error::msg)?;
-    let spec = args.served.load_spec()?;
+    let spec = load_spec(&args.served)?;
     runtime()?.block_on(async move {
         let (listener, addr) = semla_serve::bind(config.bind).await?;
         eprintln!("semla serve: listening on http://{addr} (ready once /health/ready says so)");
@@ -158,7 +121,7 @@ pub fn run(args: ServeArgs, _ctx: &Context) -> anyhow::Result<()> {
 #[derive(clap::Args, Debug)]
 pub struct BenchServeArgs {
     #[command(flatten)]
-    pub served: ServedOptions,
+    pub served: PipelineOptions,
     /// The image every request posts (PNG or JPEG).
     #[arg(long, value_name = "IMG")]
     pub image: PathBuf,
@@ -186,7 +149,7 @@ pub struct BenchServeArgs {
 
 /// Runs `semla bench serve`.
 pub fn bench(args: BenchServeArgs, ctx: &Context) -> anyhow::Result<()> {
-    let spec = args.served.load_spec()?;
+    let spec = load_spec(&args.served)?;
     let bytes =
         std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
     let photo = semla_data::image_io::read_rgb(&args.image)?;
