@@ -201,6 +201,66 @@ impl Adaptation {
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.sites.keys().map(String::as_str)
     }
+
+    /// The number of per-image mixtures: the rows of the coefficients (1 when one
+    /// mixture serves the whole batch, or when nothing is adapted).
+    pub fn mixtures(&self) -> Result<usize> {
+        let mut rows = 1;
+        for site in self.sites.values() {
+            rows = rows.max(site.coeff.dim(0)?);
+        }
+        Ok(rows)
+    }
+
+    /// The mixture of image `n` alone, as one shared row (a single-row
+    /// adaptation is returned unchanged): for a forward whose batch axis is not
+    /// the images (CAT-Seg's text encoder runs one image's class prompts).
+    pub fn for_image(&self, n: usize) -> Result<Self> {
+        let mut sites = HashMap::with_capacity(self.sites.len());
+        for (path, site) in &self.sites {
+            let coeff = if site.coeff.dim(0)? == 1 {
+                site.coeff.clone()
+            } else {
+                site.coeff.narrow(0, n, 1)?
+            };
+            sites.insert(
+                path.clone(),
+                FactoredSite {
+                    a: site.a.clone(),
+                    b: site.b.clone(),
+                    coeff,
+                },
+            );
+        }
+        Ok(Self { sites })
+    }
+
+    /// Every image's mixture repeated for `k` consecutive batch rows (image `n`
+    /// becomes rows `n*k .. n*k + k`): for a forward that splits each image into
+    /// `k` views (CAT-Seg's sliding-window tiles).
+    pub fn repeat_each(&self, k: usize) -> Result<Self> {
+        let mut sites = HashMap::with_capacity(self.sites.len());
+        for (path, site) in &self.sites {
+            let (rows, rank) = site.coeff.dims2()?;
+            let coeff = if rows == 1 {
+                site.coeff.clone()
+            } else {
+                site.coeff
+                    .unsqueeze(1)?
+                    .broadcast_as((rows, k, rank))?
+                    .reshape((rows * k, rank))?
+            };
+            sites.insert(
+                path.clone(),
+                FactoredSite {
+                    a: site.a.clone(),
+                    b: site.b.clone(),
+                    coeff,
+                },
+            );
+        }
+        Ok(Self { sites })
+    }
 }
 
 /// A `Linear` layer with an adapter site. The base weight is a plain tensor

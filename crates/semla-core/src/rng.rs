@@ -65,6 +65,23 @@ impl SplitMix64 {
     }
 }
 
+/// `n` values `offset + scale * u`, `u` uniform in `[-1, 1)` ([`SplitMix64::next_signed_f32`]),
+/// from the generator seeded with the FNV-1a hash of `name`: the random test and
+/// benchmark weights of a named tensor, reproducible anywhere (the reference
+/// scripts under `tools/reference/` implement the same recipe in numpy, with the
+/// multiply and the add rounded separately in f32, as here).
+pub fn named_values(name: &str, n: usize, scale: f32, offset: f32) -> Vec<f32> {
+    let mut hash = crate::hash::Fnv::new();
+    hash.write(name.as_bytes());
+    let mut rng = SplitMix64::new(hash.finish());
+    (0..n)
+        .map(|_| {
+            let scaled = scale * rng.next_signed_f32();
+            offset + scaled
+        })
+        .collect()
+}
+
 /// SplitMix64's output function on `z + γ`: one generator step from state `z`,
 /// used to hash seed components into one well-mixed seed.
 pub fn mix64(z: u64) -> u64 {
@@ -80,6 +97,19 @@ fn finalize(mut z: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn named_values_match_the_reference_scripts_recipe() {
+        // Printed by tools/reference/catseg_reference.py (numpy) for this key.
+        let v = named_values(
+            "sem_seg_head.predictor.transformer.conv1.weight",
+            4,
+            0.247_435_823_082_923_9,
+            0.0,
+        );
+        let bits: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(bits, [0x3d90_46a3, 0xbdeb_2bd4, 0xbcbe_e8c8, 0xbe1b_db36]);
+    }
 
     #[test]
     fn splitmix_matches_reference_values() {

@@ -15,6 +15,9 @@ pub enum SegmenterConfig {
     /// [`crate::tiny::TinySeg`]: a few convolutions, for tests and demos.
     #[serde(rename = "tiny")]
     Tiny(TinySegConfig),
+    /// [`crate::catseg::CatSeg`]: open-vocabulary CAT-Seg (its classes are an input).
+    #[serde(rename = "catseg")]
+    CatSeg(crate::catseg::CatSegConfig),
 }
 
 impl SegmenterConfig {
@@ -23,6 +26,7 @@ impl SegmenterConfig {
         match self {
             Self::EfficientLite0(c) => c.num_classes,
             Self::Tiny(c) => c.num_classes,
+            Self::CatSeg(c) => c.class_names.len(),
         }
     }
 
@@ -31,6 +35,7 @@ impl SegmenterConfig {
         match self {
             Self::EfficientLite0(c) => &c.class_names,
             Self::Tiny(c) => &c.class_names,
+            Self::CatSeg(c) => &c.class_names,
         }
     }
 }

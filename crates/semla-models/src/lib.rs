@@ -9,14 +9,18 @@
 //! - [`config`]: the configuration of every segmenter kind (`config.json`).
 //! - [`model_dir`]: model folders (load, save) and the registry of kinds.
 //! - [`tiny`], [`efficientnet`] (+ [`lraspp`]): the segmenters.
+//! - [`catseg`]: CAT-Seg, the open-vocabulary segmenter of SemLA's paper (official
+//!   checkpoint layout, sliding-window inference).
 //! - [`clip`]: CLIP (Hugging Face layout): vision and text towers, tokenizer,
 //!   `CLIPImageProcessor` preprocessing.
 //! - [`kernels`]: fused CPU inference kernels (attention, activation).
 
+pub mod catseg;
 pub mod clip;
 pub mod config;
 pub mod efficientnet;
 pub mod kernels;
+pub(crate) mod layers;
 pub mod lraspp;
 pub mod model_dir;
 pub mod segmenter;

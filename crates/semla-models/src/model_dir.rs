@@ -24,6 +24,7 @@ impl SegmenterConfig {
         Ok(match self {
             Self::EfficientLite0(c) => Box::new(EfficientLiteSeg::new(vb, c)?),
             Self::Tiny(c) => Box::new(TinySeg::new(vb, c)?),
+            Self::CatSeg(c) => Box::new(crate::catseg::CatSeg::new(vb, c)?),
         })
     }
 }

@@ -13,100 +13,23 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{D, DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
-use semla_adapters::{Adaptation, AdaptedConv2d, AdaptedLinear, FactoredSite, SiteInfo};
+use semla_adapters::{Adaptation, AdaptedConv2d, AdaptedLinear, SiteInfo};
+
+pub use crate::layers::Kernels;
+use crate::layers::{
+    LayerNorm, bicubic_resize_grid, causal_mask, factored_update, quick_gelu, softmax_last_dim,
+};
 
 use super::ClipError;
 use super::config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
 
 type Result<T> = candle_core::Result<T>;
 
-/// Which implementation of layer norm, softmax and activations to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Kernels {
-    /// Fused single-pass kernels without a backward pass: inference only.
-    #[default]
-    Fused,
-    /// Composed tensor ops that backpropagate: use when training adapters.
-    Composed,
-}
-
-/// A layer norm over the last dimension (`weight`, `bias`: `[D]`).
-#[derive(Clone, Debug)]
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn load(vb: &VarBuilder, prefix: &str, size: usize, eps: f64) -> Result<Self> {
-        let vb = vb.pp(prefix);
-        Ok(Self {
-            weight: vb.get(size, "weight")?,
-            bias: vb.get(size, "bias")?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        match kernels {
-            Kernels::Fused => {
-                candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
-            }
-            Kernels::Composed => {
-                candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
-            }
-        }
-    }
-}
-
-fn softmax_last_dim(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
-    match kernels {
-        Kernels::Fused => candle_nn::ops::softmax_last_dim(x),
-        Kernels::Composed => candle_nn::ops::softmax(x, D::Minus1),
-    }
-}
-
-/// `quick_gelu(x) = x * sigmoid(1.702 x)` in one pass (inference only).
-struct QuickGelu;
-
-impl candle_core::CustomOp1 for QuickGelu {
-    fn name(&self) -> &'static str {
-        "quick-gelu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let candle_core::CpuStorage::F32(data) = storage else {
-            candle_core::bail!("quick-gelu: only f32 is supported")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("quick-gelu: input must be contiguous")
-        };
-        let input = &data[start..end];
-        let mut out = vec![0f32; input.len()];
-        crate::kernels::parallel_chunks(&mut out, 1024, |offset, chunk| {
-            for (o, &v) in chunk.iter_mut().zip(&input[offset..]) {
-                *o = v / (1.0 + (-1.702 * v).exp());
-            }
-        });
-        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
-    }
-}
-
 fn activation(x: &Tensor, act: Activation, kernels: Kernels) -> Result<Tensor> {
     match act {
-        Activation::QuickGelu => match kernels {
-            Kernels::Fused if x.dtype() == DType::F32 && x.is_contiguous() => {
-                x.apply_op1_no_bwd(&QuickGelu)
-            }
-            _ => x.mul(&candle_nn::ops::sigmoid(&x.affine(1.702, 0.0)?)?),
-        },
+        Activation::QuickGelu => quick_gelu(x, kernels),
         Activation::Gelu => x.gelu_erf(),
         Activation::GeluTanh => x.gelu(),
     }
@@ -237,21 +160,6 @@ impl Attention {
     fn sites(&self) -> [&AdaptedLinear; 4] {
         [&self.q_proj, &self.k_proj, &self.v_proj, &self.out_proj]
     }
-}
-
-/// The factored LoRA update of a Linear site (the contract of
-/// [`semla_adapters::site`]): `x2` `[N*L, in]` -> `sum_j coeff[n, j] B[:, j] (A[j, :] x)`
-/// as `[N, L, out]`. Used where several sites share one base matmul.
-fn factored_update(x2: &Tensor, n: usize, site: &FactoredSite) -> Result<Tensor> {
-    let rows = x2.dim(0)?;
-    let h = x2.matmul(&site.a.t()?)?; // [N*L, R]
-    let r = h.dim(1)?;
-    let coeff = site.coeff.to_dtype(h.dtype())?.unsqueeze(1)?; // [N|1, 1, R]
-    let h = h.reshape((n, rows / n, r))?.broadcast_mul(&coeff)?;
-    let out = site.b.dim(0)?;
-    h.reshape((rows, r))?
-        .matmul(&site.b.t()?)?
-        .reshape((n, rows / n, out))
 }
 
 /// The MLP: `fc1`, activation, `fc2`.
@@ -503,64 +411,6 @@ impl VisionTransformer {
     }
 }
 
-/// Bicubic resize of a row-major `[gh*gw, D]` grid of vectors, as PyTorch's
-/// `F.interpolate(mode="bicubic", align_corners=False)` (cubic coefficient
-/// `A = -0.75`, source index `scale * (dst + 0.5) - 0.5`, border taps clamped):
-/// what transformers' `interpolate_pos_encoding` does. Computed in f64.
-fn bicubic_resize_grid(
-    grid: &Tensor,
-    gh: usize,
-    gw: usize,
-    oh: usize,
-    ow: usize,
-) -> Result<Tensor> {
-    let d = grid.dim(1)?;
-    let src: Vec<f32> = grid.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let taps = |in_size: usize, out_size: usize| -> Vec<([usize; 4], [f64; 4])> {
-        const A: f64 = -0.75;
-        let cc1 = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
-        let cc2 = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
-        // PyTorch computes the scale in float (accscalar) as in / out.
-        let scale = in_size as f64 / out_size as f64;
-        (0..out_size)
-            .map(|o| {
-                let real = scale * (o as f64 + 0.5) - 0.5;
-                let floor = real.floor();
-                let t = real - floor;
-                let i0 = floor as i64;
-                let clamp = |i: i64| i.clamp(0, in_size as i64 - 1) as usize;
-                (
-                    [clamp(i0 - 1), clamp(i0), clamp(i0 + 1), clamp(i0 + 2)],
-                    [cc2(t + 1.0), cc1(t), cc1(1.0 - t), cc2(2.0 - t)],
-                )
-            })
-            .collect()
-    };
-    let ty = taps(gh, oh);
-    let tx = taps(gw, ow);
-    let mut out = vec![0f32; oh * ow * d];
-    let mut acc = vec![0f64; d];
-    for (oy, (iy, wy)) in ty.iter().enumerate() {
-        for (ox, (ix, wx)) in tx.iter().enumerate() {
-            acc.iter_mut().for_each(|a| *a = 0.0);
-            for (yy, &wyy) in iy.iter().zip(wy) {
-                for (xx, &wxx) in ix.iter().zip(wx) {
-                    let w = wyy * wxx;
-                    let row = &src[(yy * gw + xx) * d..(yy * gw + xx + 1) * d];
-                    for (a, &v) in acc.iter_mut().zip(row) {
-                        *a += w * v as f64;
-                    }
-                }
-            }
-            let dst = &mut out[(oy * ow + ox) * d..(oy * ow + ox + 1) * d];
-            for (o, &a) in dst.iter_mut().zip(&acc) {
-                *o = a as f32;
-            }
-        }
-    }
-    Tensor::from_vec(out, (oh * ow, d), grid.device())?.to_dtype(grid.dtype())
-}
-
 /// The text transformer (`text_model.*`).
 #[derive(Clone, Debug)]
 struct TextTransformer {
@@ -615,10 +465,7 @@ impl TextTransformer {
             .reshape((n, l, d))?;
         let positions = self.position_embedding.narrow(0, 0, l)?;
         let mut x = tokens.broadcast_add(&positions.unsqueeze(0)?)?;
-        let mask: Vec<f32> = (0..l)
-            .flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        let mask = Tensor::from_vec(mask, (l, l), x.device())?.to_dtype(x.dtype())?;
+        let mask = causal_mask(l, x.device(), x.dtype())?;
         for layer in &self.encoder.layers {
             x = layer.forward(&x, Some(&mask), adaptation, kernels)?;
         }

@@ -1,0 +1,209 @@
+//! Layers shared by the transformer models (CLIP in both layouts, CAT-Seg's
+//! aggregator): layer norm, softmax and QuickGELU in a fused (inference) and a
+//! composed (differentiable) form, the factored LoRA update of several sites that
+//! share one matmul, the causal mask and the bicubic grid resize of position
+//! embeddings.
+
+use candle_core::{D, DType, Tensor};
+use candle_nn::VarBuilder;
+use semla_adapters::FactoredSite;
+
+type Result<T> = candle_core::Result<T>;
+
+/// Which implementation of layer norm, softmax and activations to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// Fused single-pass kernels without a backward pass: inference only.
+    #[default]
+    Fused,
+    /// Composed tensor ops that backpropagate: use when training adapters.
+    Composed,
+}
+
+/// A layer norm over the last dimension (`weight`, `bias`: `[D]`).
+#[derive(Clone, Debug)]
+pub(crate) struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub(crate) fn load(vb: &VarBuilder, prefix: &str, size: usize, eps: f64) -> Result<Self> {
+        let vb = vb.pp(prefix);
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            bias: vb.get(size, "bias")?,
+            eps,
+        })
+    }
+
+    /// `(prefix.weight, weight)` and `(prefix.bias, bias)`.
+    pub(crate) fn named_tensors(&self, prefix: &str) -> [(String, Tensor); 2] {
+        [
+            (format!("{prefix}.weight"), self.weight.clone()),
+            (format!("{prefix}.bias"), self.bias.clone()),
+        ]
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        match kernels {
+            Kernels::Fused => {
+                candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
+            }
+            Kernels::Composed => {
+                candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
+            }
+        }
+    }
+}
+
+pub(crate) fn softmax_last_dim(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    match kernels {
+        Kernels::Fused => candle_nn::ops::softmax_last_dim(x),
+        Kernels::Composed => candle_nn::ops::softmax(x, D::Minus1),
+    }
+}
+
+/// `quick_gelu(x) = x * sigmoid(1.702 x)` in one pass (inference only).
+struct QuickGelu;
+
+impl candle_core::CustomOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "quick-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            candle_core::bail!("quick-gelu: only f32 is supported")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("quick-gelu: input must be contiguous")
+        };
+        let input = &data[start..end];
+        let mut out = vec![0f32; input.len()];
+        crate::kernels::parallel_chunks(&mut out, 1024, |offset, chunk| {
+            for (o, &v) in chunk.iter_mut().zip(&input[offset..]) {
+                *o = v / (1.0 + (-1.702 * v).exp());
+            }
+        });
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+
+/// The factored LoRA update of a Linear site (the contract of
+/// [`semla_adapters::site`]): `x2` `[N*L, in]` -> `sum_j coeff[n, j] B[:, j] (A[j, :] x)`
+/// as `[N, L, out]`. Used where several sites share one base matmul.
+pub(crate) fn factored_update(x2: &Tensor, n: usize, site: &FactoredSite) -> Result<Tensor> {
+    let rows = x2.dim(0)?;
+    let h = x2.matmul(&site.a.t()?)?; // [N*L, R]
+    let r = h.dim(1)?;
+    let coeff = site.coeff.to_dtype(h.dtype())?.unsqueeze(1)?; // [N|1, 1, R]
+    let h = h.reshape((n, rows / n, r))?.broadcast_mul(&coeff)?;
+    let out = site.b.dim(0)?;
+    h.reshape((rows, r))?
+        .matmul(&site.b.t()?)?
+        .reshape((n, rows / n, out))
+}
+
+
+/// Bicubic resize of a row-major `[gh*gw, D]` grid of vectors, as PyTorch's
+/// `F.interpolate(mode="bicubic", align_corners=False)` (cubic coefficient
+/// `A = -0.75`, source index `scale * (dst + 0.5) - 0.5`, border taps clamped):
+/// what transformers' `interpolate_pos_encoding` does. Computed in f64.
+pub(crate) fn bicubic_resize_grid(
+    grid: &Tensor,
+    gh: usize,
+    gw: usize,
+    oh: usize,
+    ow: usize,
+) -> Result<Tensor> {
+    let d = grid.dim(1)?;
+    let src: Vec<f32> = grid.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let taps = |in_size: usize, out_size: usize| -> Vec<([usize; 4], [f64; 4])> {
+        const A: f64 = -0.75;
+        let cc1 = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+        let cc2 = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+        // PyTorch computes the scale in float (accscalar) as in / out.
+        let scale = in_size as f64 / out_size as f64;
+        (0..out_size)
+            .map(|o| {
+                let real = scale * (o as f64 + 0.5) - 0.5;
+                let floor = real.floor();
+                let t = real - floor;
+                let i0 = floor as i64;
+                let clamp = |i: i64| i.clamp(0, in_size as i64 - 1) as usize;
+                (
+                    [clamp(i0 - 1), clamp(i0), clamp(i0 + 1), clamp(i0 + 2)],
+                    [cc2(t + 1.0), cc1(t), cc1(1.0 - t), cc2(2.0 - t)],
+                )
+            })
+            .collect()
+    };
+    let ty = taps(gh, oh);
+    let tx = taps(gw, ow);
+    let mut out = vec![0f32; oh * ow * d];
+    let mut acc = vec![0f64; d];
+    for (oy, (iy, wy)) in ty.iter().enumerate() {
+        for (ox, (ix, wx)) in tx.iter().enumerate() {
+            acc.iter_mut().for_each(|a| *a = 0.0);
+            for (yy, &wyy) in iy.iter().zip(wy) {
+                for (xx, &wxx) in ix.iter().zip(wx) {
+                    let w = wyy * wxx;
+                    let row = &src[(yy * gw + xx) * d..(yy * gw + xx + 1) * d];
+                    for (a, &v) in acc.iter_mut().zip(row) {
+                        *a += w * v as f64;
+                    }
+                }
+            }
+            let dst = &mut out[(oy * ow + ox) * d..(oy * ow + ox + 1) * d];
+            for (o, &a) in dst.iter_mut().zip(&acc) {
+                *o = a as f32;
+            }
+        }
+    }
+    Tensor::from_vec(out, (oh * ow, d), grid.device())?.to_dtype(grid.dtype())
+}
+
+
+/// `quick_gelu(x) = x * sigmoid(1.702 x)`, fused when inference kernels are asked for.
+pub(crate) fn quick_gelu(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    match kernels {
+        Kernels::Fused if x.dtype() == DType::F32 && x.is_contiguous() => {
+            x.apply_op1_no_bwd(&QuickGelu)
+        }
+        _ => x.mul(&candle_nn::ops::sigmoid(&x.affine(1.702, 0.0)?)?),
+    }
+}
+
+/// The additive causal mask `[L, L]` of a text transformer: 0 on and below the
+/// diagonal, `-inf` above.
+pub(crate) fn causal_mask(l: usize, device: &candle_core::Device, dtype: DType) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..l)
+        .flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (l, l), device)?.to_dtype(dtype)
+}
+
+/// A plain (non-adapted) linear layer: `x` `[..., in]` -> `[..., out]` with
+/// `weight` `[out, in]`.
+pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let in_features = dims.last().copied().unwrap_or(1);
+    let rows = x.elem_count() / in_features.max(1);
+    let y = x.reshape((rows, in_features))?.matmul(&weight.t()?)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out_dims = dims;
+    if let Some(last) = out_dims.last_mut() {
+        *last = weight.dim(0)?;
+    }
+    y.reshape(out_dims.as_slice())
+}
