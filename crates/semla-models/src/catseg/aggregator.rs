@@ -358,34 +358,39 @@ impl ClassAttention {
         };
         let (hp, wp) = (pooled.dim(3)?, pooled.dim(4)?);
         let pad = self.pad_len.saturating_sub(t);
-        let s = t + pad;
         // [B, Hp, Wp, T, C]: the classes of each pixel form one sequence.
-        let mut tokens = pooled.permute((0, 3, 4, 2, 1))?.contiguous()?;
-        let mut guidance = text.clone();
-        if pad > 0 {
-            let ptok = self.padding_tokens.reshape((1, 1, 1, 1, c))?.broadcast_as((b, hp, wp, pad, c))?;
-            tokens = Tensor::cat(&[&tokens, &ptok.contiguous()?], 3)?;
-            let ct = self.padding_guidance.dim(2)?;
-            let pg = self.padding_guidance.broadcast_as((b, pad, ct))?;
-            guidance = Tensor::cat(&[&guidance, &pg.contiguous()?], 1)?;
-        }
-        let ct = guidance.dim(2)?;
-        let guidance = guidance
-            .reshape((b, 1, 1, s, ct))?
-            .broadcast_as((b, hp, wp, s, ct))?
+        let tokens = pooled.permute((0, 3, 4, 2, 1))?.contiguous()?;
+        let ct = text.dim(2)?;
+        let guidance = text
+            .reshape((b, 1, 1, t, ct))?
+            .broadcast_as((b, hp, wp, t, ct))?
             .contiguous()?;
         let n1 = self.norm1.forward(&tokens, kernels)?;
         let qk_in = Tensor::cat(&[&n1, &guidance], 4)?;
         let q = self.q.forward(&qk_in, adaptation)?;
         let k = self.k.forward(&qk_in, adaptation)?;
         let v = self.v.forward(&n1, adaptation)?;
-        let attn = linear_attention(&q, &k, &v, self.heads)?;
+        // The official code appends `pad` copies of the learned padding token (and
+        // guidance) to every pixel's sequence. They are the same at every pixel of
+        // an image, so their keys and values are computed once per image and enter
+        // the attention's sums `pad` times; their own outputs are dropped anyway.
+        let padding = if pad > 0 {
+            let ptok = self.padding_tokens.broadcast_as((b, 1, c))?.contiguous()?;
+            let pg = self.padding_guidance.broadcast_as((b, 1, ct))?.contiguous()?;
+            let pn = self.norm1.forward(&ptok, kernels)?;
+            let pk = self.k.forward(&Tensor::cat(&[&pn, &pg], 2)?, adaptation)?; // [B, 1, C]
+            let pv = self.v.forward(&pn, adaptation)?;
+            Some(Padding { k: pk, v: pv, count: pad })
+        } else {
+            None
+        };
+        let attn = linear_attention(&q, &k, &v, self.heads, padding.as_ref())?;
         let tokens = (tokens + attn)?;
         let n2 = self.norm2.forward(&tokens, kernels)?;
         let mlp = self.mlp_2.forward(&self.mlp_0.forward(&n2, adaptation)?.relu()?, adaptation)?;
         let tokens = (tokens + mlp)?;
         // Back to [B, C, S, Hp, Wp], resized to the grid (align_corners=True), padding dropped.
-        let y = tokens.narrow(3, 0, t)?.permute((0, 4, 3, 1, 2))?.contiguous()?;
+        let y = tokens.permute((0, 4, 3, 1, 2))?.contiguous()?;
         let y = if (hp, wp) == (h, w) {
             y
         } else {
@@ -421,27 +426,54 @@ impl ClassAttention {
     }
 }
 
-/// "Transformers are RNNs" linear attention over the second-to-last axis:
-/// `q`, `k`, `v` `[..., S, C]` with `heads` contiguous channel blocks;
-/// `phi(z) = elu(z) + 1`, `out_l = phi(q_l)^T (sum_s phi(k_s) v_s^T / S) * S /
-/// (phi(q_l) . sum_s phi(k_s) + eps)`.
-fn linear_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
-    let dims = q.dims().to_vec();
-    let (s, c) = (dims[dims.len() - 2], dims[dims.len() - 1]);
-    let rows = q.elem_count() / (s * c);
+/// Keys and values `[B, 1, C]` of the padding token, and how many copies of it
+/// each sequence holds.
+struct Padding {
+    k: Tensor,
+    v: Tensor,
+    count: usize,
+}
+
+/// "Transformers are RNNs" linear attention over the class axis: `q`, `k`, `v`
+/// `[B, Hp, Wp, T, C]` with `heads` contiguous channel blocks, plus `padding`
+/// copies of a per-image key/value; `S = T + padding`, `phi(z) = elu(z) + 1`,
+/// `out_l = phi(q_l)^T (sum_s phi(k_s) v_s^T / S) * S / (phi(q_l) . sum_s phi(k_s) + eps)`,
+/// the sums running over the real and the padding tokens.
+fn linear_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, padding: Option<&Padding>) -> Result<Tensor> {
+    let (b, hp, wp, t, c) = q.dims5()?;
+    let pixels = hp * wp;
     let hd = c / heads;
-    let split = |z: &Tensor| -> Result<Tensor> {
-        z.reshape((rows, s, heads, hd))?.transpose(1, 2)?.contiguous() // [R, h, S, d]
+    let count = padding.map_or(0, |p| p.count);
+    let s = (t + count) as f64;
+    let split = |z: &Tensor, len: usize| -> Result<Tensor> {
+        z.reshape((b, pixels, len, heads, hd))?.permute((0, 1, 3, 2, 4))?.contiguous() // [B, P, h, L, d]
     };
     let phi = |z: &Tensor| -> Result<Tensor> { z.elu(1.0)? + 1.0 };
-    let qf = phi(&split(q)?)?;
-    let kf = phi(&split(k)?)?;
-    let v = (split(v)? / s as f64)?;
-    let kv = kf.t()?.matmul(&v)?; // [R, h, d, d]
-    let ksum = kf.sum_keepdim(2)?; // [R, h, 1, d]
-    let z = (qf.broadcast_mul(&ksum)?.sum_keepdim(D::Minus1)? + LINEAR_ATTENTION_EPS)?.recip()?; // [R, h, S, 1]
-    let out = qf.matmul(&kv)?.broadcast_mul(&z)?; // [R, h, S, d]
-    (out * s as f64)?.transpose(1, 2)?.reshape(dims.as_slice())
+    let qf = phi(&split(q, t)?)?;
+    let kf = phi(&split(k, t)?)?;
+    let v = (split(v, t)? / s)?;
+    // Batched products in three dimensions: [B*P*h, L, d].
+    let flat = |z: &Tensor, rows: usize, cols: usize| z.reshape((b * pixels * heads, rows, cols));
+    let mut kv = flat(&kf, t, hd)?
+        .t()?
+        .contiguous()?
+        .matmul(&flat(&v, t, hd)?)?
+        .reshape((b, pixels, heads, hd, hd))?;
+    let mut ksum = kf.sum_keepdim(3)?; // [B, P, h, 1, d]
+    if let Some(p) = padding {
+        let pk = phi(&p.k.reshape((b * heads, 1, hd))?)?;
+        let pv = (p.v.reshape((b * heads, 1, hd))? / s)?;
+        let n = p.count as f64;
+        let pkv = (pk.t()?.contiguous()?.matmul(&pv)? * n)?.reshape((b, 1, heads, hd, hd))?;
+        kv = kv.broadcast_add(&pkv)?;
+        ksum = ksum.broadcast_add(&(pk.reshape((b, 1, heads, 1, hd))? * n)?)?;
+    }
+    let z = (qf.broadcast_mul(&ksum)?.sum_keepdim(D::Minus1)? + LINEAR_ATTENTION_EPS)?.recip()?; // [B, P, h, T, 1]
+    let out = flat(&qf, t, hd)?
+        .matmul(&flat(&kv, hd, hd)?)?
+        .reshape((b, pixels, heads, t, hd))?
+        .broadcast_mul(&z)?; // [B, P, h, T, d]
+    (out * s)?.permute((0, 1, 3, 2, 4))?.reshape((b, hp, wp, t, c))
 }
 
 /// One `AggregatorLayer`: spatial then class aggregation.

@@ -69,14 +69,26 @@ pub fn combine(logits: &Tensor, out: (usize, usize)) -> Result<Tensor> {
     }
     let probs = candle_nn::ops::sigmoid(&resize(logits, KERNEL, KERNEL)?)?;
     let global = resize(&probs.narrow(0, v - 1, 1)?, OUT_RES, OUT_RES)?.squeeze(0)?;
-    let mut canvas = Tensor::zeros((t, OUT_RES, OUT_RES), probs.dtype(), probs.device())?;
+    // nn.Fold: the tiles summed into the canvas, and the per-pixel tile count.
+    let tiles: Vec<f32> = probs
+        .narrow(0, 0, offsets.len())?
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let mut canvas = vec![0f32; t * OUT_RES * OUT_RES];
     let mut count = vec![0f32; OUT_RES * OUT_RES];
+    let plane = KERNEL * KERNEL;
     for (i, &(y, x)) in offsets.iter().enumerate() {
-        let tile = probs.get(i)?;
-        canvas = canvas.slice_assign(&[0..t, y..y + KERNEL, x..x + KERNEL], &(canvas
-            .narrow(1, y, KERNEL)?
-            .narrow(2, x, KERNEL)?
-            + tile)?)?;
+        for class in 0..t {
+            let tile = &tiles[(i * t + class) * plane..(i * t + class + 1) * plane];
+            let dst = &mut canvas[class * OUT_RES * OUT_RES..(class + 1) * OUT_RES * OUT_RES];
+            for (r, row) in tile.chunks_exact(KERNEL).enumerate() {
+                let start = (y + r) * OUT_RES + x;
+                for (d, &v) in dst[start..start + KERNEL].iter_mut().zip(row) {
+                    *d += v;
+                }
+            }
+        }
         for row in y..y + KERNEL {
             for c in &mut count[row * OUT_RES + x..row * OUT_RES + x + KERNEL] {
                 *c += 1.0;
@@ -86,7 +98,8 @@ pub fn combine(logits: &Tensor, out: (usize, usize)) -> Result<Tensor> {
     if count.contains(&0.0) {
         candle_core::bail!("the tiles leave pixels of the {OUT_RES} canvas uncovered");
     }
-    let count = Tensor::from_vec(count, (1, OUT_RES, OUT_RES), probs.device())?;
+    let canvas = Tensor::from_vec(canvas, (t, OUT_RES, OUT_RES), probs.device())?.to_dtype(probs.dtype())?;
+    let count = Tensor::from_vec(count, (1, OUT_RES, OUT_RES), probs.device())?.to_dtype(probs.dtype())?;
     let averaged = ((canvas.broadcast_div(&count)? + global)? / 2.0)?;
     Ok(resize(&averaged.unsqueeze(0)?, out.0, out.1)?.squeeze(0)?)
 }
