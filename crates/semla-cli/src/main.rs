@@ -56,6 +56,8 @@ enum Command {
     Library(commands::library::LibraryArgs),
     /// mIoU and accuracies of predicted label maps against ground truth.
     Metrics(commands::metrics::MetricsArgs),
+    /// Model checkpoints: convert the official CAT-Seg checkpoint into a model folder.
+    Model(commands::model::ModelArgs),
     /// Segment images with SemLA: masks, overlays and the adapters used.
     Segment(commands::segment::SegmentArgs),
     /// SemLA as an HTTP service: per-image retrieval, explanations, a web page, metrics.
@@ -125,6 +127,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => commands::eval::run(args, &ctx),
         Command::Library(args) => commands::library::run(args, &ctx),
         Command::Metrics(args) => commands::metrics::run(args, &ctx),
+        Command::Model(args) => commands::model::run(args, &ctx),
         Command::Segment(args) => commands::segment::run(args, &ctx),
         Command::Serve(args) => commands::serve::run(args, &ctx),
         Command::Train(args) => commands::train::run(args, &ctx),

@@ -95,7 +95,6 @@ impl candle_core::CustomOp1 for QuickGelu {
     }
 }
 
-
 /// The factored LoRA update of a Linear site (the contract of
 /// [`semla_adapters::site`]): `x2` `[N*L, in]` -> `sum_j coeff[n, j] B[:, j] (A[j, :] x)`
 /// as `[N, L, out]`. Used where several sites share one base matmul.
@@ -110,7 +109,6 @@ pub(crate) fn factored_update(x2: &Tensor, n: usize, site: &FactoredSite) -> Res
         .matmul(&site.b.t()?)?
         .reshape((n, rows / n, out))
 }
-
 
 /// Bicubic resize of a row-major `[gh*gw, D]` grid of vectors, as PyTorch's
 /// `F.interpolate(mode="bicubic", align_corners=False)` (cubic coefficient
@@ -169,7 +167,6 @@ pub(crate) fn bicubic_resize_grid(
     }
     Tensor::from_vec(out, (oh * ow, d), grid.device())?.to_dtype(grid.dtype())
 }
-
 
 /// `quick_gelu(x) = x * sigmoid(1.702 x)`, fused when inference kernels are asked for.
 pub(crate) fn quick_gelu(x: &Tensor, kernels: Kernels) -> Result<Tensor> {

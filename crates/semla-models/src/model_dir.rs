@@ -103,7 +103,9 @@ pub fn read_segmenter_config(dir: &Path) -> std::result::Result<SegmenterConfig,
             cause,
         })?;
     let classes = config.num_classes();
-    if classes == 0 {
+    // CAT-Seg's classes are an input: its folder may name none.
+    let open_vocabulary = matches!(config, SegmenterConfig::CatSeg(_));
+    if classes == 0 && !open_vocabulary {
         return Err(ModelDirError::OutOfRange {
             path,
             message: "num_classes is 0: a segmenter needs at least one class".into(),

@@ -452,3 +452,33 @@ pub mod png {
         with_valid_crcs(bytes)
     }
 }
+
+/// The tensors a reference script's `keys_*.json` lists (`{"tensors": [{name,
+/// shape, scale, offset}]}`), generated with the recipe the script used
+/// ([`semla_core::rng::named_values`]): the weights of the tiny random models
+/// whose outputs the official code wrote, without committing the weights.
+pub fn tensors_from_keys(path: &std::path::Path) -> std::collections::HashMap<String, Tensor> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let json: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out = std::collections::HashMap::new();
+    for t in json["tensors"].as_array().into_iter().flatten() {
+        let name = t["name"].as_str().unwrap_or_default();
+        let shape: Vec<usize> = t["shape"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_u64().map(|d| d as usize))
+            .collect();
+        let values = semla_core::rng::named_values(
+            name,
+            shape.iter().product(),
+            t["scale"].as_f64().unwrap_or(0.0) as f32,
+            t["offset"].as_f64().unwrap_or(0.0) as f32,
+        );
+        let tensor = Tensor::from_vec(values, shape, &candle_core::Device::Cpu)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        out.insert(name.to_string(), tensor);
+    }
+    out
+}

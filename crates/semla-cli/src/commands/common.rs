@@ -17,12 +17,15 @@ use semla_pipeline::config::read_domain_list;
 /// candidates, embedder and SemLA's defaults.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PipelineOptions {
-    /// Base model folder (`config.json`, `model.safetensors`).
-    #[arg(long, value_name = "DIR")]
+    /// Base model: a model folder (`config.json`, `model.safetensors`), or
+    /// `catseg:PATH` for CAT-Seg (the official `model_final.pth`, a `.safetensors`
+    /// file of its keys, or a folder `semla model convert` wrote).
+    #[arg(long, value_name = "DIR|catseg:PATH")]
     pub model: PathBuf,
-    /// Adapter library with prototypes.
+    /// Adapter library with prototypes (SemLA's retrieval; `semla segment` without
+    /// it runs the model alone, or with `--adapter`).
     #[arg(long, value_name = "DIR")]
-    pub library: PathBuf,
+    pub library: Option<PathBuf>,
     /// Candidate adapters (file or comma-separated names; default: all with a prototype).
     #[arg(long, value_name = "FILE|A,B,..")]
     pub sources: Option<String>,
@@ -38,17 +41,120 @@ pub struct PipelineOptions {
     /// Softmax temperature (overrides the config).
     #[arg(long, value_name = "T")]
     pub temperature: Option<f64>,
+    #[command(flatten)]
+    pub catseg: CatSegOptions,
+}
+
+/// CAT-Seg's inputs: its official configuration and the open vocabulary.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CatSegOptions {
+    /// The official CAT-Seg YAML (`configs/vitl_336.yaml`, with its `_BASE_`);
+    /// without it, every dimension comes from the checkpoint's shapes.
+    #[arg(long, value_name = "YAML")]
+    pub catseg_config: Option<PathBuf>,
+    /// CAT-Seg's classes: comma-separated names, or an official list by domain
+    /// or JSON name (`cs19`, `acdc-night`, `ade150`, ...).
+    #[arg(long, value_name = "A,B,..|LIST", conflicts_with = "classes_file")]
+    pub classes: Option<String>,
+    /// CAT-Seg's classes from a file: one name per line, or an official JSON list.
+    #[arg(long, value_name = "FILE")]
+    pub classes_file: Option<PathBuf>,
+    /// When CAT-Seg computes the class text embeddings: per adapter mixture, or
+    /// once with the first image's mixture as the official code caches them.
+    #[arg(long, value_name = "WHEN", default_value = "per-mixture")]
+    pub text_cache: TextCacheArg,
+}
+
+/// `--text-cache`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum TextCacheArg {
+    /// Text embeddings with each image's own mixture.
+    PerMixture,
+    /// Computed once, with the first image's mixture (the official code's cache).
+    FirstImage,
+}
+
+impl CatSegOptions {
+    /// The class list given (`None` when neither flag is).
+    pub fn class_names(&self) -> anyhow::Result<Option<Vec<String>>> {
+        use semla_models::catseg::classes;
+        if let Some(file) = &self.classes_file {
+            return Ok(Some(
+                classes::read_classes_file(file).map_err(anyhow::Error::msg)?,
+            ));
+        }
+        self.classes
+            .as_deref()
+            .map(|arg| classes::parse_classes_arg(arg).map_err(anyhow::Error::msg))
+            .transpose()
+    }
+
+    /// Loads CAT-Seg from `path` with these options (a class list required).
+    pub fn load(
+        &self,
+        path: &Path,
+        device: &candle_core::Device,
+    ) -> anyhow::Result<semla_models::catseg::CatSeg> {
+        self.load_with(path, device, true)
+    }
+
+    /// Loads CAT-Seg from `path`; without a class list only if `require_classes` is false.
+    pub fn load_with(
+        &self,
+        path: &Path,
+        device: &candle_core::Device,
+        require_classes: bool,
+    ) -> anyhow::Result<semla_models::catseg::CatSeg> {
+        let mut model =
+            semla_models::catseg::checkpoint::load(path, self.catseg_config.as_deref(), device)
+                .context("loading CAT-Seg")?;
+        match self.class_names()? {
+            Some(names) => model.set_classes(&names)?,
+            None if require_classes && model.catseg_config().class_names.is_empty() => {
+                bail!("CAT-Seg segments the classes it is given: pass --classes or --classes-file")
+            }
+            None => {}
+        }
+        model.set_text_cache(match self.text_cache {
+            TextCacheArg::PerMixture => semla_models::catseg::TextCache::PerMixture,
+            TextCacheArg::FirstImage => semla_models::catseg::TextCache::FirstImage,
+        });
+        Ok(model)
+    }
 }
 
 impl PipelineOptions {
+    /// The CAT-Seg checkpoint when `--model catseg:PATH` names one.
+    pub fn catseg_path(&self) -> Option<PathBuf> {
+        self.model
+            .to_str()
+            .and_then(|s| s.strip_prefix("catseg:"))
+            .map(PathBuf::from)
+    }
+
+    /// The model's file or folder (without a `catseg:` prefix).
+    pub fn model_path(&self) -> PathBuf {
+        self.catseg_path().unwrap_or_else(|| self.model.clone())
+    }
+
     /// The model, loaded.
     pub fn load_model(
         &self,
         device: &candle_core::Device,
     ) -> anyhow::Result<std::sync::Arc<dyn semla_models::Segmenter>> {
+        if let Some(path) = self.catseg_path() {
+            return Ok(std::sync::Arc::new(self.catseg.load(&path, device)?));
+        }
         Ok(std::sync::Arc::from(
             semla_models::load_segmenter(&self.model, device).context("loading the model")?,
         ))
+    }
+
+    /// The library folder (required for SemLA's retrieval).
+    pub fn library(&self) -> anyhow::Result<&Path> {
+        self.library
+            .as_deref()
+            .context("--library is required: SemLA retrieves adapters from a library")
     }
 
     /// The candidate names given (`None`: every adapter with a prototype).
@@ -60,8 +166,8 @@ impl PipelineOptions {
     pub fn open_library(&self) -> anyhow::Result<semla_pipeline::SourceLibrary> {
         use semla_pipeline::SourceLibrary;
         let library = match self.source_names()? {
-            Some(names) => SourceLibrary::open(&self.library, &names, true)?,
-            None => SourceLibrary::open_with_prototypes(&self.library)?,
+            Some(names) => SourceLibrary::open(self.library()?, &names, true)?,
+            None => SourceLibrary::open_with_prototypes(self.library()?)?,
         };
         Ok(library)
     }

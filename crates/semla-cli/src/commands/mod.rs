@@ -12,6 +12,7 @@ pub mod eval;
 pub mod experiment;
 pub mod library;
 pub mod metrics;
+pub mod model;
 pub mod segment;
 pub mod serve;
 pub mod train;

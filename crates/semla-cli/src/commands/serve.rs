@@ -21,12 +21,12 @@ use super::common::PipelineOptions;
 fn load_spec(options: &PipelineOptions) -> anyhow::Result<LoadSpec> {
     let device = Device::Cpu;
     let model = options.load_model(&device)?;
-    let fingerprint = semla_core::hash::model_fingerprint(&options.model)?;
+    let fingerprint = semla_core::hash::model_fingerprint(&options.model_path())?;
     Ok(LoadSpec {
         model,
         model_fingerprint: fingerprint,
         model_name: options.model.display().to_string(),
-        library: options.library.clone(),
+        library: options.library()?.to_path_buf(),
         sources: options.source_names()?,
         embedder: options.embedder.clone(),
         settings: options.config()?.settings(),

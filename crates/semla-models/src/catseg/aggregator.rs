@@ -34,11 +34,22 @@ struct Conv {
 }
 
 impl Conv {
-    fn load(vb: &VarBuilder, prefix: &str, cin: usize, cout: usize, k: usize, bias: bool) -> Result<Self> {
+    fn load(
+        vb: &VarBuilder,
+        prefix: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        bias: bool,
+    ) -> Result<Self> {
         let vb = vb.pp(prefix);
         Ok(Self {
             weight: vb.get((cout, cin, k, k), "weight")?,
-            bias: if bias { Some(vb.get(cout, "bias")?) } else { None },
+            bias: if bias {
+                Some(vb.get(cout, "bias")?)
+            } else {
+                None
+            },
             padding: k / 2,
         })
     }
@@ -68,7 +79,13 @@ pub(crate) struct ConvTranspose {
 }
 
 impl ConvTranspose {
-    pub(crate) fn load(vb: &VarBuilder, prefix: &str, cin: usize, cout: usize, k: usize) -> Result<Self> {
+    pub(crate) fn load(
+        vb: &VarBuilder,
+        prefix: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+    ) -> Result<Self> {
         let vb = vb.pp(prefix);
         Ok(Self {
             weight: vb.get((cin, cout, k, k), "weight")?,
@@ -112,7 +129,9 @@ impl GroupNorm {
         let mean = g.mean_keepdim(2)?;
         let centred = g.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(2)?;
-        let normed = centred.broadcast_div(&(var + NORM_EPS)?.sqrt()?)?.reshape((n, c, h, w))?;
+        let normed = centred
+            .broadcast_div(&(var + NORM_EPS)?.sqrt()?)?
+            .reshape((n, c, h, w))?;
         normed
             .broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?
             .broadcast_add(&self.bias.reshape((1, c, 1, 1))?)
@@ -170,14 +189,24 @@ impl SwinBlock {
     }
 
     /// `x` `[B, T, H*W, C]`, `guidance` `[B, T, H*W, Ca]` (normalised) -> `[B, T, H*W, C]`.
-    fn forward(&self, x: &Tensor, guidance: &Tensor, adaptation: &Adaptation, kernels: Kernels) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        guidance: &Tensor,
+        adaptation: &Adaptation,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
         let (b, t, l, c) = x.dims4()?;
         let side = (l as f64).sqrt() as usize;
         let ws = self.window;
         let nw = side / ws;
         let h = self.norm1.forward(x, kernels)?;
         let h = Tensor::cat(&[&h, guidance], 3)?.reshape((b * t, side, side, ()))?;
-        let h = if self.shift > 0 { roll2(&h, self.shift as i64 * -1)? } else { h };
+        let h = if self.shift > 0 {
+            roll2(&h, self.shift as i64 * -1)?
+        } else {
+            h
+        };
         let cg = h.dim(3)?;
         // Window partition: [B*T, nw, ws, nw, ws, Cg] -> [B, T*nw*nw, ws*ws, Cg].
         let windows = h
@@ -187,7 +216,9 @@ impl SwinBlock {
             .reshape((b, t * nw * nw, ws * ws, cg))?;
         let q = self.q.forward(&windows, adaptation)?;
         let k = self.k.forward(&windows, adaptation)?;
-        let v = self.v.forward(&windows.narrow(3, 0, c)?.contiguous()?, adaptation)?;
+        let v = self
+            .v
+            .forward(&windows.narrow(3, 0, c)?.contiguous()?, adaptation)?;
         let heads = self.heads;
         let hd = c / heads;
         let split = |z: Tensor| -> Result<Tensor> {
@@ -215,7 +246,11 @@ impl SwinBlock {
             .permute((0, 1, 3, 2, 4, 5))?
             .contiguous()?
             .reshape((b * t, side, side, c))?;
-        let out = if self.shift > 0 { roll2(&out, self.shift as i64)? } else { out };
+        let out = if self.shift > 0 {
+            roll2(&out, self.shift as i64)?
+        } else {
+            out
+        };
         let x = (x + out.reshape((b, t, l, c))?)?;
         let h = self.norm2.forward(&x, kernels)?;
         let h = self.fc1.forward(&h, adaptation)?.gelu_erf()?;
@@ -227,7 +262,14 @@ impl SwinBlock {
     }
 
     fn sites_mut(&mut self) -> [&mut AdaptedLinear; 6] {
-        [&mut self.q, &mut self.k, &mut self.v, &mut self.proj, &mut self.fc1, &mut self.fc2]
+        [
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.proj,
+            &mut self.fc1,
+            &mut self.fc2,
+        ]
     }
 
     fn named(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
@@ -269,7 +311,12 @@ fn roll2(x: &Tensor, shift: i64) -> Result<Tensor> {
 
 /// The shifted-window mask of timm's Swin: regions `[0, H-ws)`, `[H-ws, H-s)`,
 /// `[H-s, H)` per axis, label `3 * row + col`; 0 within a region, −100 across.
-fn shift_mask(side: usize, ws: usize, shift: usize, device: &candle_core::Device) -> Result<Tensor> {
+fn shift_mask(
+    side: usize,
+    ws: usize,
+    shift: usize,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     let region = |i: usize| -> usize {
         if i < side - ws {
             0
@@ -347,7 +394,13 @@ impl ClassAttention {
 
     /// `x` `[B, C, T, H, W]`, `text` `[B, T, Ct]` -> `[B, C, T, H, W]` (with the
     /// layer's outer residual: `x + (pooled + attention + MLP)`).
-    fn forward(&self, x: &Tensor, text: &Tensor, adaptation: &Adaptation, kernels: Kernels) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        text: &Tensor,
+        adaptation: &Adaptation,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
         let (b, c, t, h, w) = x.dims5()?;
         let pooled = if self.pool == [1, 1] {
             x.clone()
@@ -376,18 +429,27 @@ impl ClassAttention {
         // the attention's sums `pad` times; their own outputs are dropped anyway.
         let padding = if pad > 0 {
             let ptok = self.padding_tokens.broadcast_as((b, 1, c))?.contiguous()?;
-            let pg = self.padding_guidance.broadcast_as((b, 1, ct))?.contiguous()?;
+            let pg = self
+                .padding_guidance
+                .broadcast_as((b, 1, ct))?
+                .contiguous()?;
             let pn = self.norm1.forward(&ptok, kernels)?;
             let pk = self.k.forward(&Tensor::cat(&[&pn, &pg], 2)?, adaptation)?; // [B, 1, C]
             let pv = self.v.forward(&pn, adaptation)?;
-            Some(Padding { k: pk, v: pv, count: pad })
+            Some(Padding {
+                k: pk,
+                v: pv,
+                count: pad,
+            })
         } else {
             None
         };
         let attn = linear_attention(&q, &k, &v, self.heads, padding.as_ref())?;
         let tokens = (tokens + attn)?;
         let n2 = self.norm2.forward(&tokens, kernels)?;
-        let mlp = self.mlp_2.forward(&self.mlp_0.forward(&n2, adaptation)?.relu()?, adaptation)?;
+        let mlp = self
+            .mlp_2
+            .forward(&self.mlp_0.forward(&n2, adaptation)?.relu()?, adaptation)?;
         let tokens = (tokens + mlp)?;
         // Back to [B, C, S, Hp, Wp], resized to the grid (align_corners=True), padding dropped.
         let y = tokens.permute((0, 4, 3, 1, 2))?.contiguous()?;
@@ -406,7 +468,13 @@ impl ClassAttention {
     }
 
     fn sites_mut(&mut self) -> [&mut AdaptedLinear; 5] {
-        [&mut self.q, &mut self.k, &mut self.v, &mut self.mlp_0, &mut self.mlp_2]
+        [
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.mlp_0,
+            &mut self.mlp_2,
+        ]
     }
 
     fn named(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
@@ -421,8 +489,14 @@ impl ClassAttention {
         }
         out.extend(self.norm1.named_tensors(&format!("{prefix}.norm1")));
         out.extend(self.norm2.named_tensors(&format!("{prefix}.norm2")));
-        out.push((format!("{prefix}.padding_tokens"), self.padding_tokens.clone()));
-        out.push((format!("{prefix}.padding_guidance"), self.padding_guidance.clone()));
+        out.push((
+            format!("{prefix}.padding_tokens"),
+            self.padding_tokens.clone(),
+        ));
+        out.push((
+            format!("{prefix}.padding_guidance"),
+            self.padding_guidance.clone(),
+        ));
     }
 }
 
@@ -439,14 +513,22 @@ struct Padding {
 /// copies of a per-image key/value; `S = T + padding`, `phi(z) = elu(z) + 1`,
 /// `out_l = phi(q_l)^T (sum_s phi(k_s) v_s^T / S) * S / (phi(q_l) . sum_s phi(k_s) + eps)`,
 /// the sums running over the real and the padding tokens.
-fn linear_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, padding: Option<&Padding>) -> Result<Tensor> {
+fn linear_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    padding: Option<&Padding>,
+) -> Result<Tensor> {
     let (b, hp, wp, t, c) = q.dims5()?;
     let pixels = hp * wp;
     let hd = c / heads;
     let count = padding.map_or(0, |p| p.count);
     let s = (t + count) as f64;
     let split = |z: &Tensor, len: usize| -> Result<Tensor> {
-        z.reshape((b, pixels, len, heads, hd))?.permute((0, 1, 3, 2, 4))?.contiguous() // [B, P, h, L, d]
+        z.reshape((b, pixels, len, heads, hd))?
+            .permute((0, 1, 3, 2, 4))?
+            .contiguous() // [B, P, h, L, d]
     };
     let phi = |z: &Tensor| -> Result<Tensor> { z.elu(1.0)? + 1.0 };
     let qf = phi(&split(q, t)?)?;
@@ -473,7 +555,9 @@ fn linear_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, padding: O
         .matmul(&flat(&kv, hd, hd)?)?
         .reshape((b, pixels, heads, t, hd))?
         .broadcast_mul(&z)?; // [B, P, h, T, d]
-    (out * s)?.permute((0, 1, 3, 2, 4))?.reshape((b, hp, wp, t, c))
+    (out * s)?
+        .permute((0, 1, 3, 2, 4))?
+        .reshape((b, hp, wp, t, c))
 }
 
 /// One `AggregatorLayer`: spatial then class aggregation.
@@ -495,7 +579,13 @@ struct Up {
 }
 
 impl Up {
-    fn load(vb: &VarBuilder, prefix: &str, cin: usize, cout: usize, guidance: usize) -> Result<Self> {
+    fn load(
+        vb: &VarBuilder,
+        prefix: &str,
+        cin: usize,
+        cout: usize,
+        guidance: usize,
+    ) -> Result<Self> {
         let p = |name: &str| format!("{prefix}.{name}");
         Ok(Self {
             up: ConvTranspose::load(vb, &p("up"), cin, cin - guidance, 2)?,
@@ -521,10 +611,14 @@ impl Up {
 
     fn named(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
         self.up.named(&format!("{prefix}.up"), out);
-        self.conv0.named(&format!("{prefix}.conv.double_conv.0"), out);
-        self.norm1.named(&format!("{prefix}.conv.double_conv.1"), out);
-        self.conv3.named(&format!("{prefix}.conv.double_conv.3"), out);
-        self.norm4.named(&format!("{prefix}.conv.double_conv.4"), out);
+        self.conv0
+            .named(&format!("{prefix}.conv.double_conv.0"), out);
+        self.norm1
+            .named(&format!("{prefix}.conv.double_conv.1"), out);
+        self.conv3
+            .named(&format!("{prefix}.conv.double_conv.3"), out);
+        self.norm4
+            .named(&format!("{prefix}.conv.double_conv.4"), out);
     }
 }
 
@@ -572,7 +666,12 @@ impl Aggregator {
                             NORM_EPS,
                         )?,
                         block_1: SwinBlock::load(vb, &format!("{w}.block_1"), cfg, 0)?,
-                        block_2: SwinBlock::load(vb, &format!("{w}.block_2"), cfg, cfg.window_size / 2)?,
+                        block_2: SwinBlock::load(
+                            vb,
+                            &format!("{w}.block_2"),
+                            cfg,
+                            cfg.window_size / 2,
+                        )?,
                     },
                     attention: ClassAttention::load(vb, &format!("{l}.attention"), cfg)?,
                 })
@@ -589,7 +688,10 @@ impl Aggregator {
                 3,
                 true,
             )?,
-            text_guidance_weight: tg.get((cfg.text_guidance_proj_dim, cfg.text_guidance_dim), "weight")?,
+            text_guidance_weight: tg.get(
+                (cfg.text_guidance_proj_dim, cfg.text_guidance_dim),
+                "weight",
+            )?,
             text_guidance_bias: tg.get(cfg.text_guidance_proj_dim, "bias")?,
             decoder_guidance_projection: [
                 Conv::load(
@@ -610,7 +712,13 @@ impl Aggregator {
                 )?,
             ],
             layers,
-            decoder1: Up::load(vb, &p("decoder1"), c, cfg.decoder_dims[0], cfg.decoder_guidance_proj_dims[0])?,
+            decoder1: Up::load(
+                vb,
+                &p("decoder1"),
+                c,
+                cfg.decoder_dims[0],
+                cfg.decoder_guidance_proj_dims[0],
+            )?,
             decoder2: Up::load(
                 vb,
                 &p("decoder2"),
@@ -654,13 +762,21 @@ impl Aggregator {
         let mut x = x.reshape((b, t, c, h, w))?.transpose(1, 2)?.contiguous()?; // [B, C, T, H, W]
         let appearance = self.guidance_projection.forward(image)?.relu()?; // [B, Ca, H, W]
         let decoder_guidance = [
-            self.decoder_guidance_projection[0].forward(guidance[0])?.relu()?,
-            self.decoder_guidance_projection[1].forward(guidance[1])?.relu()?,
+            self.decoder_guidance_projection[0]
+                .forward(guidance[0])?
+                .relu()?,
+            self.decoder_guidance_projection[1]
+                .forward(guidance[1])?
+                .relu()?,
         ];
         // The text guidance: the template mean (one template) re-normalised.
         let text_mean = text.broadcast_div(&text.sqr()?.sum_keepdim(2)?.sqrt()?)?;
-        let text_guidance = crate::layers::linear(&text_mean, &self.text_guidance_weight, Some(&self.text_guidance_bias))?
-            .relu()?; // [B, T, Ct]
+        let text_guidance = crate::layers::linear(
+            &text_mean,
+            &self.text_guidance_weight,
+            Some(&self.text_guidance_bias),
+        )?
+        .relu()?; // [B, T, Ct]
         let ca = appearance.dim(1)?;
         let appearance_tokens = appearance
             .flatten_from(2)?
@@ -669,13 +785,30 @@ impl Aggregator {
             .broadcast_as((b, t, h * w, ca))?
             .contiguous()?; // [B, T, H*W, Ca]
         for layer in &self.layers {
-            let g = layer.swin.guidance_norm.forward(&appearance_tokens, kernels)?;
+            let g = layer
+                .swin
+                .guidance_norm
+                .forward(&appearance_tokens, kernels)?;
             // [B, C, T, H, W] -> [B, T, H*W, C]
-            let tokens = x.permute((0, 2, 3, 4, 1))?.contiguous()?.reshape((b, t, h * w, c))?;
-            let tokens = layer.swin.block_1.forward(&tokens, &g, adaptation, kernels)?;
-            let tokens = layer.swin.block_2.forward(&tokens, &g, adaptation, kernels)?;
-            x = tokens.reshape((b, t, h, w, c))?.permute((0, 4, 1, 2, 3))?.contiguous()?;
-            x = layer.attention.forward(&x, &text_guidance, adaptation, kernels)?;
+            let tokens = x
+                .permute((0, 2, 3, 4, 1))?
+                .contiguous()?
+                .reshape((b, t, h * w, c))?;
+            let tokens = layer
+                .swin
+                .block_1
+                .forward(&tokens, &g, adaptation, kernels)?;
+            let tokens = layer
+                .swin
+                .block_2
+                .forward(&tokens, &g, adaptation, kernels)?;
+            x = tokens
+                .reshape((b, t, h, w, c))?
+                .permute((0, 4, 1, 2, 3))?
+                .contiguous()?;
+            x = layer
+                .attention
+                .forward(&x, &text_guidance, adaptation, kernels)?;
         }
         // Decoder over every class map: [B*T, C, H, W].
         let z = x.transpose(1, 2)?.contiguous()?.reshape((b * t, c, h, w))?;
@@ -716,16 +849,34 @@ impl Aggregator {
         let mut out = Vec::new();
         let p = |name: &str| format!("{prefix}.{name}");
         self.conv1.named(&p("conv1"), &mut out);
-        self.guidance_projection.named(&p("guidance_projection.0"), &mut out);
-        out.push((p("text_guidance_projection.0.weight"), self.text_guidance_weight.clone()));
-        out.push((p("text_guidance_projection.0.bias"), self.text_guidance_bias.clone()));
+        self.guidance_projection
+            .named(&p("guidance_projection.0"), &mut out);
+        out.push((
+            p("text_guidance_projection.0.weight"),
+            self.text_guidance_weight.clone(),
+        ));
+        out.push((
+            p("text_guidance_projection.0.bias"),
+            self.text_guidance_bias.clone(),
+        ));
         self.decoder_guidance_projection[0].named(&p("decoder_guidance_projection.0.0"), &mut out);
         self.decoder_guidance_projection[1].named(&p("decoder_guidance_projection.1.0"), &mut out);
         for (i, layer) in self.layers.iter().enumerate() {
             let l = p(&format!("layers.{i}"));
-            out.extend(layer.swin.guidance_norm.named_tensors(&format!("{l}.swin_block.guidance_norm")));
-            layer.swin.block_1.named(&format!("{l}.swin_block.block_1"), &mut out);
-            layer.swin.block_2.named(&format!("{l}.swin_block.block_2"), &mut out);
+            out.extend(
+                layer
+                    .swin
+                    .guidance_norm
+                    .named_tensors(&format!("{l}.swin_block.guidance_norm")),
+            );
+            layer
+                .swin
+                .block_1
+                .named(&format!("{l}.swin_block.block_1"), &mut out);
+            layer
+                .swin
+                .block_2
+                .named(&format!("{l}.swin_block.block_2"), &mut out);
             layer.attention.named(&format!("{l}.attention"), &mut out);
         }
         self.decoder1.named(&p("decoder1"), &mut out);

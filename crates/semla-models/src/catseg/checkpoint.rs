@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
+use super::CatSeg;
+use super::config::{CatSegConfig, CatSegConfigError};
+use crate::config::SegmenterConfig;
+
 /// Errors reading a checkpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -43,7 +47,8 @@ pub fn read_shapes(path: &Path) -> Result<HashMap<String, Vec<usize>>, Checkpoin
             path: path.to_path_buf(),
             cause,
         })?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(path, e))?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(path, e))?;
         return Ok(meta
             .tensors()
             .into_iter()
@@ -57,7 +62,10 @@ pub fn read_shapes(path: &Path) -> Result<HashMap<String, Vec<usize>>, Checkpoin
 }
 
 /// Every tensor of a checkpoint file (`.pth` or `.safetensors`) as f32 on `device`.
-pub fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>, CheckpointError> {
+pub fn read_tensors(
+    path: &Path,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>, CheckpointError> {
     let tensors: Vec<(String, Tensor)> = if is_safetensors(path) {
         candle_core::safetensors::load(path, device)
             .map_err(|e| invalid(path, e))?
@@ -77,7 +85,10 @@ pub fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
             .and_then(|t| t.to_vec1())
             .map_err(|e| invalid(path, format!("tensor {name}: {e}")))?;
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(invalid(path, format!("tensor {name} has a NaN or infinite value at index {i}")));
+            return Err(invalid(
+                path,
+                format!("tensor {name} has a NaN or infinite value at index {i}"),
+            ));
         }
         out.insert(strip_module(&name), tensor);
     }
@@ -109,15 +120,22 @@ fn pth_infos(path: &Path) -> Result<Vec<candle_core::pickle::TensorInfo>, Checkp
         });
     }
     let what = |e: candle_core::Error| {
-        invalid(path, format!("not a readable PyTorch checkpoint (zip pickle): {e}"))
+        invalid(
+            path,
+            format!("not a readable PyTorch checkpoint (zip pickle): {e}"),
+        )
     };
     match candle_core::pickle::read_pth_tensor_info(path, false, Some("model")) {
         Ok(infos) if !infos.is_empty() => Ok(infos),
         // No "model" entry: the whole dict is the state dict.
         _ => {
-            let infos = candle_core::pickle::read_pth_tensor_info(path, false, None).map_err(what)?;
+            let infos =
+                candle_core::pickle::read_pth_tensor_info(path, false, None).map_err(what)?;
             if infos.is_empty() {
-                return Err(invalid(path, "the checkpoint holds no tensors (neither under \"model\" nor at the top)"));
+                return Err(invalid(
+                    path,
+                    "the checkpoint holds no tensors (neither under \"model\" nor at the top)",
+                ));
             }
             Ok(infos)
         }
@@ -132,13 +150,17 @@ fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>, CheckpointError> {
         path: path.to_path_buf(),
         cause,
     })?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| invalid(path, e))?;
+    let mut zip =
+        zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| invalid(path, e))?;
     let mut out = Vec::with_capacity(infos.len());
     for info in infos {
         // candle's pickle reader records the storage offset in bytes.
         let size = info.dtype.size_in_bytes();
         if info.layout.start_offset() % size != 0 {
-            return Err(invalid(path, format!("tensor {}: misaligned storage offset", info.name)));
+            return Err(invalid(
+                path,
+                format!("tensor {}: misaligned storage offset", info.name),
+            ));
         }
         let layout = &candle_core::Layout::new(
             info.layout.shape().clone(),
@@ -160,9 +182,15 @@ fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>, CheckpointError> {
                 + 1
         };
         let needed = span as u64 * size as u64;
-        let mut entry = zip
-            .by_name(&info.path)
-            .map_err(|e| invalid(path, format!("tensor {}: its data {} is missing: {e}", info.name, info.path)))?;
+        let mut entry = zip.by_name(&info.path).map_err(|e| {
+            invalid(
+                path,
+                format!(
+                    "tensor {}: its data {} is missing: {e}",
+                    info.name, info.path
+                ),
+            )
+        })?;
         if entry.size() < needed {
             return Err(invalid(
                 path,
@@ -180,7 +208,8 @@ fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>, CheckpointError> {
             .map_err(|e| invalid(path, format!("tensor {}: {e}", info.name)))?;
         let storage = Tensor::from_raw_buffer(&bytes, info.dtype, &[span], &Device::Cpu)
             .map_err(|e| invalid(path, format!("tensor {}: {e}", info.name)))?;
-        let tensor = gather(&storage, layout).map_err(|e| invalid(path, format!("tensor {}: {e}", info.name)))?;
+        let tensor = gather(&storage, layout)
+            .map_err(|e| invalid(path, format!("tensor {}: {e}", info.name)))?;
         out.push((info.name.clone(), tensor));
     }
     Ok(out)
@@ -195,14 +224,21 @@ fn gather(storage: &Tensor, layout: &candle_core::Layout) -> candle_core::Result
     }
     if layout.is_contiguous() {
         let elems: usize = dims.iter().product();
-        return storage.narrow(0, layout.start_offset(), elems)?.reshape(dims);
+        return storage
+            .narrow(0, layout.start_offset(), elems)?
+            .reshape(dims);
     }
     // Flat indices of every element in row-major order.
     let elems: usize = dims.iter().product();
     let mut index = Vec::with_capacity(elems);
     let mut coords = vec![0usize; dims.len()];
     for _ in 0..elems {
-        let offset: usize = layout.start_offset() + coords.iter().zip(strides).map(|(c, s)| c * s).sum::<usize>();
+        let offset: usize = layout.start_offset()
+            + coords
+                .iter()
+                .zip(strides)
+                .map(|(c, s)| c * s)
+                .sum::<usize>();
         index.push(offset as u32);
         for axis in (0..dims.len()).rev() {
             coords[axis] += 1;
@@ -214,4 +250,73 @@ fn gather(storage: &Tensor, layout: &candle_core::Layout) -> candle_core::Result
     }
     let index = Tensor::from_vec(index, elems, storage.device())?;
     storage.index_select(&index, 0)?.reshape(dims)
+}
+
+/// Errors loading a CAT-Seg model.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The checkpoint is unreadable.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The configuration is unreadable or does not fit the checkpoint.
+    #[error(transparent)]
+    Config(#[from] CatSegConfigError),
+    /// A model folder is unreadable.
+    #[error(transparent)]
+    Folder(#[from] crate::ModelDirError),
+    /// The tensors do not fit the configuration.
+    #[error("{path}: {cause}")]
+    Model {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The missing or misshapen tensor.
+        cause: candle_core::Error,
+    },
+}
+
+/// CAT-Seg from what a user has: the official `model_final.pth` (or a
+/// `.safetensors` file of its keys) with the official YAML (`yaml`; without
+/// one, every dimension comes from the tensors' shapes), or a converted model
+/// folder (`config.json` of kind `catseg` + `model.safetensors`).
+pub fn load(path: &Path, yaml: Option<&Path>, device: &Device) -> Result<CatSeg, LoadError> {
+    if path.is_dir() {
+        let config = crate::read_segmenter_config(path)?;
+        let SegmenterConfig::CatSeg(mut config) = config else {
+            return Err(LoadError::Config(CatSegConfigError::Invalid {
+                path: path.join(crate::model_dir::CONFIG_FILE),
+                message: "not a CAT-Seg model folder (its kind is not \"catseg\")".into(),
+            }));
+        };
+        let weights = path.join(crate::model_dir::WEIGHTS_FILE);
+        let tensors = read_tensors(&weights, device)?;
+        if let Some(yaml) = yaml {
+            let shapes = tensors
+                .iter()
+                .map(|(k, v)| (k.clone(), v.dims().to_vec()))
+                .collect();
+            let classes = std::mem::take(&mut config.class_names);
+            config = CatSegConfig::from_yaml(yaml, &shapes)?;
+            config.class_names = classes;
+        }
+        return super::from_tensors(tensors, &config, device).map_err(|cause| LoadError::Model {
+            path: weights,
+            cause,
+        });
+    }
+    let shapes = read_shapes(path)?;
+    let config = match yaml {
+        Some(yaml) => CatSegConfig::from_yaml(yaml, &shapes)?,
+        None => CatSegConfig::from_checkpoint(&shapes).map_err(|e| match e {
+            CatSegConfigError::Checkpoint(message) => CatSegConfigError::Invalid {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?,
+    };
+    let tensors = read_tensors(path, device)?;
+    super::from_tensors(tensors, &config, device).map_err(|cause| LoadError::Model {
+        path: path.to_path_buf(),
+        cause,
+    })
 }

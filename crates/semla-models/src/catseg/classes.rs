@@ -38,7 +38,11 @@ pub const MAX_CLASSES: usize = 4096;
 pub fn read_classes_file(path: &Path) -> Result<Vec<String>, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if meta.len() > 16 << 20 {
-        return Err(format!("{}: {} bytes is too large for a class list", path.display(), meta.len()));
+        return Err(format!(
+            "{}: {} bytes is too large for a class list",
+            path.display(),
+            meta.len()
+        ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let names: Vec<String> = if text.trim_start().starts_with('[') {
@@ -55,7 +59,11 @@ pub fn read_classes_file(path: &Path) -> Result<Vec<String>, String> {
         return Err(format!("{}: no class names", path.display()));
     }
     if names.len() > MAX_CLASSES {
-        return Err(format!("{}: {} classes, more than {MAX_CLASSES}", path.display(), names.len()));
+        return Err(format!(
+            "{}: {} classes, more than {MAX_CLASSES}",
+            path.display(),
+            names.len()
+        ));
     }
     Ok(names)
 }
@@ -85,11 +93,17 @@ mod tests {
     #[test]
     fn domains_map_to_their_official_lists() {
         assert_eq!(official_classes("acdc-night").map(<[_]>::len), Some(19));
-        assert_eq!(official_classes("muses-fog-day").map(|l| l[0]), Some("road"));
+        assert_eq!(
+            official_classes("muses-fog-day").map(|l| l[0]),
+            Some("road")
+        );
         assert_eq!(official_classes("coconutL").map(<[_]>::len), Some(133));
         assert_eq!(official_classes("idd").map(<[_]>::len), Some(26));
         assert!(official_classes("kitti").is_none());
-        assert_eq!(parse_classes_arg("road, car,traffic light").unwrap(), ["road", "car", "traffic light"]);
+        assert_eq!(
+            parse_classes_arg("road, car,traffic light").unwrap(),
+            ["road", "car", "traffic light"]
+        );
     }
 
     #[test]
@@ -97,11 +111,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let json = dir.path().join("c.json");
         std::fs::write(&json, "[\"road\", \"car, automobile\"]").unwrap();
-        assert_eq!(read_classes_file(&json).unwrap(), ["road", "car, automobile"]);
+        assert_eq!(
+            read_classes_file(&json).unwrap(),
+            ["road", "car, automobile"]
+        );
         let txt = dir.path().join("c.txt");
         std::fs::write(&txt, "road\r\n\ncar\n").unwrap();
         assert_eq!(read_classes_file(&txt).unwrap(), ["road", "car"]);
         std::fs::write(&txt, "\n").unwrap();
-        assert!(read_classes_file(&txt).unwrap_err().contains("no class names"));
+        assert!(
+            read_classes_file(&txt)
+                .unwrap_err()
+                .contains("no class names")
+        );
     }
 }

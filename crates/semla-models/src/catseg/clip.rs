@@ -85,7 +85,10 @@ impl Attention {
             return Ok(y);
         }
         let mut parts = Vec::with_capacity(3);
-        for (i, site) in [&self.q_proj, &self.k_proj, &self.v_proj].into_iter().enumerate() {
+        for (i, site) in [&self.q_proj, &self.k_proj, &self.v_proj]
+            .into_iter()
+            .enumerate()
+        {
             let base = y.narrow(2, i * d, d)?;
             parts.push(match adaptation.get(site.path()) {
                 None => base,
@@ -176,7 +179,13 @@ impl ResidualBlock {
             attn: Attention::load(vb, &format!("{prefix}.attn"), width, heads)?,
             ln_2: LayerNorm::load(vb, &format!("{prefix}.ln_2"), width, LN_EPS)?,
             mlp: Mlp {
-                c_fc: AdaptedLinear::load(vb, &format!("{prefix}.mlp.c_fc"), width, 4 * width, true)?,
+                c_fc: AdaptedLinear::load(
+                    vb,
+                    &format!("{prefix}.mlp.c_fc"),
+                    width,
+                    4 * width,
+                    true,
+                )?,
                 c_proj: AdaptedLinear::load(
                     vb,
                     &format!("{prefix}.mlp.c_proj"),
@@ -190,7 +199,10 @@ impl ResidualBlock {
 
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &Ctx) -> Result<Tensor> {
         let h = self.ln_1.forward(x, ctx.kernels)?;
-        let x = (x + self.attn.forward(&h, mask, ctx.adaptation, ctx.apply_qkv_lora, ctx.kernels)?)?;
+        let x =
+            (x + self
+                .attn
+                .forward(&h, mask, ctx.adaptation, ctx.apply_qkv_lora, ctx.kernels)?)?;
         let h = self.ln_2.forward(&x, ctx.kernels)?;
         x + self.mlp.forward(&h, ctx.adaptation, ctx.kernels)?
     }
@@ -298,7 +310,12 @@ impl ClipTowers {
             .collect::<Result<Vec<_>>>()?;
         let text_blocks = (0..c.text_layers)
             .map(|i| {
-                ResidualBlock::load(vb, &format!("{prefix}transformer.resblocks.{i}"), dt, c.text_heads)
+                ResidualBlock::load(
+                    vb,
+                    &format!("{prefix}transformer.resblocks.{i}"),
+                    dt,
+                    c.text_heads,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         let t = vb.pp(prefix.trim_end_matches('.'));
@@ -353,7 +370,10 @@ impl ClipTowers {
         let patches = pixels.conv2d(&self.conv1, 0, p, 1, 1)?; // [N, D, g, g]
         let grid = patches.dim(2)?;
         let patches = patches.flatten_from(2)?.transpose(1, 2)?; // [N, g*g, D]
-        let cls = self.class_embedding.reshape((1, 1, d))?.broadcast_as((n, 1, d))?;
+        let cls = self
+            .class_embedding
+            .reshape((1, 1, d))?
+            .broadcast_as((n, 1, d))?;
         let x = Tensor::cat(&[&cls.contiguous()?, &patches.contiguous()?], 1)?;
         let x = x.broadcast_add(&self.positions(grid)?.unsqueeze(0)?)?;
         let mut x = self.ln_pre.forward(&x, kernels)?;
@@ -390,7 +410,12 @@ impl ClipTowers {
 
     /// `encode_text` of token ids `[T, context]` (zero-padded, end of text = the
     /// largest id), then L2-normalised: `[T, E]`.
-    pub fn encode_text(&self, ids: &Tensor, adaptation: &Adaptation, kernels: Kernels) -> Result<Tensor> {
+    pub fn encode_text(
+        &self,
+        ids: &Tensor,
+        adaptation: &Adaptation,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
         let ctx = Ctx {
             adaptation,
             apply_qkv_lora: self.apply_qkv_lora,
@@ -402,7 +427,12 @@ impl ClipTowers {
             .token_embedding
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((t, l, dt))?;
-        let mut x = tokens.broadcast_add(&self.text_positional_embedding.narrow(0, 0, l)?.unsqueeze(0)?)?;
+        let mut x = tokens.broadcast_add(
+            &self
+                .text_positional_embedding
+                .narrow(0, 0, l)?
+                .unsqueeze(0)?,
+        )?;
         let mask = causal_mask(l, x.device(), x.dtype())?;
         for block in &self.text_blocks {
             x = block.forward(&x, Some(&mask), &ctx)?;
@@ -449,12 +479,27 @@ impl ClipTowers {
     pub fn named_tensors(&self, prefix: &str) -> Vec<(String, Tensor)> {
         let mut out = vec![
             (format!("{prefix}visual.conv1.weight"), self.conv1.clone()),
-            (format!("{prefix}visual.class_embedding"), self.class_embedding.clone()),
-            (format!("{prefix}visual.positional_embedding"), self.positional_embedding.clone()),
+            (
+                format!("{prefix}visual.class_embedding"),
+                self.class_embedding.clone(),
+            ),
+            (
+                format!("{prefix}visual.positional_embedding"),
+                self.positional_embedding.clone(),
+            ),
             (format!("{prefix}visual.proj"), self.proj.clone()),
-            (format!("{prefix}token_embedding.weight"), self.token_embedding.clone()),
-            (format!("{prefix}positional_embedding"), self.text_positional_embedding.clone()),
-            (format!("{prefix}text_projection"), self.text_projection.clone()),
+            (
+                format!("{prefix}token_embedding.weight"),
+                self.token_embedding.clone(),
+            ),
+            (
+                format!("{prefix}positional_embedding"),
+                self.text_positional_embedding.clone(),
+            ),
+            (
+                format!("{prefix}text_projection"),
+                self.text_projection.clone(),
+            ),
         ];
         for (name, ln) in [
             ("visual.ln_pre", &self.ln_pre),
@@ -463,7 +508,10 @@ impl ClipTowers {
         ] {
             out.extend(ln.named_tensors(&format!("{prefix}{name}")));
         }
-        for (tower, blocks) in [("visual.transformer", &self.visual_blocks), ("transformer", &self.text_blocks)] {
+        for (tower, blocks) in [
+            ("visual.transformer", &self.visual_blocks),
+            ("transformer", &self.text_blocks),
+        ] {
             for (i, block) in blocks.iter().enumerate() {
                 let p = format!("{prefix}{tower}.resblocks.{i}");
                 out.extend(block.ln_1.named_tensors(&format!("{p}.ln_1")));
@@ -473,7 +521,10 @@ impl ClipTowers {
                 out.push((format!("{p}.attn.k_proj_weight"), a.k_proj.weight().clone()));
                 out.push((format!("{p}.attn.v_proj_weight"), a.v_proj.weight().clone()));
                 out.push((format!("{p}.attn.in_proj_bias"), a.qkv_bias.clone()));
-                out.push((format!("{p}.attn.out_proj.weight"), a.out_proj_weight.clone()));
+                out.push((
+                    format!("{p}.attn.out_proj.weight"),
+                    a.out_proj_weight.clone(),
+                ));
                 out.push((format!("{p}.attn.out_proj.bias"), a.out_proj_bias.clone()));
                 for (name, site) in [("c_fc", &block.mlp.c_fc), ("c_proj", &block.mlp.c_proj)] {
                     out.push((format!("{p}.mlp.{name}.weight"), site.weight().clone()));
@@ -496,7 +547,10 @@ impl ClipTowers {
     pub fn restack_qkv(&mut self) -> Result<()> {
         for block in self.visual_blocks.iter_mut().chain(&mut self.text_blocks) {
             let a = &mut block.attn;
-            a.qkv_weight = Tensor::cat(&[a.q_proj.weight(), a.k_proj.weight(), a.v_proj.weight()], 0)?;
+            a.qkv_weight = Tensor::cat(
+                &[a.q_proj.weight(), a.k_proj.weight(), a.v_proj.weight()],
+                0,
+            )?;
         }
         Ok(())
     }

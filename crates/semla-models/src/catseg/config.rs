@@ -233,9 +233,11 @@ impl CatSegConfig {
         let pair_key = |key: &str| -> Result<Option<[usize; 2]>, CatSegConfigError> {
             head(key)
                 .map(|v| {
-                    let list: Option<Vec<usize>> = v
-                        .as_sequence()
-                        .map(|s| s.iter().filter_map(|x| x.as_u64().map(|n| n as usize)).collect());
+                    let list: Option<Vec<usize>> = v.as_sequence().map(|s| {
+                        s.iter()
+                            .filter_map(|x| x.as_u64().map(|n| n as usize))
+                            .collect()
+                    });
                     match list.as_deref() {
                         Some(&[a, b]) => Ok([a, b]),
                         _ => Err(invalid(format!(
@@ -248,7 +250,9 @@ impl CatSegConfig {
         let clip_pretrained = match head("CLIP_PRETRAINED") {
             Some(v) => v
                 .as_str()
-                .ok_or_else(|| invalid("MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED is not a string".into()))?
+                .ok_or_else(|| {
+                    invalid("MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED is not a string".into())
+                })?
                 .to_string(),
             // The default of the official `add_cat_seg_config`.
             None => VIT_B16.to_string(),
@@ -278,9 +282,11 @@ impl CatSegConfig {
         config.pooling_sizes = [1, 1];
         config.sliding_window = true;
         if let Some(v) = head("CLIP_GUIDANCE_LAYERS") {
-            let list: Option<Vec<usize>> = v
-                .as_sequence()
-                .map(|s| s.iter().filter_map(|x| x.as_u64().map(|n| n as usize)).collect());
+            let list: Option<Vec<usize>> = v.as_sequence().map(|s| {
+                s.iter()
+                    .filter_map(|x| x.as_u64().map(|n| n as usize))
+                    .collect()
+            });
             config.guidance_layers = match list.as_deref() {
                 Some(&[a, b]) => [a, b],
                 _ => {
@@ -312,8 +318,61 @@ impl CatSegConfig {
                 "MODEL.PROMPT_ENSEMBLE_TYPE {v:?}: only \"single\" works at inference in the official code"
             )));
         }
-        config.decoder_guidance_dims = upsampler_channels(shapes).unwrap_or(config.decoder_guidance_dims);
+        config.decoder_guidance_dims =
+            upsampler_channels(shapes).unwrap_or(config.decoder_guidance_dims);
         config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    /// The configuration a checkpoint's shapes imply when no YAML file is given:
+    /// the CLIP from its shapes (`ViT-B/16` when the patch is 16 and the width 768,
+    /// else L), every aggregator width from its tensors, the official heads (4),
+    /// window (12) and grid (24), SemLA's inference overrides.
+    pub fn from_checkpoint(
+        shapes: &HashMap<String, Vec<usize>>,
+    ) -> Result<Self, CatSegConfigError> {
+        let clip = CatSegClipConfig::from_shapes(shapes, None, None)
+            .map_err(CatSegConfigError::Checkpoint)?;
+        let name = if clip.patch_size == 16 && clip.vision_width == 768 {
+            VIT_B16
+        } else {
+            "ViT-L/14@336px"
+        };
+        let mut config = Self::official(name, clip);
+        let p = "sem_seg_head.predictor.transformer.";
+        let dim = |key: &str, axis: usize| -> Result<usize, CatSegConfigError> {
+            shapes
+                .get(&format!("{p}{key}"))
+                .and_then(|s| s.get(axis).copied())
+                .ok_or_else(|| {
+                    CatSegConfigError::Checkpoint(format!(
+                        "the checkpoint has no tensor {p}{key}: not a CAT-Seg model"
+                    ))
+                })
+        };
+        config.hidden_dim = dim("conv1.weight", 0)?;
+        config.appearance_guidance_proj_dim = dim("guidance_projection.0.weight", 0)?;
+        config.appearance_guidance_dim = dim("guidance_projection.0.weight", 1)?;
+        config.text_guidance_proj_dim = dim("text_guidance_projection.0.weight", 0)?;
+        config.text_guidance_dim = dim("text_guidance_projection.0.weight", 1)?;
+        config.decoder_dims = [
+            dim("decoder1.conv.double_conv.0.weight", 0)?,
+            dim("decoder2.conv.double_conv.0.weight", 0)?,
+        ];
+        config.decoder_guidance_proj_dims = [
+            dim("decoder_guidance_projection.0.0.weight", 0)?,
+            dim("decoder_guidance_projection.1.0.weight", 0)?,
+        ];
+        config.num_layers = (0..)
+            .take_while(|i| shapes.contains_key(&format!("{p}layers.{i}.attention.norm1.weight")))
+            .count();
+        config.decoder_guidance_dims =
+            upsampler_channels(shapes).unwrap_or(config.decoder_guidance_dims);
+        config.validate().map_err(|message| {
+            CatSegConfigError::Checkpoint(format!(
+                "{message} (give the official YAML with --catseg-config)"
+            ))
+        })?;
         Ok(config)
     }
 
@@ -323,14 +382,22 @@ impl CatSegConfig {
         let checks: [(bool, String); 8] = [
             (
                 c.vision_heads > 0 && c.vision_width % c.vision_heads == 0,
-                format!("visual width {} is not a multiple of {} heads", c.vision_width, c.vision_heads),
+                format!(
+                    "visual width {} is not a multiple of {} heads",
+                    c.vision_width, c.vision_heads
+                ),
             ),
             (
                 c.text_heads > 0 && c.text_width % c.text_heads == 0,
-                format!("text width {} is not a multiple of {} heads", c.text_width, c.text_heads),
+                format!(
+                    "text width {} is not a multiple of {} heads",
+                    c.text_width, c.text_heads
+                ),
             ),
             (
-                self.guidance_layers.iter().all(|&l| l + 1 < c.vision_layers),
+                self.guidance_layers
+                    .iter()
+                    .all(|&l| l + 1 < c.vision_layers),
                 format!(
                     "guidance layers {:?} must be blocks before the last of {} (set CLIP_GUIDANCE_LAYERS)",
                     self.guidance_layers, c.vision_layers
@@ -338,11 +405,17 @@ impl CatSegConfig {
             ),
             (
                 self.num_heads > 0 && self.hidden_dim % self.num_heads == 0,
-                format!("hidden dim {} is not a multiple of {} heads", self.hidden_dim, self.num_heads),
+                format!(
+                    "hidden dim {} is not a multiple of {} heads",
+                    self.hidden_dim, self.num_heads
+                ),
             ),
             (
                 self.decoder_dims.iter().all(|d| d % 16 == 0 && *d > 0),
-                format!("decoder dims {:?} must be positive multiples of 16", self.decoder_dims),
+                format!(
+                    "decoder dims {:?} must be positive multiples of 16",
+                    self.decoder_dims
+                ),
             ),
             (
                 self.hidden_dim > self.decoder_guidance_proj_dims[0]
@@ -361,7 +434,10 @@ impl CatSegConfig {
             (
                 self.window_size > 0
                     && self.feature_resolution[0] % self.window_size == 0
-                    && self.pooling_sizes.iter().all(|&p| p > 0 && self.feature_resolution[0] % p == 0),
+                    && self
+                        .pooling_sizes
+                        .iter()
+                        .all(|&p| p > 0 && self.feature_resolution[0] % p == 0),
                 format!(
                     "window {} and pooling {:?} must divide the feature grid {:?}",
                     self.window_size, self.pooling_sizes, self.feature_resolution
@@ -399,7 +475,9 @@ impl CatSegClipConfig {
             shapes
                 .get(&format!("{CLIP_PREFIX}{key}"))
                 .or_else(|| shapes.get(key))
-                .ok_or_else(|| format!("the checkpoint has no tensor {CLIP_PREFIX}{key}: not a CAT-Seg model"))
+                .ok_or_else(|| {
+                    format!("the checkpoint has no tensor {CLIP_PREFIX}{key}: not a CAT-Seg model")
+                })
         };
         let dim = |key: &str, axis: usize| -> Result<usize, String> {
             get(key)?
@@ -479,7 +557,9 @@ fn read_yaml_with_bases(path: &Path, depth: usize) -> Result<Value, CatSegConfig
         message,
     };
     if depth > MAX_BASE_DEPTH {
-        return Err(invalid("the _BASE_ chain is deeper than 16 files (a cycle?)".into()));
+        return Err(invalid(
+            "the _BASE_ chain is deeper than 16 files (a cycle?)".into(),
+        ));
     }
     let text = std::fs::read_to_string(path).map_err(|cause| CatSegConfigError::Io {
         path: path.to_path_buf(),
@@ -536,10 +616,16 @@ mod tests {
         shapes.insert(format!("{p}positional_embedding"), vec![77, 768]);
         shapes.insert(format!("{p}token_embedding.weight"), vec![49408, 768]);
         for i in 0..24 {
-            shapes.insert(format!("{p}visual.transformer.resblocks.{i}.attn.in_proj_bias"), vec![3072]);
+            shapes.insert(
+                format!("{p}visual.transformer.resblocks.{i}.attn.in_proj_bias"),
+                vec![3072],
+            );
         }
         for i in 0..12 {
-            shapes.insert(format!("{p}transformer.resblocks.{i}.attn.in_proj_bias"), vec![2304]);
+            shapes.insert(
+                format!("{p}transformer.resblocks.{i}.attn.in_proj_bias"),
+                vec![2304],
+            );
         }
         shapes.insert("upsample1.weight".into(), vec![1024, 256, 2, 2]);
         shapes.insert("upsample2.weight".into(), vec![1024, 128, 4, 4]);
@@ -559,7 +645,8 @@ mod tests {
             "_BASE_: config.yaml\nMODEL:\n  SEM_SEG_HEAD:\n    NUM_LAYERS: 2\n    POOLING_SIZES: [2, 2]\n  PROMPT_ENSEMBLE_TYPE: \"single\"\n",
         )
         .unwrap();
-        let config = CatSegConfig::from_yaml(&dir.path().join("vitl_336.yaml"), &l_shapes()).unwrap();
+        let config =
+            CatSegConfig::from_yaml(&dir.path().join("vitl_336.yaml"), &l_shapes()).unwrap();
         assert_eq!(config, CatSegConfig::vitl_336());
     }
 
@@ -568,13 +655,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, "MODEL:\n  SEM_SEG_HEAD:\n    CLIP_PRETRAINED: \"x\"\n    CLIP_GUIDANCE_LAYERS: [7, 30]\n    TEXT_GUIDANCE_DIM: 768\n    APPEARANCE_GUIDANCE_DIM: 768\n").unwrap();
-        let err = CatSegConfig::from_yaml(&path, &l_shapes()).unwrap_err().to_string();
+        let err = CatSegConfig::from_yaml(&path, &l_shapes())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("guidance layers [7, 30]"), "{err}");
         std::fs::write(&path, "_BASE_: c.yaml\n").unwrap();
-        let err = CatSegConfig::from_yaml(&path, &l_shapes()).unwrap_err().to_string();
+        let err = CatSegConfig::from_yaml(&path, &l_shapes())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("deeper than 16"), "{err}");
         std::fs::write(&path, "MODEL:\n  SEM_SEG_HEAD:\n    NUM_LAYERS: two\n").unwrap();
-        let err = CatSegConfig::from_yaml(&path, &l_shapes()).unwrap_err().to_string();
+        let err = CatSegConfig::from_yaml(&path, &l_shapes())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("NUM_LAYERS is not a count"), "{err}");
     }
 
@@ -582,6 +675,12 @@ mod tests {
     fn prompts_keep_the_first_alternative() {
         let config = CatSegConfig::vitl_336();
         let prompts = config.prompts(&["car, automobile".into(), "traffic light".into()]);
-        assert_eq!(prompts, ["A photo of a car in the scene", "A photo of a traffic light in the scene"]);
+        assert_eq!(
+            prompts,
+            [
+                "A photo of a car in the scene",
+                "A photo of a traffic light in the scene"
+            ]
+        );
     }
 }

@@ -106,8 +106,20 @@ impl CatSeg {
         let mut model = Self {
             config: config.clone(),
             aggregator: Aggregator::load(vb, AGGREGATOR_PREFIX, config)?,
-            upsample1: ConvTranspose::load(vb, "upsample1", width, config.decoder_guidance_dims[0], 2)?,
-            upsample2: ConvTranspose::load(vb, "upsample2", width, config.decoder_guidance_dims[1], 4)?,
+            upsample1: ConvTranspose::load(
+                vb,
+                "upsample1",
+                width,
+                config.decoder_guidance_dims[0],
+                2,
+            )?,
+            upsample2: ConvTranspose::load(
+                vb,
+                "upsample2",
+                width,
+                config.decoder_guidance_dims[1],
+                4,
+            )?,
             clip,
             tokenizer,
             token_ids: None,
@@ -144,15 +156,24 @@ impl CatSeg {
                     bpe.len() + 2
                 );
             }
-            let row = self
-                .tokenizer
-                .encode_context(prompt, context, crate::clip::tokenizer::Padding::Zeros);
-            if row.iter().any(|&id| id as usize >= self.config.clip.vocab_size) {
+            let row = self.tokenizer.encode_context(
+                prompt,
+                context,
+                crate::clip::tokenizer::Padding::Zeros,
+            );
+            if row
+                .iter()
+                .any(|&id| id as usize >= self.config.clip.vocab_size)
+            {
                 candle_core::bail!("class {name:?}: a token id is outside the model's vocabulary");
             }
             ids.extend(row);
         }
-        self.token_ids = Some(Tensor::from_vec(ids, (classes.len(), context), &self.device)?);
+        self.token_ids = Some(Tensor::from_vec(
+            ids,
+            (classes.len(), context),
+            &self.device,
+        )?);
         self.config.class_names = classes.to_vec();
         self.clear_text_cache();
         Ok(())
@@ -160,9 +181,9 @@ impl CatSeg {
 
     /// The current token ids `[T, context]`.
     pub fn token_ids(&self) -> Result<&Tensor> {
-        self.token_ids
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("CAT-Seg has no class list: give --classes".into()))
+        self.token_ids.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg("CAT-Seg has no class list: give --classes".into())
+        })
     }
 
     /// Chooses when text embeddings are computed (clears the cache).
@@ -186,7 +207,8 @@ impl CatSeg {
     /// The class text embeddings `[T, E]` (unit norm) under one mixture
     /// (`adaptation` with a single row of coefficients).
     pub fn text_embeddings(&self, adaptation: &Adaptation) -> Result<Tensor> {
-        self.clip.encode_text(self.token_ids()?, adaptation, self.kernels)
+        self.clip
+            .encode_text(self.token_ids()?, adaptation, self.kernels)
     }
 
     /// The text embeddings of each of `images` images `[N, T, E]`, honouring the cache.
@@ -205,12 +227,18 @@ impl CatSeg {
                 }
             };
             let (t, e) = text.dims2()?;
-            return text.unsqueeze(0)?.broadcast_as((images, t, e))?.contiguous();
+            return text
+                .unsqueeze(0)?
+                .broadcast_as((images, t, e))?
+                .contiguous();
         }
         if adaptation.mixtures()? == 1 {
             let text = self.text_embeddings(adaptation)?;
             let (t, e) = text.dims2()?;
-            return text.unsqueeze(0)?.broadcast_as((images, t, e))?.contiguous();
+            return text
+                .unsqueeze(0)?
+                .broadcast_as((images, t, e))?
+                .contiguous();
         }
         let per_image = (0..images)
             .map(|n| self.text_embeddings(&adaptation.for_image(n)?))
@@ -221,21 +249,31 @@ impl CatSeg {
     /// One batch of views: `pixels` `[V, 3, S, S]` CLIP-normalised at the CLIP
     /// resolution, `text` `[V, T, E]`, `adaptation` with one row per view (or one
     /// shared row) -> dense features, cost and logits `[V, T, 4G, 4G]`.
-    pub fn forward_views(&self, pixels: &Tensor, text: &Tensor, adaptation: &Adaptation) -> Result<ViewOutput> {
-        let visual = self.clip.encode_image_dense(pixels, adaptation, self.kernels)?;
+    pub fn forward_views(
+        &self,
+        pixels: &Tensor,
+        text: &Tensor,
+        adaptation: &Adaptation,
+    ) -> Result<ViewOutput> {
+        let visual = self
+            .clip
+            .encode_image_dense(pixels, adaptation, self.kernels)?;
         let (v, tokens, e) = visual.features.dims3()?;
         let g = ((tokens - 1) as f64).sqrt() as usize;
         let grid = |x: &Tensor| -> Result<Tensor> {
             let c = x.dim(2)?;
-            x.narrow(1, 1, tokens - 1)?.transpose(1, 2)?.contiguous()?.reshape((v, c, g, g))
+            x.narrow(1, 1, tokens - 1)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((v, c, g, g))
         };
         let image = grid(&visual.features)?;
         debug_assert_eq!(image.dim(1)?, e);
         let g4 = self.upsample1.forward(&grid(&visual.guidance[0])?)?;
         let g5 = self.upsample2.forward(&grid(&visual.guidance[1])?)?;
-        let aggregator = self
-            .aggregator
-            .forward(&image, text, [&g4, &g5], adaptation, self.kernels)?;
+        let aggregator =
+            self.aggregator
+                .forward(&image, text, [&g4, &g5], adaptation, self.kernels)?;
         Ok(ViewOutput { visual, aggregator })
     }
 
@@ -272,17 +310,27 @@ impl CatSeg {
         let (_, h, w) = image.dims3()?;
         // detectron2's ImageList pads to a multiple of 32 before the resize.
         let (ph, pw) = (h.div_ceil(32) * 32, w.div_ceil(32) * 32);
-        let padded = image.pad_with_zeros(1, 0, ph - h)?.pad_with_zeros(2, 0, pw - w)?;
+        let padded = image
+            .pad_with_zeros(1, 0, ph - h)?
+            .pad_with_zeros(2, 0, pw - w)?;
         let view = sliding::resize(&padded.unsqueeze(0)?, s, s)?;
         let text = self.text_for_images(1, adaptation)?;
-        let logits = self.forward_views(&view, &text, adaptation)?.aggregator.logits;
+        let logits = self
+            .forward_views(&view, &text, adaptation)?
+            .aggregator
+            .logits;
         let probs = candle_nn::ops::sigmoid(&logits)?;
         Ok(sliding::resize(&probs, out.0, out.1)?.squeeze(0)?)
     }
 
     /// Per-class probabilities `[N, T, out_h, out_w]` of a batch of images
     /// (each image alone through the official inference, with its own mixture).
-    pub fn probabilities(&self, images: &Tensor, out: (usize, usize), adaptation: &Adaptation) -> Result<Tensor> {
+    pub fn probabilities(
+        &self,
+        images: &Tensor,
+        out: (usize, usize),
+        adaptation: &Adaptation,
+    ) -> Result<Tensor> {
         let n = images.dim(0)?;
         let mut all = Vec::with_capacity(n);
         for i in 0..n {
@@ -336,7 +384,9 @@ impl Segmenter for CatSeg {
     fn embed(&self, images: &Tensor) -> Result<Tensor> {
         let s = self.config.clip_resolution;
         let view = sliding::resize(images, s, s)?;
-        let visual = self.clip.encode_image_dense(&view, &Adaptation::none(), self.kernels)?;
+        let visual = self
+            .clip
+            .encode_image_dense(&view, &Adaptation::none(), self.kernels)?;
         let tokens = visual.features.dim(1)?;
         let mean = visual.features.narrow(1, 1, tokens - 1)?.mean(1)?;
         mean.broadcast_div(&mean.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?)
@@ -352,7 +402,10 @@ impl Segmenter for CatSeg {
     }
 
     fn sites(&self) -> Vec<SiteInfo> {
-        self.all_sites().into_iter().map(AdaptedLinear::info).collect()
+        self.all_sites()
+            .into_iter()
+            .map(AdaptedLinear::info)
+            .collect()
     }
 
     fn merge_delta(&mut self, path: &str, delta: &Tensor) -> Result<()> {
@@ -387,5 +440,8 @@ pub fn from_tensors(
     config: &CatSegConfig,
     device: &Device,
 ) -> Result<CatSeg> {
-    CatSeg::new(&VarBuilder::from_tensors(tensors, DType::F32, device), config)
+    CatSeg::new(
+        &VarBuilder::from_tensors(tensors, DType::F32, device),
+        config,
+    )
 }

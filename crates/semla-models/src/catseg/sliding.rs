@@ -52,7 +52,11 @@ pub fn views(image: &Tensor, clip_resolution: usize) -> Result<Tensor> {
     let big = resize(&image, OUT_RES, OUT_RES)?;
     let mut views = Vec::new();
     for (y, x) in tile_offsets() {
-        views.push(big.narrow(2, y, KERNEL)?.narrow(3, x, KERNEL)?.contiguous()?);
+        views.push(
+            big.narrow(2, y, KERNEL)?
+                .narrow(3, x, KERNEL)?
+                .contiguous()?,
+        );
     }
     views.push(resize(&image, KERNEL, KERNEL)?);
     let views = Tensor::cat(&views, 0)?;
@@ -98,8 +102,10 @@ pub fn combine(logits: &Tensor, out: (usize, usize)) -> Result<Tensor> {
     if count.contains(&0.0) {
         candle_core::bail!("the tiles leave pixels of the {OUT_RES} canvas uncovered");
     }
-    let canvas = Tensor::from_vec(canvas, (t, OUT_RES, OUT_RES), probs.device())?.to_dtype(probs.dtype())?;
-    let count = Tensor::from_vec(count, (1, OUT_RES, OUT_RES), probs.device())?.to_dtype(probs.dtype())?;
+    let canvas =
+        Tensor::from_vec(canvas, (t, OUT_RES, OUT_RES), probs.device())?.to_dtype(probs.dtype())?;
+    let count =
+        Tensor::from_vec(count, (1, OUT_RES, OUT_RES), probs.device())?.to_dtype(probs.dtype())?;
     let averaged = ((canvas.broadcast_div(&count)? + global)? / 2.0)?;
     Ok(resize(&averaged.unsqueeze(0)?, out.0, out.1)?.squeeze(0)?)
 }

@@ -1,0 +1,190 @@
+//! `semla segment --model catseg:PATH ... --save-probabilities` and `semla model
+//! convert` on the tiny random CAT-Seg whose outputs the official code wrote
+//! (`crates/semla-models/tests/fixtures/catseg/`, see
+//! `tools/reference/catseg_reference.py`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use semla_test_support::cli;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../semla-models/tests/fixtures/catseg")
+}
+
+/// The tiny L model's checkpoint as a `.safetensors` file of its official keys.
+fn write_checkpoint(dir: &Path) -> PathBuf {
+    let tensors = semla_test_support::tensors_from_keys(&fixtures().join("keys_tiny_l.json"));
+    let path = dir.join("model_final.safetensors");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    path
+}
+
+fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let array = semla_adapters::npz::parse_npy(&bytes).unwrap();
+    (array.shape, array.data)
+}
+
+fn reference(name: &str) -> HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(fixtures().join(name), &candle_core::Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn segment_writes_the_official_probabilities_with_an_adapter_and_after_convert() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = write_checkpoint(dir.path());
+    let classes = dir.path().join("classes.txt");
+    std::fs::write(&classes, "road\ncar, automobile\ntraffic light\n").unwrap();
+    let image = fixtures().join("image.png");
+    let yaml = fixtures().join("tiny_l.yaml");
+    let out = dir.path().join("out");
+    let model = format!("catseg:{}", checkpoint.display());
+    let (ok, _, stderr) = cli::semla_text(&[
+        "segment",
+        "--model",
+        &model,
+        "--catseg-config",
+        yaml.to_str().unwrap(),
+        "--classes-file",
+        classes.to_str().unwrap(),
+        "--adapter",
+        fixtures().join("adapter_tiny_l").to_str().unwrap(),
+        "--save-probabilities",
+        "--out",
+        out.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let (shape, probs) = read_npy(&out.join("image_probs.npy"));
+    assert_eq!(shape, [3, 150, 200]);
+    let want = reference("outputs_tiny_l_adapter.safetensors");
+    let want_probs: Vec<f32> = want["probabilities"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let err = max_diff(&probs, &want_probs);
+    assert!(
+        err < 1e-4,
+        "probabilities differ from the official PeftModel by {err}"
+    );
+    let labels = semla_data::labels::read_label_map(&out.join("image.png")).unwrap();
+    assert_eq!((labels.width, labels.height), (200, 150));
+    // Class ids are the argmax of the written probabilities.
+    for (i, &label) in labels.values.iter().enumerate().step_by(97) {
+        let column: Vec<f32> = (0..3).map(|c| probs[c * 30_000 + i]).collect();
+        let best = (0..3)
+            .max_by(|&a, &b| column[a].total_cmp(&column[b]))
+            .unwrap();
+        assert_eq!(label as usize, best, "pixel {i}");
+    }
+    assert!(out.join("image_mask.png").is_file() && out.join("image_overlay.png").is_file());
+
+    // Converted into a model folder, the model loads without its YAML and
+    // segments as the official base model at another record size.
+    let folder = dir.path().join("catseg-tiny");
+    let (ok, _, stderr) = cli::semla_text(&[
+        "model",
+        "convert",
+        "--model",
+        &model,
+        "--catseg-config",
+        yaml.to_str().unwrap(),
+        "--out",
+        folder.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let folder_spec = format!("catseg:{}", folder.display());
+    let run = |out: &Path, extra: &[&str]| {
+        let mut v = vec![
+            "segment",
+            "--model",
+            &folder_spec,
+            "--classes-file",
+            classes.to_str().unwrap(),
+        ];
+        v.extend_from_slice(extra);
+        v.extend([
+            "--save-probabilities",
+            "--out",
+            out.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ]);
+        let (ok, _, stderr) = cli::semla_text(&v);
+        assert!(ok, "{stderr}");
+        read_npy(&out.join("image_probs.npy"))
+    };
+    let (_, probs) = run(&dir.path().join("out2"), &[]);
+    let base: Vec<f32> = reference("outputs_tiny_l.safetensors")["probabilities"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let err = max_diff(&probs, &base);
+    assert!(
+        err < 1e-4,
+        "the converted model differs from the official base model by {err}"
+    );
+    // --output-size is the record size of the official post-processing.
+    let (shape, _) = run(&dir.path().join("out3"), &["--output-size", "75x100"]);
+    assert_eq!(shape, [3, 75, 100]);
+}
+
+#[test]
+fn catseg_without_classes_or_with_a_bad_checkpoint_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = write_checkpoint(dir.path());
+    let model = format!("catseg:{}", checkpoint.display());
+    let yaml = fixtures().join("tiny_l.yaml");
+    let image = fixtures().join("image.png");
+    let out = dir.path().join("out");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "segment",
+            "--model",
+            &model,
+            "--catseg-config",
+            yaml.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.extend([
+            "--out".into(),
+            out.display().to_string(),
+            image.display().to_string(),
+        ]);
+        v
+    };
+    let run = |v: Vec<String>| {
+        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+        cli::semla_text(&refs)
+    };
+    let (ok, _, stderr) = run(args(&[]));
+    assert!(!ok && stderr.contains("--classes"), "{stderr}");
+    let truncated = dir.path().join("cut.pth");
+    std::fs::write(&truncated, b"PK\x03\x04 not a zip").unwrap();
+    let bad = format!("catseg:{}", truncated.display());
+    let (ok, _, stderr) = cli::semla_text(&[
+        "segment",
+        "--model",
+        &bad,
+        "--classes",
+        "road",
+        "--out",
+        out.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("cut.pth"), "{stderr}");
+    assert!(!out.exists(), "a failed run wrote its output folder");
+}
