@@ -3,6 +3,8 @@
 //! (`crates/semla-models/tests/fixtures/catseg/`, see
 //! `tools/reference/catseg_reference.py`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

@@ -104,7 +104,7 @@ mod tests {
         let v = named_values(
             "sem_seg_head.predictor.transformer.conv1.weight",
             4,
-            0.247_435_823_082_923_9,
+            0.247_435_82,
             0.0,
         );
         let bits: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();

@@ -17,7 +17,7 @@ pub enum SegmenterConfig {
     Tiny(TinySegConfig),
     /// [`crate::catseg::CatSeg`]: open-vocabulary CAT-Seg (its classes are an input).
     #[serde(rename = "catseg")]
-    CatSeg(crate::catseg::CatSegConfig),
+    CatSeg(Box<crate::catseg::CatSegConfig>),
 }
 
 impl SegmenterConfig {

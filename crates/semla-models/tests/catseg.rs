@@ -3,6 +3,8 @@
 //! `tests/fixtures/catseg/`; the weights are regenerated here from `keys_*.json`
 //! with the recipe both sides share (`semla_core::rng::named_values`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

@@ -203,7 +203,7 @@ impl SwinBlock {
         let h = self.norm1.forward(x, kernels)?;
         let h = Tensor::cat(&[&h, guidance], 3)?.reshape((b * t, side, side, ()))?;
         let h = if self.shift > 0 {
-            roll2(&h, self.shift as i64 * -1)?
+            roll2(&h, -(self.shift as i64))?
         } else {
             h
         };

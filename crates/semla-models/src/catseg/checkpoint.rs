@@ -281,12 +281,13 @@ pub enum LoadError {
 pub fn load(path: &Path, yaml: Option<&Path>, device: &Device) -> Result<CatSeg, LoadError> {
     if path.is_dir() {
         let config = crate::read_segmenter_config(path)?;
-        let SegmenterConfig::CatSeg(mut config) = config else {
+        let SegmenterConfig::CatSeg(config) = config else {
             return Err(LoadError::Config(CatSegConfigError::Invalid {
                 path: path.join(crate::model_dir::CONFIG_FILE),
                 message: "not a CAT-Seg model folder (its kind is not \"catseg\")".into(),
             }));
         };
+        let mut config = *config;
         let weights = path.join(crate::model_dir::WEIGHTS_FILE);
         let tensors = read_tensors(&weights, device)?;
         if let Some(yaml) = yaml {

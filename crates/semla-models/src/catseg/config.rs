@@ -381,14 +381,14 @@ impl CatSegConfig {
         let c = &self.clip;
         let checks: [(bool, String); 8] = [
             (
-                c.vision_heads > 0 && c.vision_width % c.vision_heads == 0,
+                c.vision_heads > 0 && c.vision_width.is_multiple_of(c.vision_heads),
                 format!(
                     "visual width {} is not a multiple of {} heads",
                     c.vision_width, c.vision_heads
                 ),
             ),
             (
-                c.text_heads > 0 && c.text_width % c.text_heads == 0,
+                c.text_heads > 0 && c.text_width.is_multiple_of(c.text_heads),
                 format!(
                     "text width {} is not a multiple of {} heads",
                     c.text_width, c.text_heads
@@ -404,14 +404,16 @@ impl CatSegConfig {
                 ),
             ),
             (
-                self.num_heads > 0 && self.hidden_dim % self.num_heads == 0,
+                self.num_heads > 0 && self.hidden_dim.is_multiple_of(self.num_heads),
                 format!(
                     "hidden dim {} is not a multiple of {} heads",
                     self.hidden_dim, self.num_heads
                 ),
             ),
             (
-                self.decoder_dims.iter().all(|d| d % 16 == 0 && *d > 0),
+                self.decoder_dims
+                    .iter()
+                    .all(|d| d.is_multiple_of(16) && *d > 0),
                 format!(
                     "decoder dims {:?} must be positive multiples of 16",
                     self.decoder_dims
@@ -423,7 +425,7 @@ impl CatSegConfig {
                 "decoder guidance projections must be narrower than the decoder inputs".into(),
             ),
             (
-                self.clip_resolution % c.patch_size == 0
+                self.clip_resolution.is_multiple_of(c.patch_size)
                     && self.clip_resolution / c.patch_size == self.feature_resolution[0]
                     && self.feature_resolution[0] == self.feature_resolution[1],
                 format!(
@@ -433,11 +435,11 @@ impl CatSegConfig {
             ),
             (
                 self.window_size > 0
-                    && self.feature_resolution[0] % self.window_size == 0
+                    && self.feature_resolution[0].is_multiple_of(self.window_size)
                     && self
                         .pooling_sizes
                         .iter()
-                        .all(|&p| p > 0 && self.feature_resolution[0] % p == 0),
+                        .all(|&p| p > 0 && self.feature_resolution[0].is_multiple_of(p)),
                 format!(
                     "window {} and pooling {:?} must divide the feature grid {:?}",
                     self.window_size, self.pooling_sizes, self.feature_resolution

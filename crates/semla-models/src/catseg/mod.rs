@@ -4,13 +4,13 @@
 //! official sliding-window inference.
 //!
 //! Module paths equal the official checkpoint's keys (`model_final.pth`):
-//! - [`clip`]: `sem_seg_head.predictor.clip_model.*` (both towers),
-//! - [`aggregator`]: `sem_seg_head.predictor.transformer.*`,
+//! - [`clip`][]: `sem_seg_head.predictor.clip_model.*` (both towers),
+//! - [`aggregator`][]: `sem_seg_head.predictor.transformer.*`,
 //! - `upsample1` / `upsample2` (here): the guidance of the decoder,
-//! - [`sliding`]: the official `inference_sliding_window`,
-//! - [`checkpoint`]: reading `model_final.pth` or a converted folder,
-//! - [`classes`]: class lists, prompts and the official domains' lists,
-//! - [`config`]: every dimension, from the official YAML and the checkpoint.
+//! - [`sliding`][]: the official `inference_sliding_window`,
+//! - [`checkpoint`][]: reading `model_final.pth` or a converted folder,
+//! - [`classes`][]: class lists, prompts and the official domains' lists,
+//! - [`config`][]: every dimension, from the official YAML and the checkpoint.
 //!
 //! The class list is an input ([`CatSeg::set_classes`]); the text embeddings
 //! are computed per class list and per adapter mixture (the text tower carries
@@ -320,7 +320,7 @@ impl CatSeg {
             .aggregator
             .logits;
         let probs = candle_nn::ops::sigmoid(&logits)?;
-        Ok(sliding::resize(&probs, out.0, out.1)?.squeeze(0)?)
+        sliding::resize(&probs, out.0, out.1)?.squeeze(0)
     }
 
     /// Per-class probabilities `[N, T, out_h, out_w]` of a batch of images
@@ -430,7 +430,7 @@ impl Segmenter for CatSeg {
     }
 
     fn config(&self) -> SegmenterConfig {
-        SegmenterConfig::CatSeg(self.config.clone())
+        SegmenterConfig::CatSeg(Box::new(self.config.clone()))
     }
 }
 

@@ -107,7 +107,7 @@ pub fn combine(logits: &Tensor, out: (usize, usize)) -> Result<Tensor> {
     let count =
         Tensor::from_vec(count, (1, OUT_RES, OUT_RES), probs.device())?.to_dtype(probs.dtype())?;
     let averaged = ((canvas.broadcast_div(&count)? + global)? / 2.0)?;
-    Ok(resize(&averaged.unsqueeze(0)?, out.0, out.1)?.squeeze(0)?)
+    resize(&averaged.unsqueeze(0)?, out.0, out.1)?.squeeze(0)
 }
 
 #[cfg(test)]
