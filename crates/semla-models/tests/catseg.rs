@@ -260,3 +260,82 @@ fn a_detectron2_checkpoint_reads_with_views_offsets_and_prefixes() {
     let shapes = checkpoint::read_shapes(&fixtures().join("checkpoint_views.pth")).unwrap();
     assert_eq!(shapes.len(), got.len());
 }
+
+#[test]
+fn the_site_list_of_a_vit_l_model_is_the_official_214_lora_targets() {
+    // Site paths depend on the block counts, not the widths: ViT-L's 24 visual and
+    // 12 text blocks and 2 aggregator layers, at tiny widths.
+    let clip = semla_models::catseg::CatSegClipConfig {
+        vision_width: 64,
+        vision_layers: 24,
+        vision_heads: 1,
+        patch_size: 14,
+        pretrained_grid: 24,
+        embed_dim: 32,
+        text_width: 32,
+        text_layers: 12,
+        text_heads: 1,
+        context_length: 77,
+        vocab_size: 16,
+    };
+    let mut config = CatSegConfig::official("ViT-L/14@336px", clip);
+    config.hidden_dim = 32;
+    config.text_guidance_proj_dim = 16;
+    config.appearance_guidance_proj_dim = 16;
+    config.decoder_guidance_proj_dims = [16, 8];
+    let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
+    let model = CatSeg::new(&vb, &config).unwrap();
+    let mut ours: Vec<String> = model.sites().into_iter().map(|s| s.path).collect();
+    ours.sort();
+    let text = std::fs::read_to_string(fixtures().join("target_modules_214.json")).unwrap();
+    let mut official: Vec<String> = serde_json::from_str(&text).unwrap();
+    official.sort();
+    assert_eq!(official.len(), 214);
+    assert_eq!(ours, official);
+}
+
+#[test]
+fn per_image_mixtures_in_one_batch_equal_merging_each_mixture() {
+    let mut base = model("tiny_l");
+    // With the q/k/v sites live, a merged weight and a factored update mean the same.
+    let mut config = base.catseg_config().clone();
+    config.apply_qkv_lora = true;
+    let tensors: HashMap<String, Tensor> = base.named_tensors().into_iter().collect();
+    base = semla_models::catseg::from_tensors(tensors.clone(), &config, &Device::Cpu).unwrap();
+    let a = semla_adapters::peft::load_adapter(&fixtures().join("adapter_tiny_l")).unwrap();
+    let b = semla_adapters::Adapter::random("b", &base.sites(), 4, 7).unwrap();
+    let weights = [vec![0.7, 0.3], vec![0.2, 0.8]];
+    let img = image(&base);
+    let flipped = img.flip(&[2]).unwrap();
+    let batch = Tensor::stack(&[&img, &flipped], 0).unwrap();
+    let adaptation = Adaptation::from_adapters(&[&a, &b], &weights).unwrap();
+    let mixed = base.probabilities(&batch, (150, 200), &adaptation).unwrap();
+    for (n, w) in weights.iter().enumerate() {
+        let mut merged =
+            semla_models::catseg::from_tensors(tensors.clone(), &config, &Device::Cpu).unwrap();
+        merged.set_classes(&classes()).unwrap();
+        for (path, delta) in semla_adapters::apply::delta_weights(&[&a, &b], w).unwrap() {
+            merged.merge_delta(&path, &delta).unwrap();
+        }
+        let one = merged
+            .probabilities(
+                &batch.get(n).unwrap().unsqueeze(0).unwrap(),
+                (150, 200),
+                &Adaptation::none(),
+            )
+            .unwrap();
+        check(
+            &format!("image {n} mixed vs merged"),
+            &mixed.get(n).unwrap(),
+            &one.get(0).unwrap(),
+            1e-4,
+        );
+    }
+    // The two mixtures differ, so the check above compares different results.
+    assert!(
+        max_abs_diff(
+            &mixed.get(0).unwrap(),
+            &mixed.get(1).unwrap().flip(&[2]).unwrap()
+        ) > 1e-3
+    );
+}
