@@ -190,3 +190,108 @@ fn catseg_without_classes_or_with_a_bad_checkpoint_fails_clearly() {
     assert!(!ok && stderr.contains("cut.pth"), "{stderr}");
     assert!(!out.exists(), "a failed run wrote its output folder");
 }
+
+/// The tiny L CAT-Seg as a model folder segmenting the synthetic world's classes.
+fn write_catseg_folder(dir: &Path) -> PathBuf {
+    let tensors = semla_test_support::tensors_from_keys(&fixtures().join("keys_tiny_l.json"));
+    let shapes = tensors
+        .iter()
+        .map(|(k, v)| (k.clone(), v.dims().to_vec()))
+        .collect();
+    let mut config =
+        semla_models::catseg::CatSegConfig::from_yaml(&fixtures().join("tiny_l.yaml"), &shapes)
+            .unwrap();
+    config.class_names = semla_data::synthetic::CLASS_NAMES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let model =
+        semla_models::catseg::from_tensors(tensors, &config, &candle_core::Device::Cpu).unwrap();
+    let path = dir.join("catseg-tiny");
+    semla_models::save_segmenter(&model, &path).unwrap();
+    path
+}
+
+#[test]
+fn the_four_experiments_run_on_cat_seg_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = write_catseg_folder(dir.path());
+    let model = semla_models::load_segmenter(&model_dir, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(model.num_classes(), semla_data::synthetic::NUM_CLASSES);
+    // One random adapter per source over the official sites.
+    let sources = "synthetic-clear,synthetic-night,synthetic-fog";
+    let root = dir.path().join("loradb");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut library = semla_adapters::AdapterLibrary::open(&root).unwrap();
+    for (i, name) in sources.split(',').enumerate() {
+        let adapter =
+            semla_adapters::Adapter::random(name, &model.sites(), 2, 10 + i as u64).unwrap();
+        library.add(&adapter, None).unwrap();
+    }
+    let (m, lib) = (model_dir.to_str().unwrap(), root.to_str().unwrap());
+    let embedder = format!("backbone:{m}");
+    cli::semla_json(&[
+        "library",
+        "embed",
+        "--library",
+        lib,
+        "--sources",
+        sources,
+        "--embedder",
+        &embedder,
+        "--limit",
+        "2",
+        "--resize",
+        "48x64",
+    ]);
+    for mode in ["zeroshot", "oracle", "uniform", "semla"] {
+        let out = dir.path().join(mode);
+        let mut args = vec![
+            "eval",
+            "--experiment",
+            mode,
+            "--model",
+            m,
+            "--library",
+            lib,
+            "--sources",
+            sources,
+            "--targets",
+            "synthetic-night",
+            "--limit",
+            "2",
+            "--resize",
+            "48x64",
+            "--out",
+        ];
+        args.push(out.to_str().unwrap());
+        if mode == "uniform" || mode == "semla" {
+            args.push("--remove-target-adapter");
+        }
+        cli::semla_json(&args);
+        let results: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
+                .unwrap();
+        let miou = results["synthetic-night"].as_f64();
+        assert!(
+            miou.is_some_and(|v| (0.0..=100.0).contains(&v)),
+            "{mode}: {results}"
+        );
+        let lines = std::fs::read_to_string(out.join("weights.jsonl")).unwrap();
+        assert_eq!(lines.lines().count(), 2, "{mode}");
+        if mode == "semla" {
+            // The target's own adapter is removed; the others are weighted per image.
+            for line in lines.lines() {
+                let record: serde_json::Value = serde_json::from_str(line).unwrap();
+                let names: Vec<&str> = record["adapters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a["name"].as_str().unwrap())
+                    .collect();
+                assert_eq!(names.len(), 2, "{line}");
+                assert!(!names.contains(&"synthetic-night"), "{line}");
+            }
+        }
+    }
+}
