@@ -10,7 +10,8 @@
 //! - [`sliding`][]: the official `inference_sliding_window`,
 //! - [`checkpoint`][]: reading `model_final.pth` or a converted folder,
 //! - [`classes`][]: class lists, prompts and the official domains' lists,
-//! - [`config`][]: every dimension, from the official YAML and the checkpoint.
+//! - [`config`][]: every dimension, from the official YAML and the checkpoint,
+//! - [`random`][]: random weights at any size, for benchmarks.
 //!
 //! The class list is an input ([`CatSeg::set_classes`]); the text embeddings
 //! are computed per class list and per adapter mixture (the text tower carries
@@ -22,6 +23,7 @@ pub mod checkpoint;
 pub mod classes;
 pub mod clip;
 pub mod config;
+pub mod random;
 pub mod sliding;
 
 use std::sync::Mutex;
