@@ -86,10 +86,19 @@ impl Fnv {
     }
 }
 
-/// The fingerprint (hex) of a model folder's files ([`Fnv::write_folder_files`]):
-/// what shards and the server report, so that runs on other weights show.
+/// The fingerprint (hex) of a model folder's files ([`Fnv::write_folder_files`]),
+/// or of a single checkpoint file (CAT-Seg's `model_final.pth`): what shards and
+/// the server report, so that runs on other weights show.
 pub fn model_fingerprint(dir: &Path) -> Result<String, FsError> {
     let mut hash = Fnv::new();
+    if dir.is_file() {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        hash.write_file(dir, &name)?;
+        return Ok(format!("{:016x}", hash.finish()));
+    }
     hash.write_folder_files(dir)?;
     Ok(format!("{:016x}", hash.finish()))
 }
