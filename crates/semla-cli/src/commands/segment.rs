@@ -158,6 +158,14 @@ fn run_model_alone(args: &SegmentArgs, ctx: &Context, device: &Device) -> anyhow
     if args.resize.is_some() {
         anyhow::bail!("--resize needs --library; without it use --output-size");
     }
+    if args.labels.is_some() {
+        anyhow::bail!(
+            "--labels needs --library; without it --save-probabilities writes <stem>.png into --out"
+        );
+    }
+    if args.keep_going {
+        anyhow::bail!("--keep-going needs --library");
+    }
     let catseg = match args.pipeline.catseg_path() {
         Some(path) => Some(args.pipeline.catseg.load(&path, device)?),
         None => None,
