@@ -465,6 +465,11 @@ async fn segment(
         .await
         .map_err(|_| timed_out())?
         .map_err(|_| ApiError::new(ErrorKind::Unavailable, "the model thread has stopped"))??;
+    // The timer fires at millisecond grain and only when polled: an answer that
+    // arrived past the deadline is late all the same.
+    if Instant::now() > deadline {
+        return Err(timed_out());
+    }
     let wants_png = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
