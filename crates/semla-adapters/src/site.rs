@@ -216,46 +216,42 @@ impl Adaptation {
     /// adaptation is returned unchanged): for a forward whose batch axis is not
     /// the images (CAT-Seg's text encoder runs one image's class prompts).
     pub fn for_image(&self, n: usize) -> Result<Self> {
-        let mut sites = HashMap::with_capacity(self.sites.len());
-        for (path, site) in &self.sites {
-            let coeff = if site.coeff.dim(0)? == 1 {
-                site.coeff.clone()
+        self.map_coefficients(|coeff| {
+            if coeff.dim(0)? == 1 {
+                Ok(coeff.clone())
             } else {
-                site.coeff.narrow(0, n, 1)?
-            };
-            sites.insert(
-                path.clone(),
-                FactoredSite {
-                    a: site.a.clone(),
-                    b: site.b.clone(),
-                    coeff,
-                },
-            );
-        }
-        Ok(Self { sites })
+                coeff.narrow(0, n, 1)
+            }
+        })
     }
 
     /// Every image's mixture repeated for `k` consecutive batch rows (image `n`
     /// becomes rows `n*k .. n*k + k`): for a forward that splits each image into
     /// `k` views (CAT-Seg's sliding-window tiles).
     pub fn repeat_each(&self, k: usize) -> Result<Self> {
-        let mut sites = HashMap::with_capacity(self.sites.len());
-        for (path, site) in &self.sites {
-            let (rows, rank) = site.coeff.dims2()?;
-            let coeff = if rows == 1 {
-                site.coeff.clone()
+        self.map_coefficients(|coeff| {
+            let (rows, rank) = coeff.dims2()?;
+            if rows == 1 {
+                Ok(coeff.clone())
             } else {
-                site.coeff
+                coeff
                     .unsqueeze(1)?
                     .broadcast_as((rows, k, rank))?
-                    .reshape((rows * k, rank))?
-            };
+                    .reshape((rows * k, rank))
+            }
+        })
+    }
+
+    /// The same factors with every site's coefficients `[N, R]` replaced by `f(coeff)`.
+    fn map_coefficients(&self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        let mut sites = HashMap::with_capacity(self.sites.len());
+        for (path, site) in &self.sites {
             sites.insert(
                 path.clone(),
                 FactoredSite {
                     a: site.a.clone(),
                     b: site.b.clone(),
-                    coeff,
+                    coeff: f(&site.coeff)?,
                 },
             );
         }
