@@ -24,6 +24,9 @@ Rust tests re-implement, and writes small fixtures:
 - outputs_tiny_l.safetensors, outputs_tiny_b.safetensors, outputs_tiny_l_adapter.safetensors:
   official outputs (see OUTPUTS below); summary.json: statistics, sanity checks, self-check values,
   versions and sha256 of the official source files that ran.
+- train_labels.png + training_tiny_l_adapter.safetensors: one official TRAINING forward of the tiny
+  L model under adapter_tiny_l (peft, trainable): the loss (CATSeg.forward in train mode, BCE with
+  logits against one-hot targets) and the gradient of every LoRA factor (`grad.<saved key>`).
 - target_modules_214.json: SemLA's 214 LoRA target module names (`MODEL.LORA.MODUELS` of
   catseg/cat_seg/config.py::add_lora_config), sorted.
 - checkpoint_views.pth / checkpoint_views.safetensors: a detectron2-style checkpoint
@@ -566,6 +569,53 @@ def adapter_fixture(off, cfg, geometry, out_dir, image_chw, base_res):
     return res, notes
 
 
+# --- training: the official loss and the LoRA gradients ---------------------------------------
+
+def make_train_labels():
+    """A deterministic label map for the training fixture: the image's four rectangles as classes
+    1, 2, 1, 2 on a class-0 background, with an ignore (255) band of 6 rows."""
+    labels = np.zeros((IMAGE_H, IMAGE_W), dtype=np.uint8)
+    for (y0, y1, x0, x1), c in [((20, 60, 30, 90), 1), ((80, 140, 115, 185), 2),
+                                ((8, 40, 140, 190), 1), ((100, 130, 10, 60), 2)]:
+        labels[y0:y1, x0:x1] = c
+    labels[70:76, :] = 255
+    return labels
+
+
+def training_fixture(off, cfg, geometry, out_dir, image_chw):
+    """One official training forward (CATSeg.forward in train mode: the non-sliding path, logits
+    upsampled to the label size, BCE-with-logits against one-hot targets with all-zero targets at
+    ignore pixels) of the tiny L model under adapter_tiny_l loaded trainable by peft, then
+    backward: the loss and every LoRA factor's gradient."""
+    import peft
+    from PIL import Image
+
+    labels = make_train_labels()
+    Image.fromarray(labels).save(os.path.join(out_dir, "train_labels.png"), optimize=True)
+    labels = np.array(Image.open(os.path.join(out_dir, "train_labels.png")))
+    fresh = build_catseg(off, cfg, geometry)
+    apply_protocol(fresh)
+    pm = peft.PeftModel.from_pretrained(fresh, os.path.join(out_dir, "adapter_tiny_l"), is_trainable=True)
+    pm.train()
+    sem_seg = torch.as_tensor(labels.astype(np.int64))
+    losses = pm([{"image": image_chw, "sem_seg": sem_seg, "height": IMAGE_H, "width": IMAGE_W}])
+    loss = losses["loss_sem_seg"]
+    loss.backward()
+    res = collections.OrderedDict()
+    res["loss"] = loss.detach().reshape(1).clone()
+    for n, p in pm.named_parameters():
+        if p.requires_grad:
+            assert ".lora_" in n, n
+            saved = n.replace(".default.weight", ".weight")
+            # A factor the loss never reaches (the q/k/v LoRAs of SemLA's CLIP attention, which
+            # reads the base in_proj weights directly) has no gradient: recorded as zeros.
+            grad = torch.zeros_like(p) if p.grad is None else p.grad
+            res["grad." + saved] = grad.detach().contiguous().clone()
+    print(f"[training] loss {res['loss'].item():.6f}; {len(res) - 1} LoRA gradients, max |g| "
+          f"{max(v.abs().max().item() for k, v in res.items() if k != 'loss'):.3e}")
+    return res
+
+
 # --- checkpoint with views ---------------------------------------------------------------------
 
 def checkpoint_views(out_dir):
@@ -690,6 +740,9 @@ def main():
     summary["tiny_l_adapter"] = st
     summary["tiny_l_adapter_notes"] = notes
     save_outputs(os.path.join(out, "outputs_tiny_l_adapter.safetensors"), res_a, keep_a)
+    res_t = training_fixture(off, cfgs["tiny_l"], CLIP_GEOMETRY["tiny_l"], out, image_chw)
+    summary["training_tiny_l_adapter"] = {"loss": res_t["loss"].item(), "gradients": len(res_t) - 1}
+    save_outputs(os.path.join(out, "training_tiny_l_adapter.safetensors"), res_t, list(res_t))
 
     # the 214 official LoRA target modules
     cfg = off["get_cfg"]()

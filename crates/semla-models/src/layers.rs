@@ -168,6 +168,50 @@ pub(crate) fn bicubic_resize_grid(
     Tensor::from_vec(out, (oh * ow, d), grid.device())?.to_dtype(grid.dtype())
 }
 
+/// Bilinear resize of `x` `[N, C, H, W]` to `[N, C, h, w]` as two matrix
+/// products with constant interpolation matrices, so that it backpropagates
+/// (candle's `upsample_bilinear2d` has no backward pass). The taps are
+/// PyTorch's `F.interpolate(mode="bilinear")` without antialiasing: with
+/// `align_corners` false, source `(i + 0.5) * in / out - 0.5` clamped below at
+/// 0; with it true, `i * (in - 1) / (out - 1)`.
+pub(crate) fn bilinear_resize_differentiable(
+    x: &Tensor,
+    h: usize,
+    w: usize,
+    align_corners: bool,
+) -> Result<Tensor> {
+    let (n, c, in_h, in_w) = x.dims4()?;
+    let weights = |in_size: usize, out_size: usize| -> Vec<f32> {
+        let mut m = vec![0f32; out_size * in_size];
+        for o in 0..out_size {
+            let src = if align_corners {
+                if out_size > 1 {
+                    o as f64 * (in_size as f64 - 1.0) / (out_size as f64 - 1.0)
+                } else {
+                    0.0
+                }
+            } else {
+                ((o as f64 + 0.5) * in_size as f64 / out_size as f64 - 0.5).max(0.0)
+            };
+            let i0 = (src.floor() as usize).min(in_size - 1);
+            let i1 = (i0 + 1).min(in_size - 1);
+            let lambda = src - i0 as f64;
+            m[o * in_size + i0] += (1.0 - lambda) as f32;
+            m[o * in_size + i1] += lambda as f32;
+        }
+        m
+    };
+    let device = x.device();
+    let rows = Tensor::from_vec(weights(in_h, h), (h, in_h), device)?.to_dtype(x.dtype())?;
+    let cols = Tensor::from_vec(weights(in_w, w), (w, in_w), device)?
+        .to_dtype(x.dtype())?
+        .t()?;
+    let flat = x.reshape((n * c, in_h, in_w))?;
+    // [h, H] x [NC, H, W] -> [NC, h, W], then x [W, w] -> [NC, h, w].
+    let resized = rows.broadcast_matmul(&flat)?.broadcast_matmul(&cols)?;
+    resized.reshape((n, c, h, w))
+}
+
 /// `quick_gelu(x) = x * sigmoid(1.702 x)`, fused when inference kernels are asked for.
 pub(crate) fn quick_gelu(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
     match kernels {
@@ -203,4 +247,50 @@ pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Resu
         *last = weight.dim(0)?;
     }
     y.reshape(out_dims.as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn differentiable_bilinear_resize_equals_candles_and_backpropagates() {
+        let device = candle_core::Device::Cpu;
+        let values: Vec<f32> = (0..2 * 3 * 7 * 5)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let x = Tensor::from_vec(values, (2, 3, 7, 5), &device).unwrap();
+        for (h, w) in [(16, 11), (3, 2), (7, 5), (1, 9)] {
+            for align in [false, true] {
+                let ours = bilinear_resize_differentiable(&x, h, w, align).unwrap();
+                let candle = x.upsample_bilinear2d(h, w, align).unwrap();
+                let diff: f32 = (ours - candle)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap();
+                assert!(diff < 1e-5, "{h}x{w} align {align}: {diff}");
+            }
+        }
+        // The gradient of the sum is each source pixel's total weight: for an
+        // upsample by 2 (align_corners false) every output row and column has
+        // weights summing to 1, so the gradients sum to the output's size.
+        let var = candle_core::Var::from_tensor(&x).unwrap();
+        let out = bilinear_resize_differentiable(var.as_tensor(), 14, 10, false).unwrap();
+        let grads = out.sum_all().unwrap().backward().unwrap();
+        let total: f32 = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!((total - (2 * 3 * 14 * 10) as f32).abs() < 1e-3, "{total}");
+    }
 }

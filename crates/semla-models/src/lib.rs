@@ -30,4 +30,4 @@ pub use config::SegmenterConfig;
 pub use model_dir::{
     ModelDirError, load_segmenter, random_segmenter, read_segmenter_config, save_segmenter,
 };
-pub use segmenter::{Normalization, Segmenter};
+pub use segmenter::{Normalization, Segmenter, TrainingObjective};

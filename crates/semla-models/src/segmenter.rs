@@ -64,6 +64,19 @@ impl Normalization {
     }
 }
 
+/// The loss a segmenter's [`Segmenter::training_logits`] are trained with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrainingObjective {
+    /// Softmax cross-entropy over the classes, averaged over the pixels that are
+    /// not ignored.
+    #[default]
+    SoftmaxCrossEntropy,
+    /// One sigmoid per class: binary cross-entropy with logits against one-hot
+    /// targets, averaged over every pixel and class; an ignored pixel gets an
+    /// all-zero target and still counts (CAT-Seg's training loss).
+    SigmoidOneHot,
+}
+
 /// A semantic segmentation model with adapter sites.
 pub trait Segmenter: Send + Sync {
     /// Number of output classes `C`.
@@ -78,6 +91,20 @@ pub trait Segmenter: Send + Sync {
     /// `adaptation` carries the (possibly per-image) adapter mixture;
     /// `Adaptation::none()` runs the base model.
     fn forward(&self, images: &Tensor, adaptation: &Adaptation) -> Result<Tensor>;
+
+    /// The logits training backpropagates through: `[N, 3, H, W]` -> `[N, C, H, W]`,
+    /// differentiable with respect to the adaptation's factors, trained with
+    /// [`Segmenter::training_objective`]. Default: [`Segmenter::forward`]. A model
+    /// whose inference differs from its training forward (CAT-Seg's sliding
+    /// window, fused kernels) overrides it.
+    fn training_logits(&self, images: &Tensor, adaptation: &Adaptation) -> Result<Tensor> {
+        self.forward(images, adaptation)
+    }
+
+    /// The loss [`Segmenter::training_logits`] are trained with.
+    fn training_objective(&self) -> TrainingObjective {
+        TrainingObjective::SoftmaxCrossEntropy
+    }
 
     /// A pooled embedding of each image from the base model's own features
     /// (the `backbone` embedder of SemLA's retrieval): `[N, 3, H, W]` -> `[N, D]`.

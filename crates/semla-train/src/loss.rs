@@ -1,4 +1,5 @@
-//! Pixel-wise cross-entropy with an ignore label.
+//! Pixel-wise losses with an ignore label: softmax cross-entropy and CAT-Seg's
+//! per-class binary cross-entropy against one-hot targets.
 //!
 //! Built only from ops that have a backward pass in candle (no fused softmax /
 //! log-softmax kernels, which would silently cut the gradient).
@@ -55,6 +56,50 @@ pub fn cross_entropy_with_ignore(logits: &Tensor, labels: &Tensor, ignore: u32) 
     let picked = log_probs.gather(&targets, 1)?; // [N, 1, H, W]
     let total = (picked * mask)?.sum_all()?;
     Ok((total * (-1.0 / counted as f64))?)
+}
+
+/// Mean binary cross-entropy with logits against one-hot targets (CAT-Seg's
+/// training loss): every class of every pixel is one sigmoid, the target is 1
+/// for the pixel's class and 0 for the others, and a pixel labelled `ignore`
+/// gets an all-zero target but still counts (as the official code builds it).
+///
+/// `logits`: `[N, C, H, W]` (f32); `labels`: `[N, H, W]` class indices (u32).
+/// Returns the scalar mean over all `N·C·H·W` terms. Uses the stable form
+/// `max(x, 0) - x·t + log(1 + exp(-|x|))`.
+pub fn binary_cross_entropy_one_hot(
+    logits: &Tensor,
+    labels: &Tensor,
+    ignore: u32,
+) -> Result<Tensor> {
+    let (n, c, h, w) = logits.dims4()?;
+    let (ln, lh, lw) = labels.dims3()?;
+    if (ln, lh, lw) != (n, h, w) {
+        return Err(TrainError::Config(format!(
+            "labels {:?} do not match logits {:?}",
+            labels.dims(),
+            logits.dims()
+        )));
+    }
+    let raw: Vec<u32> = labels.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
+    let plane = h * w;
+    let mut targets = vec![0f32; n * c * plane];
+    for (index, &label) in raw.iter().enumerate() {
+        if label == ignore {
+            continue;
+        }
+        if label as usize >= c {
+            return Err(TrainError::Config(format!(
+                "label {label} is outside the model's {c} classes (ignore value is {ignore})"
+            )));
+        }
+        let (image, pixel) = (index / plane, index % plane);
+        targets[(image * c + label as usize) * plane + pixel] = 1.0;
+    }
+    let targets =
+        Tensor::from_vec(targets, (n, c, h, w), logits.device())?.to_dtype(logits.dtype())?;
+    let softplus_of_minus_abs = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    let terms = ((logits.relu()? - (logits * &targets)?)? + softplus_of_minus_abs)?;
+    Ok(terms.mean_all()?)
 }
 
 #[cfg(test)]
@@ -114,5 +159,55 @@ mod tests {
         let logits = Tensor::zeros((1, 2, 1, 1), DType::F32, &Device::Cpu).unwrap();
         let labels = Tensor::from_vec(vec![7u32], (1, 1, 1), &Device::Cpu).unwrap();
         assert!(cross_entropy_with_ignore(&logits, &labels, 255).is_err());
+    }
+
+    #[test]
+    fn one_hot_bce_matches_hand_computation() {
+        // One image, 2 classes, 1x2 pixels: label 1, then ignored.
+        let x = [3.0f64, -1.0, -2.0, 0.5]; // class 0: (3, -1), class 1: (-2, 0.5)
+        let logits = Tensor::from_vec(
+            x.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            (1, 2, 1, 2),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let labels = Tensor::from_vec(vec![1u32, 255], (1, 1, 2), &Device::Cpu).unwrap();
+        let loss: f32 = binary_cross_entropy_one_hot(&logits, &labels, 255)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let sigmoid = |v: f64| 1.0 / (1.0 + (-v).exp());
+        let bce = |v: f64, t: f64| -(t * sigmoid(v).ln() + (1.0 - t) * (1.0 - sigmoid(v)).ln());
+        // pixel 0 (label 1): class 0 target 0, class 1 target 1; pixel 1 ignored: both 0.
+        let expected = (bce(3.0, 0.0) + bce(-2.0, 1.0) + bce(-1.0, 0.0) + bce(0.5, 0.0)) / 4.0;
+        assert!(
+            (loss as f64 - expected).abs() < 1e-6,
+            "{loss} vs {expected}"
+        );
+    }
+
+    #[test]
+    fn one_hot_bce_gradient_is_sigmoid_minus_target_and_stable() {
+        let var = Var::from_vec(vec![80f32, -80.0], (1, 2, 1, 1), &Device::Cpu).unwrap();
+        let labels = Tensor::from_vec(vec![1u32], (1, 1, 1), &Device::Cpu).unwrap();
+        let loss = binary_cross_entropy_one_hot(var.as_tensor(), &labels, 255).unwrap();
+        // Both terms are confidently wrong by 80: the loss is (80 + 80) / 2, finite.
+        let value: f32 = loss.to_scalar().unwrap();
+        assert!((value - 80.0).abs() < 1e-4, "{value}");
+        let grads = loss.backward().unwrap();
+        let g: Vec<f32> = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // d/dx = (sigmoid(x) - t) / (N·C·H·W): (1 - 0) / 2 and (0 - 1) / 2.
+        assert!(
+            (g[0] - 0.5).abs() < 1e-6 && (g[1] + 0.5).abs() < 1e-6,
+            "{g:?}"
+        );
+        let outside = Tensor::from_vec(vec![2u32], (1, 1, 1), &Device::Cpu).unwrap();
+        assert!(binary_cross_entropy_one_hot(var.as_tensor(), &outside, 255).is_err());
     }
 }

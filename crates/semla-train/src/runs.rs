@@ -37,8 +37,11 @@ pub fn train_base(
         .map_err(TrainError::Config)?;
     let trainee = Trainee {
         params: varmap_params(varmap)?,
-        forward: Box::new(|images| model.forward(images, &semla_adapters::Adaptation::none())),
+        forward: Box::new(|images| {
+            model.training_logits(images, &semla_adapters::Adaptation::none())
+        }),
         normalization: model.normalization(),
+        objective: model.training_objective(),
         device: device.clone(),
     };
     train(&trainee, source, config, session, progress)
@@ -70,8 +73,9 @@ pub fn adapter_trainee<'a>(
 ) -> Trainee<'a> {
     Trainee {
         params: lora.params(),
-        forward: Box::new(move |images| base.forward(images, lora.adaptation())),
+        forward: Box::new(move |images| base.training_logits(images, lora.adaptation())),
         normalization: base.normalization(),
+        objective: base.training_objective(),
         device: device.clone(),
     }
 }

@@ -9,11 +9,11 @@ use candle_core::{DType, Device, Tensor, Var};
 use semla_core::SplitMix64;
 use semla_core::fs::write_atomic;
 use semla_data::{SampleError, SampleSource};
-use semla_models::Normalization;
+use semla_models::{Normalization, TrainingObjective};
 
 use crate::augment::{AugmentConfig, augment};
 use crate::error::{Result, TrainError};
-use crate::loss::cross_entropy_with_ignore;
+use crate::loss::{binary_cross_entropy_one_hot, cross_entropy_with_ignore};
 use crate::optim::{AdamW, AdamWConfig, clip_factor};
 use crate::schedule::WarmupCosine;
 
@@ -103,6 +103,8 @@ pub struct Trainee<'a> {
     pub forward: ForwardFn<'a>,
     /// How raw RGB in `[0, 1]` is normalised for `forward`.
     pub normalization: Normalization,
+    /// The loss `forward`'s logits are trained with.
+    pub objective: TrainingObjective,
     /// Device of the model.
     pub device: Device,
 }
@@ -207,7 +209,14 @@ pub fn loss_and_gradients(
     ignore: u32,
 ) -> Result<(f32, candle_core::backprop::GradStore)> {
     let logits = (trainee.forward)(&batch.images)?;
-    let loss = cross_entropy_with_ignore(&logits, &batch.labels, ignore)?;
+    let loss = match trainee.objective {
+        TrainingObjective::SoftmaxCrossEntropy => {
+            cross_entropy_with_ignore(&logits, &batch.labels, ignore)?
+        }
+        TrainingObjective::SigmoidOneHot => {
+            binary_cross_entropy_one_hot(&logits, &batch.labels, ignore)?
+        }
+    };
     let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
     let grads = loss.backward()?;
     Ok((value, grads))

@@ -456,9 +456,12 @@ impl ClassAttention {
         let y = if (hp, wp) == (h, w) {
             y
         } else {
-            y.reshape((b, c * t, hp, wp))?
-                .upsample_bilinear2d(h, w, true)?
-                .reshape((b, c, t, h, w))?
+            let y = y.reshape((b, c * t, hp, wp))?;
+            let y = match kernels {
+                Kernels::Fused => y.upsample_bilinear2d(h, w, true)?,
+                Kernels::Composed => crate::layers::bilinear_resize_differentiable(&y, h, w, true)?,
+            };
+            y.reshape((b, c, t, h, w))?
         };
         x + y
     }

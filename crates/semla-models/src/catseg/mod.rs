@@ -213,6 +213,42 @@ impl CatSeg {
             .encode_text(self.token_ids()?, adaptation, self.kernels)
     }
 
+    /// The logits CAT-Seg trains on (the official `CATSeg.forward` in training
+    /// mode): `images` `[N, 3, H, W]` CLIP-normalised crops, padded to a multiple
+    /// of 32, resized to the CLIP input, through the model with differentiable
+    /// kernels, logits `[N, T, 4G, 4G]` bilinearly resized to `[N, T, H, W]`. The
+    /// text embeddings are computed under the adaptation (no cache), from the
+    /// current class list. The guidance is the inference path's (layers of
+    /// `guidance_layers`), not the official LoRA trainer's duplicated hooks
+    /// (semla-spec 7.5): a trained adapter sees the features it is used with.
+    pub fn training_logits(&self, images: &Tensor, adaptation: &Adaptation) -> Result<Tensor> {
+        let kernels = Kernels::Composed;
+        let (n, _, h, w) = images.dims4()?;
+        let s = self.config.clip_resolution;
+        let (ph, pw) = (h.div_ceil(32) * 32, w.div_ceil(32) * 32);
+        let padded = images
+            .pad_with_zeros(2, 0, ph - h)?
+            .pad_with_zeros(3, 0, pw - w)?;
+        let view = if (ph, pw) == (s, s) {
+            padded
+        } else {
+            crate::layers::bilinear_resize_differentiable(&padded, s, s, false)?
+        };
+        if adaptation.mixtures()? != 1 {
+            candle_core::bail!("CAT-Seg trains one adapter mixture per batch");
+        }
+        let text = self
+            .clip
+            .encode_text(self.token_ids()?, adaptation, kernels)?;
+        let (t, e) = text.dims2()?;
+        let text = text.unsqueeze(0)?.broadcast_as((n, t, e))?.contiguous()?;
+        let logits = self
+            .forward_views_with(&view, &text, adaptation, kernels)?
+            .aggregator
+            .logits;
+        crate::layers::bilinear_resize_differentiable(&logits, h, w, false)
+    }
+
     /// The text embeddings of each of `images` images `[N, T, E]`, honouring the cache.
     fn text_for_images(&self, images: usize, adaptation: &Adaptation) -> Result<Tensor> {
         if self.text_cache == TextCache::FirstImage {
@@ -257,9 +293,17 @@ impl CatSeg {
         text: &Tensor,
         adaptation: &Adaptation,
     ) -> Result<ViewOutput> {
-        let visual = self
-            .clip
-            .encode_image_dense(pixels, adaptation, self.kernels)?;
+        self.forward_views_with(pixels, text, adaptation, self.kernels)
+    }
+
+    fn forward_views_with(
+        &self,
+        pixels: &Tensor,
+        text: &Tensor,
+        adaptation: &Adaptation,
+        kernels: Kernels,
+    ) -> Result<ViewOutput> {
+        let visual = self.clip.encode_image_dense(pixels, adaptation, kernels)?;
         let (v, tokens, e) = visual.features.dims3()?;
         let g = ((tokens - 1) as f64).sqrt() as usize;
         let grid = |x: &Tensor| -> Result<Tensor> {
@@ -273,9 +317,9 @@ impl CatSeg {
         debug_assert_eq!(image.dim(1)?, e);
         let g4 = self.upsample1.forward(&grid(&visual.guidance[0])?)?;
         let g5 = self.upsample2.forward(&grid(&visual.guidance[1])?)?;
-        let aggregator =
-            self.aggregator
-                .forward(&image, text, [&g4, &g5], adaptation, self.kernels)?;
+        let aggregator = self
+            .aggregator
+            .forward(&image, text, [&g4, &g5], adaptation, kernels)?;
         Ok(ViewOutput { visual, aggregator })
     }
 
@@ -379,6 +423,14 @@ impl Segmenter for CatSeg {
         self.probabilities(images, (h, w), adaptation)?
             .maximum(MIN_PROBABILITY)?
             .log()
+    }
+
+    fn training_logits(&self, images: &Tensor, adaptation: &Adaptation) -> Result<Tensor> {
+        CatSeg::training_logits(self, images, adaptation)
+    }
+
+    fn training_objective(&self) -> crate::segmenter::TrainingObjective {
+        crate::segmenter::TrainingObjective::SigmoidOneHot
     }
 
     /// The mean of the dense CLIP features of the whole image (resized to the
