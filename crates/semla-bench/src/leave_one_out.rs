@@ -67,6 +67,7 @@ pub fn targets<'a>(
             source: source as &dyn SampleSource,
             definition: Definition::Detectron2,
             class_names: class_names.to_vec(),
+            model: None,
         })
         .collect()
 }

@@ -212,70 +212,101 @@ fn write_catseg_folder(dir: &Path) -> PathBuf {
     path
 }
 
+/// `semla eval --experiment MODE` over `targets` with the library's recorded embedder.
+fn experiment(
+    mode: &str,
+    model: &[&str],
+    lib: &str,
+    targets: &str,
+    out: &Path,
+) -> serde_json::Value {
+    let mut args = vec!["eval", "--experiment", mode];
+    args.extend_from_slice(model);
+    args.extend_from_slice(&[
+        "--library",
+        lib,
+        "--sources",
+        SOURCES,
+        "--targets",
+        targets,
+        "--limit",
+        "1",
+        "--resize",
+        "48x64",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    if mode == "uniform" || mode == "semla" {
+        args.push("--remove-target-adapter");
+    }
+    cli::semla_json(&args);
+    serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+}
+
+const SOURCES: &str = "synthetic-clear,synthetic-night,synthetic-fog";
+
 #[test]
 fn the_four_experiments_run_on_cat_seg_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
+    let checkpoint = write_checkpoint(dir.path());
+    let yaml = fixtures().join("tiny_l.yaml");
+    let spec = format!("catseg:{}", checkpoint.display());
+    // No --classes: each target segments its own domain's classes.
+    let catseg = [
+        "--model",
+        spec.as_str(),
+        "--catseg-config",
+        yaml.to_str().unwrap(),
+    ];
     let model_dir = write_catseg_folder(dir.path());
     let model = semla_models::load_segmenter(&model_dir, &candle_core::Device::Cpu).unwrap();
     assert_eq!(model.num_classes(), semla_data::synthetic::NUM_CLASSES);
-    // One random adapter per source over the official sites.
-    let sources = "synthetic-clear,synthetic-night,synthetic-fog";
+    // One random adapter per source over the official sites, embedded by the
+    // separate CLIP the official code uses (a tiny Hugging Face CLIP folder).
     let root = dir.path().join("loradb");
     std::fs::create_dir_all(&root).unwrap();
     let mut library = semla_adapters::AdapterLibrary::open(&root).unwrap();
-    for (i, name) in sources.split(',').enumerate() {
+    for (i, name) in SOURCES.split(',').enumerate() {
         let adapter =
             semla_adapters::Adapter::random(name, &model.sites(), 2, 10 + i as u64).unwrap();
         library.add(&adapter, None).unwrap();
     }
-    let (m, lib) = (model_dir.to_str().unwrap(), root.to_str().unwrap());
-    let embedder = format!("backbone:{m}");
+    let lib = root.to_str().unwrap();
+    let clip =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../semla-models/tests/fixtures/clip/tiny");
     cli::semla_json(&[
         "library",
         "embed",
         "--library",
         lib,
         "--sources",
-        sources,
+        SOURCES,
         "--embedder",
-        &embedder,
+        &format!("clip:{}", clip.display()),
         "--limit",
         "2",
         "--resize",
         "48x64",
     ]);
+    let targets = "synthetic-night,synthetic-fog";
+    let mut zeroshot = None;
     for mode in ["zeroshot", "oracle", "uniform", "semla"] {
         let out = dir.path().join(mode);
-        let mut args = vec![
-            "eval",
-            "--experiment",
-            mode,
-            "--model",
-            m,
-            "--library",
-            lib,
-            "--sources",
-            sources,
-            "--targets",
-            "synthetic-night",
-            "--limit",
-            "2",
-            "--resize",
-            "48x64",
-            "--out",
-        ];
-        args.push(out.to_str().unwrap());
-        if mode == "uniform" || mode == "semla" {
-            args.push("--remove-target-adapter");
+        let results = experiment(mode, &catseg, lib, targets, &out);
+        for target in targets.split(',') {
+            let miou = results[target].as_f64();
+            assert!(
+                miou.is_some_and(|v| (0.0..=100.0).contains(&v)),
+                "{mode}: {results}"
+            );
         }
-        cli::semla_json(&args);
-        let results: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
                 .unwrap();
-        let miou = results["synthetic-night"].as_f64();
+        let text = report.to_string();
         assert!(
-            miou.is_some_and(|v| (0.0..=100.0).contains(&v)),
-            "{mode}: {results}"
+            text.contains(semla_data::synthetic::CLASS_NAMES[1]),
+            "{text}"
         );
         let lines = std::fs::read_to_string(out.join("weights.jsonl")).unwrap();
         assert_eq!(lines.lines().count(), 2, "{mode}");
@@ -290,8 +321,123 @@ fn the_four_experiments_run_on_cat_seg_through_the_cli() {
                     .map(|a| a["name"].as_str().unwrap())
                     .collect();
                 assert_eq!(names.len(), 2, "{line}");
-                assert!(!names.contains(&"synthetic-night"), "{line}");
+                let target = record["target"].as_str().unwrap();
+                assert!(!names.contains(&target), "{line}");
             }
         }
+        if mode == "zeroshot" {
+            zeroshot = Some(results);
+        }
     }
+    // The converted folder (its class list fixed to the same names) scores the same.
+    let out = dir.path().join("zeroshot-folder");
+    let folder = ["--model", model_dir.to_str().unwrap()];
+    let results = experiment("zeroshot", &folder, lib, targets, &out);
+    let zeroshot = zeroshot.unwrap();
+    for target in targets.split(',') {
+        let (a, b) = (
+            results[target].as_f64().unwrap(),
+            zeroshot[target].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-9, "{target}: folder {a} vs catseg: {b}");
+    }
+}
+
+#[test]
+fn adapter_train_on_cat_seg_writes_a_peft_adapter_that_evaluates() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = write_checkpoint(dir.path());
+    let yaml = fixtures().join("tiny_l.yaml");
+    let spec = format!("catseg:{}", checkpoint.display());
+    let out = dir.path().join("lib/night");
+    let report = cli::semla_json(&[
+        "adapter",
+        "train",
+        "--model",
+        &spec,
+        "--catseg-config",
+        yaml.to_str().unwrap(),
+        "--domain",
+        "synthetic-night",
+        "--resize",
+        "48x64",
+        "--steps",
+        "2",
+        "--batch",
+        "1",
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "0",
+        "--clip",
+        "0.01",
+        "--rank",
+        "2",
+        "--alpha",
+        "4",
+        "--targets",
+        "mlp.c_fc,attention.attention.q",
+        "--prototype-images",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let losses = report["losses"].as_array().unwrap();
+    assert_eq!(losses.len(), 2, "{report}");
+    // BCE with logits over 2 synthetic classes and more starts near ln 2 per term.
+    for loss in losses {
+        let loss = loss.as_f64().unwrap();
+        assert!(loss.is_finite() && loss > 0.0 && loss < 5.0, "{report}");
+    }
+    let adapter = semla_adapters::peft::load_adapter(&out).unwrap();
+    assert_eq!(adapter.config.r, 2);
+    let tensors = semla_test_support::tensors_from_keys(&fixtures().join("keys_tiny_l.json"));
+    let sites = adapter.sites.keys().cloned().collect::<Vec<_>>();
+    assert!(
+        sites
+            .iter()
+            .all(|s| s.ends_with("mlp.c_fc") || s.ends_with("attention.attention.q")),
+        "{sites:?}"
+    );
+    // Both towers' MLPs and the class attention, every one a module of the checkpoint.
+    assert!(sites.iter().any(|s| s.contains("visual.transformer")));
+    assert!(sites.iter().any(|s| s.contains("clip_model.transformer")));
+    assert!(
+        sites
+            .iter()
+            .any(|s| s.contains("predictor.transformer.layers"))
+    );
+    for site in &sites {
+        assert!(
+            tensors.keys().any(|k| k.starts_with(site.as_str())),
+            "{site} is not a module of the checkpoint"
+        );
+    }
+    // B starts at zero: after two steps it has moved.
+    assert!(
+        adapter
+            .sites
+            .values()
+            .any(|s| semla_test_support::max_abs(&s.b) > 0.0)
+    );
+    // The library holds the adapter with a prototype, and the adapter evaluates.
+    let library = semla_adapters::AdapterLibrary::open(&dir.path().join("lib")).unwrap();
+    assert!(library.contains("night"));
+    let eval = cli::semla_json(&[
+        "eval",
+        "--model",
+        &spec,
+        "--catseg-config",
+        yaml.to_str().unwrap(),
+        "--adapter",
+        out.to_str().unwrap(),
+        "--domain",
+        "synthetic-night",
+        "--limit",
+        "1",
+        "--resize",
+        "48x64",
+    ]);
+    let miou = eval["miou"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&miou), "{eval}");
 }

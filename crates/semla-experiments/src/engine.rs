@@ -238,7 +238,7 @@ pub(crate) fn run_target(
     progress: &mut dyn Progress,
 ) -> Result<TargetRun> {
     let started = Instant::now();
-    let model = semla.model().as_ref();
+    let model = target.model.as_deref().unwrap_or(semla.model().as_ref());
     check_classes(target.source, model, &format!("target {}", target.name))?;
     let request = request_for(semla, settings, &target.name)?;
     let label = format!("{} on {}", settings.method_name(), target.name);
@@ -256,8 +256,11 @@ pub(crate) fn run_target(
         &job,
         progress,
         &mut |samples| {
-            Ok(semla
-                .segment_samples(samples, &request)?
+            let predictions = match &target.model {
+                Some(own) => semla.segment_samples_with(own.as_ref(), samples, &request)?,
+                None => semla.segment_samples(samples, &request)?,
+            };
+            Ok(predictions
                 .into_iter()
                 .map(|p| (p.labels, p.adapters))
                 .collect())

@@ -114,4 +114,8 @@ pub struct Target<'a> {
     pub definition: Definition,
     /// Class names (may be empty).
     pub class_names: Vec<String>,
+    /// The segmenter of this target when it is not the pipeline's: an
+    /// open-vocabulary model (CAT-Seg) set to the target's class list, with the
+    /// pipeline model's adapter sites. `None`: the pipeline's model.
+    pub model: Option<std::sync::Arc<dyn semla_models::Segmenter>>,
 }

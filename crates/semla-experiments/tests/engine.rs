@@ -123,6 +123,7 @@ fn targets(setup: &Setup) -> Vec<Target<'_>> {
             source: source as &dyn SampleSource,
             definition: Definition::Detectron2,
             class_names: Vec::new(),
+            model: None,
         })
         .collect()
 }
@@ -494,12 +495,14 @@ fn shards_merge_into_the_whole_run_whatever_their_count() {
             source: &night,
             definition: Definition::Detectron2,
             class_names: Vec::new(),
+            model: None,
         },
         Target {
             name: "fog".into(),
             source: &setup.val[2],
             definition: Definition::Cityscapes,
             class_names: Vec::new(),
+            model: None,
         },
     ];
     let settings = ExperimentSettings {

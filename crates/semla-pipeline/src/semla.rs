@@ -302,7 +302,7 @@ impl Semla {
             _ => None,
         };
         let embed_s = started.elapsed().as_secs_f64();
-        let mut out = self.segment_embedded(&refs, embeddings, request)?;
+        let mut out = self.segment_embedded(self.model.as_ref(), &refs, embeddings, request)?;
         for prediction in &mut out {
             prediction.timings.embed_s += embed_s;
         }
@@ -315,7 +315,21 @@ impl Semla {
         samples: &[&Sample],
         request: &Request,
     ) -> Result<Vec<Prediction>> {
-        self.segment_embedded(samples, None, request)
+        self.segment_embedded(self.model.as_ref(), samples, None, request)
+    }
+
+    /// [`segment_samples`](Self::segment_samples) with another segmenter of the
+    /// same adapter sites: an open-vocabulary model (CAT-Seg) set to a target's
+    /// own class list, while the library, embedder and settings stay this
+    /// pipeline's. Checks that the library's adapters fit `model`.
+    pub fn segment_samples_with(
+        &self,
+        model: &dyn Segmenter,
+        samples: &[&Sample],
+        request: &Request,
+    ) -> Result<Vec<Prediction>> {
+        self.library.check_fits(model)?;
+        self.segment_embedded(model, samples, None, request)
     }
 
     /// The mixture of each sample (embedding them when the mode retrieves).
@@ -374,6 +388,7 @@ impl Semla {
 
     fn segment_embedded(
         &self,
+        model: &dyn Segmenter,
         samples: &[&Sample],
         embeddings: Option<Vec<Vec<f32>>>,
         request: &Request,
@@ -385,23 +400,19 @@ impl Semla {
         let started = Instant::now();
         let fusion = request.fusion.unwrap_or(self.settings.fusion);
         let combination = request.combination.unwrap_or(self.settings.combination);
-        let images = self.model.normalization().batch(samples, &self.device)?;
+        let images = model.normalization().batch(samples, &self.device)?;
         let refs: Vec<&[AdapterChoice]> = mixtures.iter().map(Vec::as_slice).collect();
         let scores = match (fusion, combination) {
-            (Fusion::Weights, Combination::Linear | Combination::Svd) => merged_scores(
-                self.model.as_ref(),
-                &images,
-                &self.library,
-                &refs,
-                combination,
-            )?,
+            (Fusion::Weights, Combination::Linear | Combination::Svd) => {
+                merged_scores(model, &images, &self.library, &refs, combination)?
+            }
             _ => {
                 let (names, rows) = batch_mixture(&refs);
                 let adapters: Vec<&Adapter> = names
                     .iter()
                     .map(|n| self.library.adapter(n))
                     .collect::<Result<_>>()?;
-                mixture_scores(self.model.as_ref(), &images, &adapters, &rows, fusion)?
+                mixture_scores(model, &images, &adapters, &rows, fusion)?
             }
         };
         let forward_s = started.elapsed().as_secs_f64();

@@ -123,6 +123,99 @@ impl CatSegOptions {
     }
 }
 
+impl CatSegOptions {
+    /// CAT-Seg's class list on `domain`: the flags' list, else the official list
+    /// of the domain's name (SemLA's 20 domains), else the dataset's class names
+    /// (its labels' order, so the predictions score against them).
+    pub fn classes_for(&self, domain: &Domain) -> anyhow::Result<Vec<String>> {
+        if let Some(names) = self.class_names()? {
+            return Ok(names);
+        }
+        if let Some(list) = semla_models::catseg::classes::official_classes(&domain.name) {
+            return Ok(list.iter().map(|s| s.to_string()).collect());
+        }
+        if domain.classes.is_empty() {
+            bail!(
+                "domain {} names no classes for CAT-Seg: pass --classes or --classes-file",
+                domain.name
+            );
+        }
+        Ok(domain.classes.clone())
+    }
+}
+
+/// `--model` of the commands that take a model folder or `catseg:PATH`.
+pub enum ModelArg {
+    /// A model folder (`config.json`, `model.safetensors`), its classes fixed.
+    Folder(PathBuf),
+    /// CAT-Seg from a checkpoint or converted folder: open vocabulary.
+    CatSeg(PathBuf),
+}
+
+impl ModelArg {
+    /// Parses `DIR` or `catseg:PATH`.
+    pub fn new(model: &Path) -> Self {
+        match model.to_str().and_then(|s| s.strip_prefix("catseg:")) {
+            Some(path) => Self::CatSeg(PathBuf::from(path)),
+            None => Self::Folder(model.to_path_buf()),
+        }
+    }
+
+    /// The file or folder named (without a `catseg:` prefix).
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Folder(path) | Self::CatSeg(path) => path,
+        }
+    }
+}
+
+/// A loaded `--model`: CAT-Seg keeps its type, so each domain can get its own
+/// class list.
+pub enum LoadedModel {
+    /// Any segmenter with a fixed class list.
+    Fixed(std::sync::Arc<dyn semla_models::Segmenter>),
+    /// CAT-Seg, with the options that choose its classes.
+    CatSeg(Box<semla_models::catseg::CatSeg>, CatSegOptions),
+}
+
+impl LoadedModel {
+    /// Loads `model` (CAT-Seg with `catseg`'s options, its class list chosen per domain).
+    pub fn load(
+        model: &ModelArg,
+        catseg: &CatSegOptions,
+        device: &candle_core::Device,
+    ) -> anyhow::Result<Self> {
+        Ok(match model {
+            ModelArg::Folder(dir) => Self::Fixed(std::sync::Arc::from(
+                semla_models::load_segmenter(dir, device).context("loading the model")?,
+            )),
+            ModelArg::CatSeg(path) => Self::CatSeg(
+                Box::new(catseg.load_with(path, device, false)?),
+                catseg.clone(),
+            ),
+        })
+    }
+
+    /// The segmenter for `domain`: CAT-Seg set to [`CatSegOptions::classes_for`]
+    /// (sharing its weights), any other model as it is.
+    pub fn for_domain(
+        &self,
+        domain: &Domain,
+    ) -> anyhow::Result<std::sync::Arc<dyn semla_models::Segmenter>> {
+        Ok(match self {
+            Self::Fixed(model) => std::sync::Arc::clone(model),
+            Self::CatSeg(model, options) => {
+                let classes = options.classes_for(domain)?;
+                std::sync::Arc::new(
+                    model
+                        .with_classes(&classes)
+                        .with_context(|| format!("CAT-Seg's classes for {}", domain.name))?,
+                )
+            }
+        })
+    }
+}
+
 impl PipelineOptions {
     /// The CAT-Seg checkpoint when `--model catseg:PATH` names one.
     pub fn catseg_path(&self) -> Option<PathBuf> {

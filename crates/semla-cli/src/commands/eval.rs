@@ -11,10 +11,11 @@ use semla_adapters::{Adaptation, AdapterLibrary, apply::check_adapters_fit};
 use semla_data::domains::Split;
 use semla_experiments::{EvalReport, evaluate};
 use semla_metrics::Definition;
-use semla_models::load_segmenter;
 
 use super::Context;
-use super::common::{Bars, definition_of, parse_size, split_library_path};
+use super::common::{
+    Bars, CatSegOptions, LoadedModel, ModelArg, definition_of, parse_size, split_library_path,
+};
 use super::train::DataOptions;
 
 /// Arguments of `semla eval`.
@@ -24,8 +25,11 @@ pub struct EvalArgs {
     /// `semla eval merge`: join the parts of a sharded experiment.
     #[command(subcommand)]
     pub action: Option<EvalAction>,
-    /// Model folder (`config.json`, `model.safetensors`).
-    #[arg(long, value_name = "DIR", required = true)]
+    /// Model folder (`config.json`, `model.safetensors`), or `catseg:PATH` for
+    /// CAT-Seg (the official `model_final.pth`, a `.safetensors` file of its keys,
+    /// or a converted folder), whose classes are each domain's (`--classes` to
+    /// choose them).
+    #[arg(long, value_name = "DIR|catseg:PATH", required = true)]
     pub model: Option<PathBuf>,
     /// Apply one adapter of a library: `LIBRARY/NAME`.
     #[arg(long, value_name = "LIB/NAME")]
@@ -51,6 +55,8 @@ pub struct EvalArgs {
     /// SemLA's official experiments (`--experiment MODE`, see `semla_experiments::run`).
     #[command(flatten)]
     pub experiment: super::experiment::ExperimentOptions,
+    #[command(flatten)]
+    pub catseg: CatSegOptions,
 }
 
 /// What `semla eval` does instead of evaluating.
@@ -91,11 +97,6 @@ pub fn single_adapter(
 /// Evaluates the model, adapter and data these arguments name.
 pub fn evaluate_args(args: &EvalArgs) -> anyhow::Result<EvalReport> {
     let device = Device::Cpu;
-    let model = load_segmenter(model_of(args)?, &device)?;
-    let adaptation = match &args.adapter {
-        Some(path) => single_adapter(path, &model.sites())?,
-        None => Adaptation::none(),
-    };
     let domain = args
         .domain
         .clone()
@@ -107,6 +108,12 @@ pub fn evaluate_args(args: &EvalArgs) -> anyhow::Result<EvalReport> {
         resize: args.resize,
     };
     let source = data.source()?;
+    let model = LoadedModel::load(&ModelArg::new(model_of(args)?), &args.catseg, &device)?
+        .for_domain(source.domain())?;
+    let adaptation = match &args.adapter {
+        Some(path) => single_adapter(path, &model.sites())?,
+        None => Adaptation::none(),
+    };
     let definition = args
         .definition
         .unwrap_or_else(|| definition_of(source.domain()));
@@ -141,6 +148,7 @@ pub fn run(args: EvalArgs, ctx: &Context) -> anyhow::Result<()> {
             split: args.split,
             limit: args.limit,
             definition: args.definition,
+            catseg: &args.catseg,
         };
         return super::experiment::run(&args.experiment, &common, ctx);
     }

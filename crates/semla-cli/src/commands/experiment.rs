@@ -16,12 +16,12 @@ use semla_experiments::{
     run_experiment, run_shard,
 };
 use semla_metrics::Definition;
-use semla_models::{Segmenter, load_segmenter};
+use semla_models::Segmenter;
 use semla_pipeline::config::SemlaConfig;
 use semla_pipeline::{EmbedderSpec, Fusion, Semla, SourceLibrary};
 
 use super::Context;
-use super::common::{Bars, definition_of, name_list, resolve};
+use super::common::{Bars, LoadedModel, ModelArg, definition_of, name_list, resolve};
 
 /// The experiment options of `semla eval` (flattened into its arguments).
 #[derive(clap::Args, Debug, Clone)]
@@ -83,6 +83,8 @@ pub struct EvalCommon<'a> {
     pub limit: Option<usize>,
     /// `--definition`.
     pub definition: Option<Definition>,
+    /// CAT-Seg's options (`--model catseg:PATH`).
+    pub catseg: &'a super::common::CatSegOptions,
 }
 
 /// Runs `semla eval --experiment ...`.
@@ -105,8 +107,8 @@ pub fn run(
     // Before any work: an --out that cannot be written fails now, not after it.
     super::common::check_out_folder(out)?;
     let device = Device::Cpu;
-    let model: Arc<dyn Segmenter> =
-        Arc::from(load_segmenter(common.model, &device).context("loading the model")?);
+    let model_arg = ModelArg::new(common.model);
+    let loaded = LoadedModel::load(&model_arg, common.catseg, &device)?;
     let sources = name_list(sources)?;
     let target_names = name_list(targets)?;
     let config = match &options.semla_config {
@@ -127,18 +129,34 @@ pub fn run(
     for name in &target_names {
         let domain = resolve(name, common.data_root)?;
         let definition = common.definition.unwrap_or_else(|| definition_of(&domain));
-        let classes = domain.classes.clone();
+        // CAT-Seg segments each target's own class list; other models their fixed one.
+        let (classes, own_model) = match &loaded {
+            LoadedModel::Fixed(_) => (domain.classes.clone(), None),
+            LoadedModel::CatSeg(..) => {
+                let model = loaded.for_domain(&domain)?;
+                let classes = common.catseg.classes_for(&domain)?;
+                (classes, Some(model))
+            }
+        };
         let source = DomainSource::new(domain, common.split, common.resize)
             .with_context(|| format!("target domain {name} ({})", common.split))?;
-        domain_sources.push((name.clone(), source, definition, classes));
+        domain_sources.push((name.clone(), source, definition, classes, own_model));
     }
+    // The pipeline's model: the first target's (CAT-Seg's class list matters
+    // only to the targets, each of which has its own).
+    let model: Arc<dyn Segmenter> = match (&loaded, domain_sources.first()) {
+        (LoadedModel::Fixed(model), _) => Arc::clone(model),
+        (LoadedModel::CatSeg(..), Some((.., Some(own)))) => Arc::clone(own),
+        (LoadedModel::CatSeg(..), _) => bail!("--targets names no domain"),
+    };
     let targets: Vec<Target<'_>> = domain_sources
         .iter()
-        .map(|(name, source, definition, classes)| Target {
+        .map(|(name, source, definition, classes, own_model)| Target {
             name: name.clone(),
             source,
             definition: *definition,
             class_names: classes.clone(),
+            model: own_model.clone(),
         })
         .collect();
     let semla = if kind == ExperimentKind::Semla {
@@ -163,9 +181,12 @@ pub fn run(
             "split": common.split,
             "resize": common.resize,
             "definition": common.definition,
+            "catseg_config": common.catseg.catseg_config,
+            "text_cache": format!("{:?}", common.catseg.text_cache),
         });
-        let inputs = Fingerprint::of_inputs(common.model, library_dir, &sources, &settings, &extra)
-            .context("fingerprinting the model and the library")?;
+        let inputs =
+            Fingerprint::of_inputs(model_arg.path(), library_dir, &sources, &settings, &extra)
+                .context("fingerprinting the model and the library")?;
         let part = run_shard(&semla, &targets, &settings, shard, &inputs, &mut bars)?;
         let path = part.write(out)?;
         return report_shard(&part, &path, ctx);

@@ -26,7 +26,7 @@ pub mod config;
 pub mod random;
 pub mod sliding;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -79,7 +79,8 @@ pub struct CatSeg {
     aggregator: Aggregator,
     upsample1: ConvTranspose,
     upsample2: ConvTranspose,
-    tokenizer: ClipTokenizer,
+    /// Shared by the copies [`CatSeg::with_classes`] makes.
+    tokenizer: Arc<ClipTokenizer>,
     /// `[T, context]` token ids of the current class prompts.
     token_ids: Option<Tensor>,
     text_cache: TextCache,
@@ -104,7 +105,8 @@ impl CatSeg {
         let mut clip = ClipTowers::load(vb, CLIP_PREFIX, &config.clip, config.guidance_layers)?;
         clip.apply_qkv_lora = config.apply_qkv_lora;
         let width = config.clip.vision_width;
-        let tokenizer = ClipTokenizer::new().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let tokenizer =
+            Arc::new(ClipTokenizer::new().map_err(|e| candle_core::Error::Msg(e.to_string()))?);
         let mut model = Self {
             config: config.clone(),
             aggregator: Aggregator::load(vb, AGGREGATOR_PREFIX, config)?,
@@ -139,6 +141,27 @@ impl CatSeg {
     /// The configuration (with the current class list).
     pub fn catseg_config(&self) -> &CatSegConfig {
         &self.config
+    }
+
+    /// A copy of this model segmenting `classes` instead, with an empty text
+    /// cache (the official code's fresh cache for a new target domain). The
+    /// weights are shared, not copied: a copy costs the class prompts' tokens.
+    pub fn with_classes(&self, classes: &[String]) -> Result<Self> {
+        let mut copy = Self {
+            config: self.config.clone(),
+            clip: self.clip.clone(),
+            aggregator: self.aggregator.clone(),
+            upsample1: self.upsample1.clone(),
+            upsample2: self.upsample2.clone(),
+            tokenizer: Arc::clone(&self.tokenizer),
+            token_ids: None,
+            text_cache: self.text_cache,
+            cached_text: Mutex::new(None),
+            kernels: self.kernels,
+            device: self.device.clone(),
+        };
+        copy.set_classes(classes)?;
+        Ok(copy)
     }
 
     /// Sets the classes to segment (tokenises their prompts; clears the text cache).

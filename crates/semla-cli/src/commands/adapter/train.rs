@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use candle_core::Device;
 use semla_adapters::{Adapter, AdapterLibrary};
 use semla_core::NoProgress;
-use semla_models::{Segmenter, load_segmenter};
+use semla_models::Segmenter;
 use semla_pipeline::EmbedderSpec;
 use semla_pipeline::embed::{BuildContext, identity};
 use semla_pipeline::prototype::{EmbedOptions, domain_prototype};
@@ -23,15 +23,18 @@ use semla_train::soma::{SomaSettings, SomaTrainee, adapted_sites, train_annealed
 use semla_train::trainer::{Session, TrainSummary};
 
 use super::super::Context;
-use super::super::common::{resolve, split_library_path};
+use super::super::common::{CatSegOptions, LoadedModel, ModelArg, resolve, split_library_path};
 use super::super::train::{DataOptions, TrainOptions, TrainingBar, report};
 use super::soma::{InitChoice, InitOptions};
 
 /// Arguments of `semla adapter train`.
 #[derive(clap::Args, Debug)]
 pub struct AdapterTrainArgs {
-    /// Frozen base model folder (`config.json`, `model.safetensors`).
-    #[arg(long, value_name = "DIR")]
+    /// Frozen base model folder (`config.json`, `model.safetensors`), or
+    /// `catseg:PATH` for CAT-Seg (trained as the official code does: the
+    /// non-sliding forward, BCE with logits against one-hot targets), segmenting
+    /// the domain's classes unless `--classes` chooses them.
+    #[arg(long, value_name = "DIR|catseg:PATH")]
     pub model: PathBuf,
     /// Where to save the adapter: `LIBRARY/NAME` (the library folder is created if needed).
     #[arg(long, value_name = "LIB/NAME")]
@@ -62,6 +65,8 @@ pub struct AdapterTrainArgs {
     /// `--init lora|soma`, `--freeze-blocks`, weight-decay annealing (see `soma`).
     #[command(flatten)]
     pub init: InitOptions,
+    #[command(flatten)]
+    pub catseg: CatSegOptions,
 }
 
 /// Runs `semla adapter train`.
@@ -69,8 +74,9 @@ pub fn run(args: AdapterTrainArgs, ctx: &Context) -> anyhow::Result<()> {
     let device = Device::Cpu;
     let (library_dir, name) = split_library_path(&args.out)?;
     refuse_existing(&library_dir, &name, args.force)?;
-    let base: Arc<dyn Segmenter> = Arc::from(load_segmenter(&args.model, &device)?);
     let source = args.data.source()?;
+    let model_arg = ModelArg::new(&args.model);
+    let base = LoadedModel::load(&model_arg, &args.catseg, &device)?.for_domain(source.domain())?;
     semla_data::samples::check_classes(
         &source,
         base.num_classes(),
@@ -205,8 +211,14 @@ fn store_with_prototype(
         && library
             .entries()
             .any(|e| e.has_prototype() && e.name != adapter.name);
+    // CAT-Seg's checkpoint is no model folder: its backbone embedder is built on
+    // the loaded model.
+    let default_dir = match ModelArg::new(&args.model) {
+        ModelArg::Folder(dir) => Some(dir),
+        ModelArg::CatSeg(_) => None,
+    };
     let spec = EmbedderSpec::resolve(None, library.record(), library_dir)
-        .with_default_dir(Some(&args.model));
+        .with_default_dir(default_dir.as_deref());
     let embedder = spec
         .build(&BuildContext {
             device,
