@@ -30,7 +30,7 @@ use semla_adapters::{Adaptation, Adapter, AdapterLibrary, SiteInfo};
 use semla_core::{Progress, SplitMix64};
 use semla_models::clip::{ClipConfig, ClipModel};
 use semla_models::efficientnet::EfficientLiteSegConfig;
-use semla_models::{SegmenterConfig, random_segmenter};
+use semla_models::{Segmenter, SegmenterConfig, random_segmenter};
 use semla_pipeline::mixture::{AdapterChoice, batch_mixture, retrieve};
 use semla_retrieval::{Prototype, PrototypeSet, RetrievalParams};
 use serde::Serialize;
@@ -362,6 +362,116 @@ pub fn time_segmenter(config: &SpeedConfig, progress: &mut dyn Progress) -> Resu
     progress.set(PATHS.len() as u64);
     progress.end();
     Ok(out)
+}
+
+/// The CAT-Seg sizes `semla bench speed --catseg` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatSegSize {
+    /// CAT-Seg B: CLIP ViT-B/16 @ 384.
+    B,
+    /// CAT-Seg L: CLIP ViT-L/14 @ 336 (the paper's).
+    L,
+}
+
+impl CatSegSize {
+    fn config(self) -> semla_models::catseg::CatSegConfig {
+        match self {
+            Self::B => semla_models::catseg::CatSegConfig::vitb_384(),
+            Self::L => semla_models::catseg::CatSegConfig::vitl_336(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::B => "b",
+            Self::L => "l",
+        }
+    }
+}
+
+/// The image and record sizes of the CAT-Seg rows: a Cityscapes frame
+/// (1024x2048) whose record is 512x1024, SemLA's Cityscapes path.
+pub const CATSEG_IMAGE: (usize, usize) = (1024, 2048);
+/// See [`CATSEG_IMAGE`].
+pub const CATSEG_RECORD: (usize, usize) = (512, 1024);
+
+/// Times CAT-Seg at its real `size` (random weights, the 19 Cityscapes classes,
+/// the official sliding window on a [`CATSEG_IMAGE`] image to a
+/// [`CATSEG_RECORD`] record), batch 1:
+///
+/// - `plain`: the base model;
+/// - `semla`: the query embedded by a separate CLIP ViT-L/14 at 224 px (the
+///   official embedder; random weights, an already preprocessed 224x224 input),
+///   retrieval over 5 prototypes, the factored mixture of the top 3 of
+///   `config.adapters` rank-`config.rank` adapters over every official site, and
+///   the adapted forward (its class text embeddings computed under the mixture).
+///
+/// Also returns the process's peak resident memory (`VmHWM`) after the runs:
+/// time the larger size first for its own peak.
+pub fn time_catseg(
+    config: &SpeedConfig,
+    size: CatSegSize,
+    progress: &mut dyn Progress,
+) -> Result<(Vec<Timing>, Option<u64>)> {
+    let device = Device::Cpu;
+    let mut model = semla_models::catseg::random::random_catseg(&size.config(), &device)?;
+    let classes: Vec<String> = semla_data::domains::classes::CITYSCAPES_19
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    model.set_classes(&classes)?;
+    let sites = model.sites();
+    let names: Vec<String> = (0..config.adapters).map(|i| format!("domain{i}")).collect();
+    let adapters: Vec<Adapter> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Ok(Adapter::random(n, &sites, config.rank, 300 + i as u64)?))
+        .collect::<Result<_>>()?;
+    let clip_cfg = ClipConfig::vit_l14();
+    let clip = ClipModel::new(
+        &VarBuilder::from_tensors(
+            semla_models::clip::random_vision_weights(&clip_cfg, &device)?,
+            DType::F32,
+            &device,
+        ),
+        &clip_cfg,
+    )?;
+    let (set, _) = prototypes(&names, clip_cfg.projection_dim, 4)?;
+    let (h, w) = CATSEG_IMAGE;
+    let image = Tensor::randn(0f32, 1.0, (1, 3, h, w), &device)?;
+    let query_pixels = Tensor::randn(0f32, 1.0, (1, 3, 224, 224), &device)?;
+    let none = Adaptation::none();
+    let label = format!("catseg-{}-{h}x{w}", size.name());
+    const PATHS: [&str; 2] = ["plain", "semla"];
+    progress.begin(
+        &format!(
+            "timing CAT-Seg {} at its real size (2 paths, round-robin)",
+            size.name()
+        ),
+        PATHS.len() as u64,
+    );
+    let timings = time_round_robin(config.runs, PATHS.len(), |path| {
+        let adaptation = if PATHS[path] == "plain" {
+            none.clone()
+        } else {
+            let query: Vec<f32> = clip
+                .get_image_features(&query_pixels, &none)?
+                .flatten_all()?
+                .to_vec1()?;
+            let (picked, weights) = mixture(&set, &adapters, &query, config.top_k)?;
+            Adaptation::from_adapters(&picked, &[weights])?
+        };
+        model.probabilities(&image, CATSEG_RECORD, &adaptation)?;
+        Ok(())
+    })?;
+    let mut out = Vec::new();
+    for (path, timing) in PATHS.iter().zip(timings) {
+        push(&mut out, &label, path, timing, config.runs);
+    }
+    progress.set(PATHS.len() as u64);
+    progress.end();
+    Ok((out, crate::machine::peak_resident_bytes()))
 }
 
 /// Median and minimum time of each of `paths` paths, run round-robin (`step(0)`,

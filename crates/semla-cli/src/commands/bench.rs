@@ -10,7 +10,8 @@ use semla_bench::machine::load_average;
 use semla_bench::present::chart::{camvid_chart, speed_charts};
 use semla_bench::present::markdown::render_markdown;
 use semla_bench::speed::{
-    ReferenceTiming, SpeedConfig, Timing, library_scale, time_clip, time_segmenter,
+    CatSegSize, ReferenceTiming, SpeedConfig, Timing, library_scale, time_catseg, time_clip,
+    time_segmenter,
 };
 use semla_bench::table::{ResultsTable, summarise};
 use semla_data::domains::Split;
@@ -73,6 +74,25 @@ pub struct SpeedArgs {
     /// Skip the segmenter.
     #[arg(long)]
     pub skip_segmenter: bool,
+    /// Also time CAT-Seg at its real size (random weights; `b`, `l` or `b,l`):
+    /// plain and the full SemLA path through the official sliding window, with
+    /// the peak memory (L first when both). Minutes per run on a small CPU.
+    #[arg(long, value_delimiter = ',', value_name = "b|l")]
+    pub catseg: Vec<CatSegArg>,
+    /// A command printing reference timings as JSON (e.g. `python3
+    /// tools/reference/catseg_speed.py ...`), run by `sh -c` after ours in this
+    /// run, on the same machine and threads; its timings join `--reference`'s.
+    #[arg(long, value_name = "CMD")]
+    pub reference_command: Option<String>,
+}
+
+/// `--catseg`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatSegArg {
+    /// CAT-Seg B (ViT-B/16 @ 384).
+    B,
+    /// CAT-Seg L (ViT-L/14 @ 336).
+    L,
 }
 
 /// Arguments of `semla bench chart`.
@@ -193,6 +213,32 @@ fn read_reference(path: Option<&PathBuf>) -> anyhow::Result<Vec<ReferenceTiming>
     })
 }
 
+/// Runs `command` with `sh -c` and reads the reference timings it prints as JSON
+/// (`{"timings": [...], ...}`): the timings and the whole document.
+fn run_reference_command(
+    command: &str,
+) -> anyhow::Result<(Vec<ReferenceTiming>, serde_json::Value)> {
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running the reference command `{command}`"))?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "the reference command `{command}` failed ({})",
+            output.status
+        );
+    }
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("the reference command `{command}` printed no JSON"))?;
+    let timings = value.get("timings").cloned().unwrap_or(value.clone());
+    let timings = serde_json::from_value(timings).with_context(|| {
+        format!("`{command}`: expected {{\"timings\": [{{model, path, median_s}}, ...]}}")
+    })?;
+    Ok((timings, value))
+}
+
 fn write_speed_charts(
     timings: &[Timing],
     reference: &[ReferenceTiming],
@@ -202,6 +248,10 @@ fn write_speed_charts(
     for (model, chart) in speed_charts(timings, reference) {
         let short = if model.starts_with("clip") {
             "clip"
+        } else if model.starts_with("catseg-b") {
+            "catseg_b"
+        } else if model.starts_with("catseg-l") {
+            "catseg_l"
         } else {
             "segmenter"
         };
@@ -233,6 +283,15 @@ fn run_speed(args: SpeedArgs, ctx: &Context) -> anyhow::Result<()> {
     if config.segmenter {
         timings.extend(time_segmenter(&config, &mut log)?);
     }
+    // L first: the process's peak memory after it is L's own.
+    let mut catseg_peak_rss = serde_json::Map::new();
+    for (arg, size) in [(CatSegArg::L, CatSegSize::L), (CatSegArg::B, CatSegSize::B)] {
+        if args.catseg.contains(&arg) {
+            let (rows, peak) = time_catseg(&config, size, &mut log)?;
+            timings.extend(rows);
+            catseg_peak_rss.insert(format!("{size:?}").to_lowercase(), serde_json::json!(peak));
+        }
+    }
     let library = if config.library_adapters > 0 {
         let dir = args
             .library_dir
@@ -248,7 +307,13 @@ fn run_speed(args: SpeedArgs, ctx: &Context) -> anyhow::Result<()> {
     } else {
         None
     };
-    let reference = read_reference(args.reference.as_ref())?;
+    let mut reference = read_reference(args.reference.as_ref())?;
+    let mut reference_run = None;
+    if let Some(command) = &args.reference_command {
+        let (timings, whole) = run_reference_command(command)?;
+        reference.extend(timings);
+        reference_run = Some(whole);
+    }
     let charts = write_speed_charts(&timings, &reference, &args.out)?;
     let threads = std::env::var("RAYON_NUM_THREADS").ok();
     let result = serde_json::json!({
@@ -258,7 +323,10 @@ fn run_speed(args: SpeedArgs, ctx: &Context) -> anyhow::Result<()> {
         "load_average_at_start": load_at_start,
         "timings": timings,
         "library": library,
+        "catseg_peak_rss_bytes": catseg_peak_rss,
         "reference": reference,
+        "reference_command": args.reference_command,
+        "reference_run": reference_run,
     });
     let path = args.out.join("speed.json");
     semla_core::fs::write_atomic(&path, serde_json::to_string_pretty(&result)?.as_bytes())?;

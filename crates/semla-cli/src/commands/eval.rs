@@ -14,7 +14,8 @@ use semla_metrics::Definition;
 
 use super::Context;
 use super::common::{
-    Bars, CatSegOptions, LoadedModel, ModelArg, definition_of, parse_size, split_library_path,
+    Bars, CatSegOptions, LoadedModel, ModelArg, definition_of, parse_size, resolve,
+    split_library_path,
 };
 use super::train::DataOptions;
 
@@ -107,13 +108,16 @@ pub fn evaluate_args(args: &EvalArgs) -> anyhow::Result<EvalReport> {
         split: args.split,
         resize: args.resize,
     };
-    let source = data.source()?;
+    // The model and the adapter before the images are listed: an adapter that
+    // does not fit fails first. CAT-Seg's classes come from the domain.
+    let described = resolve(&domain, args.data_root.as_deref())?;
     let model = LoadedModel::load(&ModelArg::new(model_of(args)?), &args.catseg, &device)?
-        .for_domain(source.domain())?;
+        .for_domain(&described)?;
     let adaptation = match &args.adapter {
         Some(path) => single_adapter(path, &model.sites())?,
         None => Adaptation::none(),
     };
+    let source = data.source()?;
     let definition = args
         .definition
         .unwrap_or_else(|| definition_of(source.domain()));
