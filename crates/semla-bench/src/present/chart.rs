@@ -159,8 +159,13 @@ impl BarChart {
         let group_gap = 12 * SCALE;
         let group_w = bar_w * self.series.len() as u32 + group_gap;
         let label_w = self.groups.iter().map(|g| text_width(g)).max().unwrap_or(0);
-        let left = 60u32;
-        let top = 70u32;
+        // Wide enough for the widest tick label (the top one), at least 60 px.
+        let widest_tick = text_width(&format!("{:.*}", self.decimals.min(1), max / 1.12));
+        let left = (widest_tick + 12).max(60);
+        // The tallest bar's value is drawn upwards from its top, which is about 32 px
+        // below the plot's top: room for it below the title and unit lines.
+        let widest_value = text_width(&format!("{:.*}", self.decimals, max / 1.12));
+        let top = (widest_value + 30).max(70);
         let plot_h = 300u32;
         let bottom = label_w + 20;
         let legend_w = self

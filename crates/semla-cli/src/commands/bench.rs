@@ -104,7 +104,8 @@ pub struct ChartArgs {
     /// A `speed.json` written by `semla bench speed`.
     #[arg(long, value_name = "FILE")]
     pub speed: Option<PathBuf>,
-    /// JSON timings of `tools/reference/semla_speed.py`, charted next to ours.
+    /// JSON timings of `tools/reference/semla_speed.py`, charted next to ours
+    /// (default: the reference timings the `--speed` run recorded).
     #[arg(long, value_name = "FILE")]
     pub reference: Option<PathBuf>,
     /// Output folder for `bench_*.png`.
@@ -234,7 +235,9 @@ fn run_reference_command(
         .with_context(|| format!("the reference command `{command}` printed no JSON"))?;
     let timings = value.get("timings").cloned().unwrap_or(value.clone());
     let timings = serde_json::from_value(timings).with_context(|| {
-        format!("`{command}`: expected {{\"timings\": [{{model, path, median_s}}, ...]}}")
+        format!(
+            "the reference command `{command}` printed no timings: expected {{\"timings\": [{{model, path, median_s}}, ...]}}"
+        )
     })?;
     Ok((timings, value))
 }
@@ -412,7 +415,17 @@ fn run_chart(args: ChartArgs, ctx: &Context) -> anyhow::Result<()> {
                 .unwrap_or(serde_json::Value::Null),
         )
         .with_context(|| format!("{} has no timings", path.display()))?;
-        let reference = read_reference(args.reference.as_ref())?;
+        // Without --reference: the reference timings the run itself recorded.
+        let reference = match &args.reference {
+            Some(file) => read_reference(Some(file))?,
+            None => value
+                .get("reference")
+                .cloned()
+                .map(serde_json::from_value)
+                .transpose()
+                .with_context(|| format!("{}: unreadable reference timings", path.display()))?
+                .unwrap_or_default(),
+        };
         written.extend(write_speed_charts(&timings, &reference, &args.out)?);
     }
     if written.is_empty() {
