@@ -441,3 +441,84 @@ fn adapter_train_on_cat_seg_writes_a_peft_adapter_that_evaluates() {
     let miou = eval["miou"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&miou), "{eval}");
 }
+
+#[test]
+fn adapter_merge_of_cat_seg_adapters_segments_as_their_weighted_mixture() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = write_checkpoint(dir.path());
+    let yaml = fixtures().join("tiny_l.yaml");
+    let spec = format!("catseg:{}", checkpoint.display());
+    let classes = dir.path().join("classes.txt");
+    std::fs::write(&classes, "road\ncar, automobile\ntraffic light\n").unwrap();
+    let mut model =
+        semla_models::catseg::checkpoint::load(&checkpoint, Some(&yaml), &candle_core::Device::Cpu)
+            .unwrap();
+    model
+        .set_classes(&semla_models::catseg::classes::read_classes_file(&classes).unwrap())
+        .unwrap();
+    let sites = semla_models::Segmenter::sites(&model);
+    let root = dir.path().join("lib");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut library = semla_adapters::AdapterLibrary::open(&root).unwrap();
+    let adapters: Vec<semla_adapters::Adapter> = ["fog", "night"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| semla_adapters::Adapter::random(*name, &sites, 2, 40 + i as u64).unwrap())
+        .collect();
+    for adapter in &adapters {
+        library.add(adapter, None).unwrap();
+    }
+    let merged = dir.path().join("merged");
+    cli::semla_json(&[
+        "adapter",
+        "merge",
+        "--library",
+        root.to_str().unwrap(),
+        "--weights",
+        "fog=0.7,night=0.3",
+        "--combination",
+        "cat",
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    let out = dir.path().join("out");
+    let image = fixtures().join("image.png");
+    let (ok, _, stderr) = cli::semla_text(&[
+        "segment",
+        "--model",
+        &spec,
+        "--catseg-config",
+        yaml.to_str().unwrap(),
+        "--classes-file",
+        classes.to_str().unwrap(),
+        "--adapter",
+        merged.to_str().unwrap(),
+        "--save-probabilities",
+        "--out",
+        out.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let (shape, got) = read_npy(&out.join("image_probs.npy"));
+    // The mixture applied factored in-process, as SemLA fuses per image.
+    let rgb = semla_data::image_io::read_rgb(&image).unwrap();
+    let pixels = semla_models::Segmenter::normalization(&model)
+        .image(&rgb, &candle_core::Device::Cpu)
+        .unwrap();
+    let refs: Vec<&semla_adapters::Adapter> = adapters.iter().collect();
+    let adaptation = semla_adapters::Adaptation::from_adapters(&refs, &[vec![0.7, 0.3]]).unwrap();
+    let (h, w) = (rgb.height() as usize, rgb.width() as usize);
+    let want = model.probabilities(&pixels, (h, w), &adaptation).unwrap();
+    assert_eq!(shape, vec![3, h, w]);
+    let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+    let diff = max_diff(&got, &want);
+    assert!(diff < 1e-4, "merged adapter vs factored mixture: {diff}");
+    // And the mixture is not the base model's output.
+    let base = model
+        .probabilities(&pixels, (h, w), &semla_adapters::Adaptation::none())
+        .unwrap();
+    let base: Vec<f32> = base.flatten_all().unwrap().to_vec1().unwrap();
+    let moved = max_diff(&base, &want);
+    assert!(moved > 1e-3, "the adapters change nothing: {moved}");
+    eprintln!("merged vs mixture {diff:.2e}; mixture vs base {moved:.2e}");
+}
