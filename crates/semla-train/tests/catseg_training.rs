@@ -100,7 +100,9 @@ fn a_catseg_lora_step_has_the_official_loss_and_gradients() {
             let err = semla_test_support::max_abs_diff(&got, expected);
             eprintln!("{key:<110} max abs {err:.2e} (scale {scale:.2e})");
             assert!(
-                err <= 1e-4 * scale.max(1e-3),
+                // 1e-6 absolute: 1e-4 of the largest gradient (about 1e-2);
+                // float32 accumulation leaves up to about 1e-7 here.
+                err <= 1e-6,
                 "{key}: {err} vs scale {scale}"
             );
             worst = worst.max(err);
