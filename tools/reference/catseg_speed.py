@@ -35,7 +35,6 @@ import json
 import os
 import resource
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -43,6 +42,7 @@ sys.path.insert(0, HERE)
 # timings do not).
 os.environ["PYTHONHASHSEED"] = "0"
 import catseg_reference as ref  # noqa: E402  (import_official, make_cfg)
+from semla_speed import load_average, retrieve, timed  # noqa: E402  (the CLIP script's helpers)
 
 import numpy as np  # noqa: E402
 import peft  # noqa: E402
@@ -64,13 +64,6 @@ IMAGE_H, IMAGE_W = 1024, 2048
 RECORD_H, RECORD_W = 512, 1024
 
 
-def load_average():
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
-
-
 def build_real(off, cfg, g):
     clip, model_vpt = off["clip"], off["model_vpt"]
 
@@ -89,28 +82,6 @@ def build_real(off, cfg, g):
     finally:
         clip.load = real_load
     return model.eval()
-
-
-def retrieve(query, prototypes, top_k, temperature=0.05):
-    names = list(prototypes)
-    d = np.array([np.linalg.norm(query - prototypes[n]) for n in names])
-    s = 1.0 / d
-    order = np.argsort(-s)[:top_k]
-    z = s[order] / temperature
-    w = np.exp(z - z.max())
-    w /= w.sum()
-    return [names[i] for i in order], [float(x) for x in w]
-
-
-def timed(runs, warmup, fn):
-    times = []
-    for i in range(warmup + runs):
-        t0 = time.perf_counter()
-        fn()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2], times[0]
 
 
 def main():
@@ -168,7 +139,7 @@ def main():
 
     def semla():
         query = embedder.get_image_features(pixel_values=query_px)[0].numpy()
-        chosen, weights = retrieve(query, prototypes, args.top_k)
+        chosen, weights = retrieve(query, prototypes, top_k=args.top_k)
         pm.add_weighted_adapter(chosen, weights, adapter_name="semla", combination_type="cat")
         pm.set_adapter("semla")
         out = pm(batch)

@@ -14,16 +14,7 @@ use crate::error::{Result, TrainError};
 /// `ignore` marks pixels that do not count. Returns a scalar; when no pixel
 /// counts, the loss is `0` (with a graph, so `backward` still works).
 pub fn cross_entropy_with_ignore(logits: &Tensor, labels: &Tensor, ignore: u32) -> Result<Tensor> {
-    let (n, c, h, w) = logits.dims4()?;
-    let (ln, lh, lw) = labels.dims3()?;
-    if (ln, lh, lw) != (n, h, w) {
-        return Err(TrainError::Config(format!(
-            "labels {:?} do not match logits {:?}",
-            labels.dims(),
-            logits.dims()
-        )));
-    }
-    let raw: Vec<u32> = labels.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
+    let ((n, _, h, w), raw) = checked_labels(logits, labels, ignore)?;
     let mut targets = Vec::with_capacity(raw.len());
     let mut mask = Vec::with_capacity(raw.len());
     let mut counted = 0usize;
@@ -31,10 +22,6 @@ pub fn cross_entropy_with_ignore(logits: &Tensor, labels: &Tensor, ignore: u32) 
         if label == ignore {
             targets.push(0u32);
             mask.push(0f32);
-        } else if label as usize >= c {
-            return Err(TrainError::Config(format!(
-                "label {label} is outside the model's {c} classes (ignore value is {ignore})"
-            )));
         } else {
             targets.push(label);
             mask.push(1f32);
@@ -71,6 +58,29 @@ pub fn binary_cross_entropy_one_hot(
     labels: &Tensor,
     ignore: u32,
 ) -> Result<Tensor> {
+    let ((n, c, h, w), raw) = checked_labels(logits, labels, ignore)?;
+    let plane = h * w;
+    let mut targets = vec![0f32; n * c * plane];
+    for (index, &label) in raw.iter().enumerate() {
+        if label == ignore {
+            continue;
+        }
+        let (image, pixel) = (index / plane, index % plane);
+        targets[(image * c + label as usize) * plane + pixel] = 1.0;
+    }
+    let targets =
+        Tensor::from_vec(targets, (n, c, h, w), logits.device())?.to_dtype(logits.dtype())?;
+    let softplus_of_minus_abs = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    let terms = ((logits.relu()? - (logits * &targets)?)? + softplus_of_minus_abs)?;
+    Ok(terms.mean_all()?)
+}
+
+/// `(N, C, H, W)`.
+type Dims4 = (usize, usize, usize, usize);
+
+/// The dimensions of `logits` `[N, C, H, W]` and the labels `[N, H, W]` read
+/// as `u32`, every one of them a class below `C` or `ignore`.
+fn checked_labels(logits: &Tensor, labels: &Tensor, ignore: u32) -> Result<(Dims4, Vec<u32>)> {
     let (n, c, h, w) = logits.dims4()?;
     let (ln, lh, lw) = labels.dims3()?;
     if (ln, lh, lw) != (n, h, w) {
@@ -81,25 +91,12 @@ pub fn binary_cross_entropy_one_hot(
         )));
     }
     let raw: Vec<u32> = labels.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
-    let plane = h * w;
-    let mut targets = vec![0f32; n * c * plane];
-    for (index, &label) in raw.iter().enumerate() {
-        if label == ignore {
-            continue;
-        }
-        if label as usize >= c {
-            return Err(TrainError::Config(format!(
-                "label {label} is outside the model's {c} classes (ignore value is {ignore})"
-            )));
-        }
-        let (image, pixel) = (index / plane, index % plane);
-        targets[(image * c + label as usize) * plane + pixel] = 1.0;
+    if let Some(label) = raw.iter().find(|&&l| l != ignore && l as usize >= c) {
+        return Err(TrainError::Config(format!(
+            "label {label} is outside the model's {c} classes (ignore value is {ignore})"
+        )));
     }
-    let targets =
-        Tensor::from_vec(targets, (n, c, h, w), logits.device())?.to_dtype(logits.dtype())?;
-    let softplus_of_minus_abs = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
-    let terms = ((logits.relu()? - (logits * &targets)?)? + softplus_of_minus_abs)?;
-    Ok(terms.mean_all()?)
+    Ok(((n, c, h, w), raw))
 }
 
 #[cfg(test)]
