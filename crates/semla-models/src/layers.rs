@@ -265,16 +265,7 @@ mod tests {
             for align in [false, true] {
                 let ours = bilinear_resize_differentiable(&x, h, w, align).unwrap();
                 let candle = x.upsample_bilinear2d(h, w, align).unwrap();
-                let diff: f32 = (ours - candle)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar()
-                    .unwrap();
+                let diff = semla_test_support::max_abs_diff(&ours, &candle);
                 assert!(diff < 1e-5, "{h}x{w} align {align}: {diff}");
             }
         }

@@ -180,6 +180,15 @@ mod tests {
         seen: RefCell<Vec<Vec<(f32, f32)>>>,
     }
 
+    impl Scripted {
+        fn new(answers: Vec<Proposals>) -> Self {
+            Self {
+                answers,
+                seen: RefCell::new(Vec::new()),
+            }
+        }
+    }
+
     impl MaskProposer for Scripted {
         type Prepared = ();
         fn prepare(&self, _: &RgbImage) -> Result<()> {
@@ -229,10 +238,7 @@ mod tests {
             masks: [whole.clone(), whole.clone(), whole],
             scores: [0.1, 0.2, 0.3],
         };
-        let proposer = Scripted {
-            answers: vec![answer; 4],
-            seen: RefCell::new(Vec::new()),
-        };
+        let proposer = Scripted::new(vec![answer; 4]);
         // Area strictly above 3: the 6- and 4-pixel components; 2 points each.
         let out = refine_pseudo_label(
             &proposer,
@@ -264,19 +270,16 @@ mod tests {
         // Class 1's best mask (score 0.9) covers rows 0-2; class 2's best covers rows 2-3.
         let one = masks_of(&["1111", "1111", "1111", "...."], 1);
         let two = masks_of(&["....", "....", "2222", "2222"], 2);
-        let proposer = Scripted {
-            answers: vec![
-                Proposals {
-                    masks: [empty.clone(), one, empty.clone()],
-                    scores: [0.1, 0.9, 0.5],
-                },
-                Proposals {
-                    masks: [two, empty.clone(), empty],
-                    scores: [0.8, 0.2, 0.8],
-                },
-            ],
-            seen: RefCell::new(Vec::new()),
-        };
+        let proposer = Scripted::new(vec![
+            Proposals {
+                masks: [empty.clone(), one, empty.clone()],
+                scores: [0.1, 0.9, 0.5],
+            },
+            Proposals {
+                masks: [two, empty.clone(), empty],
+                scores: [0.8, 0.2, 0.8],
+            },
+        ]);
         let out = refine_pseudo_label(
             &proposer,
             &image,
@@ -297,13 +300,10 @@ mod tests {
         let pseudo = rows(&["1113", "1111", "1111", "1111"]);
         let image = RgbImage::new(4, 4);
         let ones = masks_of(&["111.", "1111", "1111", "1111"], 1);
-        let proposer = Scripted {
-            answers: vec![Proposals {
-                masks: [ones.clone(), ones.clone(), ones],
-                scores: [0.5, 0.5, 0.5],
-            }],
-            seen: RefCell::new(Vec::new()),
-        };
+        let proposer = Scripted::new(vec![Proposals {
+            masks: [ones.clone(), ones.clone(), ones],
+            scores: [0.5, 0.5, 0.5],
+        }]);
         let out = refine_pseudo_label(
             &proposer,
             &image,
@@ -314,10 +314,7 @@ mod tests {
         .unwrap();
         assert_eq!(out.labels, rows(&["111.", "1111", "1111", "1111"]));
         // Everything too small: the raw pseudo-label, void mapped to ignore.
-        let none = Scripted {
-            answers: Vec::new(),
-            seen: RefCell::new(Vec::new()),
-        };
+        let none = Scripted::new(Vec::new());
         let mut s = settings(100, 2);
         s.void = Some(3);
         let out = refine_pseudo_label(&none, &image, &pseudo, &s, &mut SplitMix64::new(3)).unwrap();
@@ -329,10 +326,7 @@ mod tests {
 
     #[test]
     fn a_pseudo_label_of_the_wrong_size_is_an_error() {
-        let none = Scripted {
-            answers: Vec::new(),
-            seen: RefCell::new(Vec::new()),
-        };
+        let none = Scripted::new(Vec::new());
         let err = refine_pseudo_label(
             &none,
             &RgbImage::new(4, 4),

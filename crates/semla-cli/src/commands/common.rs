@@ -121,9 +121,7 @@ impl CatSegOptions {
         });
         Ok(model)
     }
-}
 
-impl CatSegOptions {
     /// CAT-Seg's class list on `domain`: the flags' list, else the official list
     /// of the domain's name (SemLA's 20 domains), else the dataset's class names
     /// (its labels' order, so the predictions score against them).
