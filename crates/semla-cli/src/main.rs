@@ -58,6 +58,8 @@ enum Command {
     Metrics(commands::metrics::MetricsArgs),
     /// Model checkpoints: convert the official CAT-Seg checkpoint into a model folder.
     Model(commands::model::ModelArgs),
+    /// Segment Anything: masks of images for point and box prompts.
+    Sam(commands::sam::SamArgs),
     /// Segment images with SemLA: masks, overlays and the adapters used.
     Segment(commands::segment::SegmentArgs),
     /// SemLA as an HTTP service: per-image retrieval, explanations, a web page, metrics.
@@ -128,6 +130,7 @@ fn main() -> std::process::ExitCode {
         Command::Library(args) => commands::library::run(args, &ctx),
         Command::Metrics(args) => commands::metrics::run(args, &ctx),
         Command::Model(args) => commands::model::run(args, &ctx),
+        Command::Sam(args) => commands::sam::run(args, &ctx),
         Command::Segment(args) => commands::segment::run(args, &ctx),
         Command::Serve(args) => commands::serve::run(args, &ctx),
         Command::Train(args) => commands::train::run(args, &ctx),

@@ -1,8 +1,8 @@
-//! Layers shared by the transformer models (CLIP in both layouts, CAT-Seg's
-//! aggregator): layer norm, softmax and QuickGELU in a fused (inference) and a
+//! Layers shared by the transformer models (CLIP in both layouts, CAT-Seg,
+//! SAM): layer norm, softmax and QuickGELU in a fused (inference) and a
 //! composed (differentiable) form, the factored LoRA update of several sites that
-//! share one matmul, the causal mask and the bicubic grid resize of position
-//! embeddings.
+//! share one matmul, the causal mask, the bicubic grid resize of position
+//! embeddings and the non-overlapping transposed convolution.
 
 use candle_core::{D, DType, Tensor};
 use candle_nn::VarBuilder;
@@ -247,6 +247,41 @@ pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Resu
         *last = weight.dim(0)?;
     }
     y.reshape(out_dims.as_slice())
+}
+
+/// `ConvTranspose2d` with kernel = stride (no overlap), bias; weight `[in, out, k, k]`.
+#[derive(Clone, Debug)]
+pub(crate) struct ConvTranspose {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+}
+
+impl ConvTranspose {
+    pub(crate) fn load(
+        vb: &VarBuilder,
+        prefix: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+    ) -> Result<Self> {
+        let vb = vb.pp(prefix);
+        Ok(Self {
+            weight: vb.get((cin, cout, k, k), "weight")?,
+            bias: vb.get(cout, "bias")?,
+            stride: k,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.conv_transpose2d(&self.weight, 0, 0, self.stride, 1)?
+            .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+    }
+
+    pub(crate) fn named(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        out.push((format!("{prefix}.weight"), self.weight.clone()));
+        out.push((format!("{prefix}.bias"), self.bias.clone()));
+    }
 }
 
 #[cfg(test)]

@@ -13,9 +13,14 @@
 //!   checkpoint layout, sliding-window inference).
 //! - [`clip`]: CLIP (Hugging Face layout): vision and text towers, tokenizer,
 //!   `CLIPImageProcessor` preprocessing.
+//! - [`sam`]: Segment Anything (official checkpoint layout, `SamPredictor`'s
+//!   pre- and post-processing), the mask proposer of CLOUDS.
+//! - [`checkpoint`]: PyTorch `.pth` and safetensors checkpoints, read with
+//!   bounds checked before anything is allocated.
 //! - [`kernels`]: fused CPU inference kernels (attention, activation).
 
 pub mod catseg;
+pub mod checkpoint;
 pub mod clip;
 pub mod config;
 pub mod efficientnet;
@@ -23,6 +28,7 @@ pub mod kernels;
 pub(crate) mod layers;
 pub mod lraspp;
 pub mod model_dir;
+pub mod sam;
 pub mod segmenter;
 pub mod tiny;
 

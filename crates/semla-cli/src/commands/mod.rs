@@ -13,6 +13,7 @@ pub mod experiment;
 pub mod library;
 pub mod metrics;
 pub mod model;
+pub mod sam;
 pub mod segment;
 pub mod serve;
 pub mod train;

@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 use semla_adapters::{Adaptation, AdaptedLinear};
 
 use super::config::CatSegConfig;
-use crate::layers::{Kernels, LayerNorm, softmax_last_dim};
+use crate::layers::{ConvTranspose, Kernels, LayerNorm, softmax_last_dim};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -67,41 +67,6 @@ impl Conv {
         if let Some(b) = &self.bias {
             out.push((format!("{prefix}.bias"), b.clone()));
         }
-    }
-}
-
-/// `ConvTranspose2d` with kernel = stride (no overlap), bias; weight `[in, out, k, k]`.
-#[derive(Clone, Debug)]
-pub(crate) struct ConvTranspose {
-    weight: Tensor,
-    bias: Tensor,
-    stride: usize,
-}
-
-impl ConvTranspose {
-    pub(crate) fn load(
-        vb: &VarBuilder,
-        prefix: &str,
-        cin: usize,
-        cout: usize,
-        k: usize,
-    ) -> Result<Self> {
-        let vb = vb.pp(prefix);
-        Ok(Self {
-            weight: vb.get((cin, cout, k, k), "weight")?,
-            bias: vb.get(cout, "bias")?,
-            stride: k,
-        })
-    }
-
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.conv_transpose2d(&self.weight, 0, 0, self.stride, 1)?
-            .broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
-    }
-
-    pub(crate) fn named(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
-        out.push((format!("{prefix}.weight"), self.weight.clone()));
-        out.push((format!("{prefix}.bias"), self.bias.clone()));
     }
 }
 

@@ -38,9 +38,8 @@ pub use config::{CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, CatSegClipConfig, CatSegConfig
 
 use crate::clip::ClipTokenizer;
 use crate::config::SegmenterConfig;
-use crate::layers::Kernels;
+use crate::layers::{ConvTranspose, Kernels};
 use crate::segmenter::{Normalization, Segmenter};
-use aggregator::ConvTranspose;
 
 type Result<T> = candle_core::Result<T>;
 

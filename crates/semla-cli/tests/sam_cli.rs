@@ -1,0 +1,187 @@
+//! `semla sam predict` on the tiny random SAM whose outputs the official
+//! `segment_anything` predictor wrote (`crates/semla-models/tests/fixtures/sam/`,
+//! see `tools/reference/sam_reference.py`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
+
+use std::path::{Path, PathBuf};
+
+use semla_test_support::{cli, max_abs_diff_slices};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../semla-models/tests/fixtures/sam")
+}
+
+fn fixture(name: &str) -> String {
+    fixtures().join(name).display().to_string()
+}
+
+/// The tiny SAM as a `.safetensors` file of its official state-dict keys.
+fn write_checkpoint(dir: &Path) -> PathBuf {
+    let tensors = semla_test_support::tensors_from_keys(&fixtures().join("keys_sam_tiny.json"));
+    let path = dir.join("sam_tiny.safetensors");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    path
+}
+
+fn reference(key: &str) -> Vec<f32> {
+    let outputs = candle_core::safetensors::load(
+        fixtures().join("outputs_sam_tiny.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    outputs[key].flatten_all().unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn predict_writes_the_official_logits_the_best_mask_and_the_iou() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = write_checkpoint(dir.path());
+    let out = dir.path().join("out");
+    // The fixture's "two_points" case: a foreground and a background point.
+    let (ok, stdout, stderr) = cli::semla_text(&[
+        "sam",
+        "predict",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--encoder-config",
+        &fixture("encoder.json"),
+        "--points",
+        "20,15;60.5,40",
+        "--labels",
+        "1,0",
+        "--out",
+        out.to_str().unwrap(),
+        &fixture("image.png"),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("IoU predictions"), "{stdout}");
+
+    let bytes = std::fs::read(out.join("image_logits.npy")).unwrap();
+    let logits = semla_adapters::npz::parse_npy(&bytes).unwrap();
+    assert_eq!(logits.shape, vec![3, 57, 83]);
+    let diff = max_abs_diff_slices(&logits.data, &reference("two_points.logits"));
+    assert!(
+        diff < 1e-4,
+        "logits differ from the official predictor by {diff}"
+    );
+
+    let records: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("predictions.json")).unwrap()).unwrap();
+    let iou: Vec<f32> = records[0]["iou"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let diff = max_abs_diff_slices(&iou, &reference("two_points.iou"));
+    assert!(diff < 1e-4, "IoU differs by {diff}");
+    let best = iou
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0;
+    assert_eq!(records[0]["best_mask"], best);
+
+    let mask = semla_data::labels::read_label_map(&out.join("image_mask.png")).unwrap();
+    let plane = 57 * 83;
+    let expected: Vec<u16> = logits.data[best * plane..(best + 1) * plane]
+        .iter()
+        .map(|&v| u16::from(v > 0.0))
+        .collect();
+    assert_eq!(mask.values, expected);
+}
+
+#[test]
+fn a_box_alone_with_one_mask_and_bad_prompts_or_checkpoints_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = write_checkpoint(dir.path());
+    let checkpoint = checkpoint.to_str().unwrap();
+    let image = fixture("image.png");
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+
+    // The fixture's "point_box" case, single mask.
+    let (ok, _, stderr) = cli::semla_text(&[
+        "sam",
+        "predict",
+        "--checkpoint",
+        checkpoint,
+        "--points",
+        "41,30",
+        "--box",
+        "10,8,70,50",
+        "--single-mask",
+        "--out",
+        out,
+        &image,
+    ]);
+    assert!(ok, "{stderr}");
+    let bytes = std::fs::read(Path::new(out).join("image_logits.npy")).unwrap();
+    let logits = semla_adapters::npz::parse_npy(&bytes).unwrap();
+    assert_eq!(logits.shape, vec![1, 57, 83]);
+    let diff = max_abs_diff_slices(&logits.data, &reference("point_box.logits"));
+    assert!(diff < 1e-4, "point_box logits differ by {diff}");
+
+    let fails = |extra: &[&str]| {
+        let mut args = vec!["sam", "predict", "--checkpoint", checkpoint];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--out", out, &image]);
+        let (ok, _, stderr) = cli::semla_text(&args);
+        assert!(!ok, "{extra:?} should fail");
+        stderr
+    };
+    let m = fails(&[]);
+    assert!(m.contains("give a prompt"), "{m}");
+    let m = fails(&["--points", "1,2;3"]);
+    assert!(m.contains("\"3\" is not x,y"), "{m}");
+    let m = fails(&["--points", "1,2", "--labels", "1,1"]);
+    assert!(m.contains("2 labels for 1 points"), "{m}");
+    let m = fails(&["--points", "1,2", "--labels", "2"]);
+    assert!(m.contains("neither 1"), "{m}");
+    let m = fails(&["--box", "9,9,1,1"]);
+    assert!(m.contains("x1 must not be left of x0"), "{m}");
+    let m = fails(&["--points", "1,2", "--encoder-config", "vit_b"]);
+    assert!(m.contains("does not fit the checkpoint"), "{m}");
+
+    // A truncated checkpoint names its file; the earlier output stays whole.
+    let bytes = std::fs::read(checkpoint).unwrap();
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, _, stderr) = cli::semla_text(&[
+        "sam",
+        "predict",
+        "--checkpoint",
+        truncated.to_str().unwrap(),
+        "--points",
+        "1,2",
+        "--out",
+        out,
+        &image,
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("truncated.safetensors"), "{stderr}");
+    assert!(Path::new(out).join("image_logits.npy").exists());
+
+    // A checkpoint of another model says it is not SAM.
+    let other = dir.path().join("other.safetensors");
+    let tensors = std::collections::HashMap::from([(
+        "w".to_string(),
+        candle_core::Tensor::zeros(2, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+    )]);
+    candle_core::safetensors::save(&tensors, &other).unwrap();
+    let (ok, _, stderr) = cli::semla_text(&[
+        "sam",
+        "predict",
+        "--checkpoint",
+        other.to_str().unwrap(),
+        "--points",
+        "1,2",
+        "--out",
+        out,
+        &image,
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("not a SAM model"), "{stderr}");
+}
