@@ -62,7 +62,8 @@ pub fn read_npz_array(path: &Path, name: &str) -> Result<NpyArray> {
     parse_npy(&bytes).map_err(|msg| AdapterError::invalid(path, format!("array {name:?}: {msg}")))
 }
 
-/// Parses an `.npy` file (format versions 1, 2 and 3).
+/// Parses an `.npy` file (format versions 1, 2 and 3; float32, float64 or uint8,
+/// read as `f32`).
 pub fn parse_npy(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err("not an .npy array (bad magic)".into());
@@ -108,9 +109,12 @@ pub fn parse_npy(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
         "<f8" => chunks(payload, 8, count)?
             .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
             .collect(),
+        "|u1" => chunks(payload, 1, count)?
+            .map(|c| f32::from(c[0]))
+            .collect(),
         other => {
             return Err(format!(
-                "dtype {other} is not a little-endian float32/float64"
+                "dtype {other} is not a little-endian float32/float64 or uint8"
             ));
         }
     };
@@ -157,6 +161,17 @@ fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 
 /// Encodes a float32 array as an `.npy` (version 1.0) file.
 pub fn encode_npy(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    let payload: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    npy_with_header("<f4", shape, &payload)
+}
+
+/// Encodes a uint8 array (masks) as an `.npy` (version 1.0) file.
+pub fn encode_npy_u8(shape: &[usize], data: &[u8]) -> Vec<u8> {
+    npy_with_header("|u1", shape, data)
+}
+
+/// The `.npy` header of `descr` and `shape`, then the little-endian `payload`.
+fn npy_with_header(descr: &str, shape: &[usize], payload: &[u8]) -> Vec<u8> {
     let shape_text = match shape {
         [d] => format!("({d},)"),
         dims => format!(
@@ -167,18 +182,17 @@ pub fn encode_npy(shape: &[usize], data: &[f32]) -> Vec<u8> {
                 .join(", ")
         ),
     };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
     // Pad so that the data starts on a 64-byte boundary, ending with '\n' (as numpy does).
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + 4 * data.len());
+    let mut out = Vec::with_capacity(10 + header.len() + payload.len());
     out.extend_from_slice(b"\x93NUMPY\x01\x00");
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for x in data {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
+    out.extend_from_slice(payload);
     out
 }
 

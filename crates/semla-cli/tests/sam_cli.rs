@@ -66,6 +66,27 @@ fn predict_writes_the_official_logits_the_best_mask_and_the_iou() {
         "logits differ from the official predictor by {diff}"
     );
 
+    let bytes = std::fs::read(out.join("image_masks.npy")).unwrap();
+    let masks = semla_adapters::npz::parse_npy(&bytes).unwrap();
+    assert!(
+        bytes.starts_with(b"\x93NUMPY") && String::from_utf8_lossy(&bytes[..80]).contains("'|u1'")
+    );
+    assert_eq!(masks.shape, vec![3, 57, 83]);
+    let thresholded: Vec<f32> = logits
+        .data
+        .iter()
+        .map(|&v| f32::from(u8::from(v > 0.0)))
+        .collect();
+    assert_eq!(masks.data, thresholded);
+    let bytes = std::fs::read(out.join("image_iou.npy")).unwrap();
+    let iou_npy = semla_adapters::npz::parse_npy(&bytes).unwrap();
+    assert_eq!(iou_npy.shape, vec![3]);
+    let diff = max_abs_diff_slices(&iou_npy.data, &reference("two_points.iou"));
+    assert!(
+        diff < 1e-4,
+        "IoU differs from the official predictor by {diff}"
+    );
+
     let records: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("predictions.json")).unwrap()).unwrap();
     let iou: Vec<f32> = records[0]["iou"]

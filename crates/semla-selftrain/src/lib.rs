@@ -6,16 +6,19 @@
 //! the region, and pixels two masks claim are left unsupervised. This crate
 //! holds that refinement ([`refine`]), the connected components and point
 //! prompts it is built from ([`components`]), and the [`proposer::MaskProposer`]
-//! interface with a weight-free implementation, graph-based segmentation at
-//! three scales ([`graph`]; SAM itself needs weights this machine does not
-//! have).
+//! interface with two implementations: SAM ([`sam::SamProposer`], the
+//! official model on a released checkpoint) and a weight-free one,
+//! graph-based segmentation at three scales ([`graph`]), for when no SAM
+//! checkpoint is at hand.
 
 pub mod components;
 pub mod error;
 pub mod graph;
 pub mod proposer;
 pub mod refine;
+pub mod sam;
 
 pub use error::RefineError;
 pub use proposer::{GraphSegments, MaskProposer, Proposals};
 pub use refine::{RefineSettings, Refined, refine_pseudo_label};
+pub use sam::SamProposer;

@@ -2,10 +2,11 @@
 //! prompts, as `SamPredictor.set_image` + `.predict(..., return_logits=True)`.
 //!
 //! Per image it writes `<stem>_logits.npy` (float32 `[C, H, W]` mask logits at
-//! the image's size; C = 3 with multimask output, else 1) and `<stem>_mask.png`
-//! (the mask with the highest predicted IoU: grey PNG, 1 inside, 0 outside),
-//! and `predictions.json` lists every image's IoU predictions. The folder is
-//! staged and swapped in whole.
+//! the image's size; C = 3 with multimask output, else 1), `<stem>_masks.npy`
+//! (uint8 `[C, H, W]`, logits > 0), `<stem>_iou.npy` (float32 `[C]`, the
+//! predicted IoUs) and `<stem>_mask.png` (the mask with the highest predicted
+//! IoU: grey PNG, 1 inside, 0 outside); `predictions.json` lists every image's
+//! IoU predictions. The folder is staged and swapped in whole.
 
 use std::path::{Path, PathBuf};
 
@@ -134,6 +135,13 @@ fn predict(args: &PredictArgs, ctx: &Context) -> anyhow::Result<()> {
         let npy =
             semla_adapters::npz::encode_npy(&[prediction.masks, height, width], &prediction.logits);
         semla_core::fs::write_atomic(&staged.path().join(format!("{stem}_logits.npy")), &npy)?;
+        let masks = semla_adapters::npz::encode_npy_u8(
+            &[prediction.masks, height, width],
+            &prediction.binary_masks(),
+        );
+        semla_core::fs::write_atomic(&staged.path().join(format!("{stem}_masks.npy")), &masks)?;
+        let iou = semla_adapters::npz::encode_npy(&[prediction.masks], &prediction.iou);
+        semla_core::fs::write_atomic(&staged.path().join(format!("{stem}_iou.npy")), &iou)?;
         write_label_map(
             &staged.path().join(format!("{stem}_mask.png")),
             &LabelMap {
