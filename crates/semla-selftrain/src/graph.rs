@@ -2,6 +2,8 @@
 //! Image Segmentation", IJCV 2004): the weight-free stand-in for SAM's masks
 //! ([`crate::proposer::GraphSegments`]).
 
+use crate::proposer::distance;
+
 /// Segment id per pixel (`height x width`, row-major) of `colours` smoothed by
 /// a 3x3 binomial filter, 4-neighbour edges weighted by RGB distance, merged
 /// while an edge is no heavier than both sides' internal difference plus
@@ -65,12 +67,8 @@ pub fn segment(
     out
 }
 
-fn distance(a: [f32; 3], b: [f32; 3]) -> f32 {
-    ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
-}
-
 /// A 3x3 binomial filter (`[1 2 1] / 4` in each direction), edges replicated.
-fn smooth(colours: &[[f32; 3]], width: usize, height: usize) -> Vec<[f32; 3]> {
+pub(crate) fn smooth(colours: &[[f32; 3]], width: usize, height: usize) -> Vec<[f32; 3]> {
     let pass = |input: &[[f32; 3]], dx: usize, dy: usize| -> Vec<[f32; 3]> {
         let mut out = vec![[0f32; 3]; input.len()];
         for y in 0..height {

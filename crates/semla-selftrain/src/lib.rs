@@ -7,18 +7,21 @@
 //! holds that refinement ([`refine`]), the connected components and point
 //! prompts it is built from ([`components`]), and the [`proposer::MaskProposer`]
 //! interface with two implementations: SAM ([`sam::SamProposer`], the
-//! official model on a released checkpoint) and a weight-free one,
-//! graph-based segmentation at three scales ([`graph`]), for when no SAM
-//! checkpoint is at hand.
+//! official model on a released checkpoint) and two weight-free ones for when
+//! no SAM checkpoint is at hand: seeded region growing at three colour
+//! tolerances ([`grow`]) and graph-based segmentation at three scales
+//! ([`graph`]).
 
 pub mod components;
 pub mod error;
 pub mod graph;
+pub mod grow;
 pub mod proposer;
 pub mod refine;
 pub mod sam;
 
 pub use error::RefineError;
+pub use grow::RegionGrowing;
 pub use proposer::{GraphSegments, MaskProposer, Proposals};
-pub use refine::{RefineSettings, Refined, refine_pseudo_label};
+pub use refine::{RefineSettings, Refined, Unclaimed, refine_pseudo_label};
 pub use sam::SamProposer;

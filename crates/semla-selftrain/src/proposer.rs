@@ -51,13 +51,13 @@ pub trait MaskProposer {
 /// An image's colours, as the weight-free proposers read them.
 #[derive(Clone, Debug)]
 pub struct PreparedColours {
-    width: usize,
-    height: usize,
-    colours: Vec<[f32; 3]>,
+    pub(crate) width: usize,
+    pub(crate) height: usize,
+    pub(crate) colours: Vec<[f32; 3]>,
 }
 
 impl PreparedColours {
-    fn new(image: &RgbImage) -> Result<Self> {
+    pub(crate) fn new(image: &RgbImage) -> Result<Self> {
         let (width, height) = (image.width() as usize, image.height() as usize);
         if width == 0 || height == 0 {
             return Err(RefineError::Invalid("the image is empty".into()));
@@ -92,7 +92,7 @@ impl PreparedColours {
 }
 
 /// Splits a prompt into foreground and background pixels.
-fn prompt_pixels(
+pub(crate) fn prompt_pixels(
     image: &PreparedColours,
     points: &[(f32, f32)],
     labels: &[u8],
@@ -125,7 +125,7 @@ fn prompt_pixels(
     Ok((foreground, background))
 }
 
-fn distance(a: [f32; 3], b: [f32; 3]) -> f32 {
+pub(crate) fn distance(a: [f32; 3], b: [f32; 3]) -> f32 {
     ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
 }
 

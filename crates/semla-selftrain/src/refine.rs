@@ -14,8 +14,10 @@
 //!
 //! The official target is a set of binary class masks for Mask2Former, where a
 //! pixel no mask covers is a negative for every query. A per-pixel head has no
-//! such negative, so here a pixel no kept mask covers is `ignore`: it is not
-//! supervised.
+//! such negative, so here a pixel no kept mask covers is `ignore` (not
+//! supervised) by default, or, with [`Unclaimed::Teacher`], keeps the
+//! teacher's label: the masks then correct the pseudo-label where they reach
+//! and leave it alone elsewhere (contested pixels stay ignored either way).
 
 use image::RgbImage;
 use semla_core::SplitMix64;
@@ -37,6 +39,19 @@ pub struct RefineSettings {
     /// A class that is never prompted nor kept (the official code drops class
     /// 19, Cityscapes' void). Default `None`.
     pub void: Option<u16>,
+    /// What a pixel that no kept mask claims becomes. Default
+    /// [`Unclaimed::Ignore`].
+    pub unclaimed: Unclaimed,
+}
+
+/// The label of a pixel that no kept mask claims.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Unclaimed {
+    /// `ignore`: only the masks supervise (the official target's coverage).
+    #[default]
+    Ignore,
+    /// The teacher's label (void mapped to `ignore`).
+    Teacher,
 }
 
 impl Default for RefineSettings {
@@ -46,6 +61,7 @@ impl Default for RefineSettings {
             points_per_component: 5,
             ignore: 255,
             void: None,
+            unclaimed: Unclaimed::Ignore,
         }
     }
 }
@@ -113,8 +129,8 @@ pub fn refine_pseudo_label<P: MaskProposer>(
             }
         }
     }
-    if prompts.is_empty() {
-        let labels = pseudo
+    let teacher = || -> Vec<u16> {
+        pseudo
             .iter()
             .map(|&c| {
                 if Some(c) == settings.void {
@@ -123,7 +139,10 @@ pub fn refine_pseudo_label<P: MaskProposer>(
                     c
                 }
             })
-            .collect();
+            .collect()
+    };
+    if prompts.is_empty() {
+        let labels = teacher();
         return Ok(Refined {
             labels,
             prompts: 0,
@@ -151,12 +170,20 @@ pub fn refine_pseudo_label<P: MaskProposer>(
             *count = count.saturating_add(u16::from(m));
         }
     }
-    let mut labels = vec![settings.ignore; width * height];
+    let mut labels = match settings.unclaimed {
+        Unclaimed::Ignore => vec![settings.ignore; width * height],
+        Unclaimed::Teacher => teacher(),
+    };
     for (class, mask) in &kept {
         for ((label, &m), &count) in labels.iter_mut().zip(mask).zip(&claims) {
             if m && count == 1 {
                 *label = *class;
             }
+        }
+    }
+    for (label, &count) in labels.iter_mut().zip(&claims) {
+        if count >= 2 {
+            *label = settings.ignore;
         }
     }
     Ok(Refined {
@@ -292,6 +319,49 @@ mod tests {
         assert_eq!(out.labels, rows(&["1111", "1111", "....", "2222"]));
         assert_eq!(out.contested_px, 4);
         assert!(!out.fallback);
+    }
+
+    #[test]
+    fn unclaimed_pixels_are_ignored_or_keep_the_teacher_label() {
+        // Class 1's mask covers only the left half of its rows and reaches
+        // one pixel of class 2's; class 2's mask covers its rows but the last pixel.
+        let pseudo = rows(&["1111", "1111", "2222", "2222"]);
+        let image = RgbImage::new(4, 4);
+        let one = masks_of(&["11..", "11..", "1...", "...."], 1);
+        let two = masks_of(&["....", "....", "2222", "222."], 2);
+        let answers = || {
+            vec![
+                Proposals {
+                    masks: [one.clone(), one.clone(), one.clone()],
+                    scores: [0.5; 3],
+                },
+                Proposals {
+                    masks: [two.clone(), two.clone(), two.clone()],
+                    scores: [0.5; 3],
+                },
+            ]
+        };
+        let mut s = settings(3, 1);
+        let ignored = refine_pseudo_label(
+            &Scripted::new(answers()),
+            &image,
+            &pseudo,
+            &s,
+            &mut SplitMix64::new(4),
+        )
+        .unwrap();
+        assert_eq!(ignored.labels, rows(&["11..", "11..", ".222", "222."]));
+        s.unclaimed = Unclaimed::Teacher;
+        let kept = refine_pseudo_label(
+            &Scripted::new(answers()),
+            &image,
+            &pseudo,
+            &s,
+            &mut SplitMix64::new(4),
+        )
+        .unwrap();
+        // The teacher fills what no mask claims; the contested pixel stays ignored.
+        assert_eq!(kept.labels, rows(&["1111", "1111", ".222", "2222"]));
     }
 
     #[test]
