@@ -9,6 +9,9 @@ pub enum RefineError {
     /// The mask proposer failed.
     #[error("mask proposer: {0}")]
     Proposer(String),
+    /// A tensor operation failed.
+    #[error("tensor operation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
 }
 
 /// Result of this crate.

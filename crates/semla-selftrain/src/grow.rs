@@ -9,8 +9,12 @@
 //! gradient), within half the tolerance of the neighbour it is reached from
 //! (so it does not jump an edge between two similar colours), and, when the
 //! prompt has background points, nearer the point's colour than every
-//! background point's. The mask is the union of the points' regions; the
-//! three tolerances are SAM's three granularities, finest first.
+//! background point's. Every region stays inside the points' bounding box
+//! widened on each side by half its size (at least an eighth of the image):
+//! SAM's masks are objects around the points, and without that bound a region
+//! floods every surface of a similar colour. The mask is the union of the
+//! points' regions; the three tolerances are SAM's three granularities,
+//! finest first.
 
 use std::collections::VecDeque;
 
@@ -200,7 +204,9 @@ mod tests {
             tolerances: [4.0, 40.0, 120.0],
         };
         let prepared = proposer.prepare(&image()).unwrap();
-        let out = proposer.predict(&prepared, &[(0.0, 9.0)], &[1]).unwrap();
+        let out = proposer
+            .predict(&prepared, &[(0.0, 0.0), (9.0, 9.0)], &[1, 1])
+            .unwrap();
         let area = |m: &[bool]| m.iter().filter(|&&b| b).count();
         assert!(area(&out.masks[0]) < area(&out.masks[1]));
         assert!(area(&out.masks[1]) < area(&out.masks[2]));

@@ -1,5 +1,10 @@
 //! Self-training on unlabeled domains.
 //!
+//! [`training`] is CLOUDS' loop for a LoRA adapter on a frozen base: an EMA
+//! teacher ([`ema`]) labels clean views of unlabeled target images, the labels
+//! are optionally refined, and the student trains on distorted views of them
+//! mixed with labelled source images, through `semla-train`'s one loop.
+//!
 //! CLOUDS (CVPR 2024) refines a teacher's blurry pseudo-labels with a
 //! promptable mask model during self-training: every large connected region
 //! of a class becomes a prompt of random points, the model's best mask replaces
@@ -13,15 +18,22 @@
 //! ([`graph`]).
 
 pub mod components;
+pub mod ema;
 pub mod error;
 pub mod graph;
 pub mod grow;
 pub mod proposer;
 pub mod refine;
 pub mod sam;
+pub mod training;
 
-pub use error::RefineError;
+pub use ema::{EmaSettings, EmaTeacher};
+pub use error::{RefineError, Result};
 pub use grow::RegionGrowing;
 pub use proposer::{GraphSegments, MaskProposer, Proposals};
 pub use refine::{RefineSettings, Refined, Unclaimed, refine_pseudo_label};
 pub use sam::SamProposer;
+pub use training::{
+    PromptRefiner, PseudoLabelRefiner, PseudoLabelStats, SelfTrainSettings, SelfTraining,
+    self_train_adapter,
+};

@@ -72,9 +72,66 @@ pub fn augment(
     )
 }
 
+/// The photometric distortion a self-training student sees (after
+/// Mask2Former's `ColorAugSSDTransform`, which CLOUDS applies to the student's
+/// view): each with probability 1/2, a brightness shift in `[-32, 32] / 255`,
+/// a contrast factor in `[0.5, 1.5]` and a saturation factor in `[0.5, 1.5]`
+/// (a blend with the pixel's luma, where the original scales HSV saturation),
+/// values clamped to `[0, 1]`. The hue shift of the original is not applied.
+/// Labels and geometry are untouched.
+pub fn photometric(sample: &Sample, rng: &mut SplitMix64) -> Sample {
+    let brightness = (rng.next_f64() < 0.5).then(|| rng.uniform(-32.0, 32.0) / 255.0);
+    let contrast = (rng.next_f64() < 0.5).then(|| rng.uniform(0.5, 1.5));
+    let saturation = (rng.next_f64() < 0.5).then(|| rng.uniform(0.5, 1.5));
+    let pixels = sample.height * sample.width;
+    let mut out = sample.clone();
+    for p in 0..pixels {
+        let mut rgb = [0f64; 3];
+        for (c, v) in rgb.iter_mut().enumerate() {
+            *v = f64::from(sample.image[c * pixels + p]);
+            if let Some(delta) = brightness {
+                *v += delta;
+            }
+            if let Some(alpha) = contrast {
+                *v *= alpha;
+            }
+            *v = v.clamp(0.0, 1.0);
+        }
+        if let Some(alpha) = saturation {
+            let luma = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2];
+            for v in &mut rgb {
+                *v = (luma + alpha * (*v - luma)).clamp(0.0, 1.0);
+            }
+        }
+        for (c, v) in rgb.iter().enumerate() {
+            out.image[c * pixels + p] = *v as f32;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn photometric_keeps_labels_and_range_and_is_seeded() {
+        let s = Sample {
+            image: (0..3 * 12).map(|i| i as f32 / 36.0).collect(),
+            labels: (0..12).collect(),
+            height: 3,
+            width: 4,
+        };
+        let mut changed = false;
+        for seed in 0..8 {
+            let a = photometric(&s, &mut SplitMix64::new(seed));
+            assert_eq!(a, photometric(&s, &mut SplitMix64::new(seed)));
+            assert_eq!(a.labels, s.labels);
+            assert!(a.image.iter().all(|v| (0.0..=1.0).contains(v)));
+            changed |= a.image != s.image;
+        }
+        assert!(changed);
+    }
 
     fn ramp(h: usize, w: usize) -> Sample {
         let pixels = h * w;

@@ -27,6 +27,9 @@ pub enum TrainError {
     /// A training sample could not be produced or is inconsistent.
     #[error(transparent)]
     Sample(#[from] semla_data::SampleError),
+    /// A self-training step could not label its target images.
+    #[error("pseudo-labelling failed: {0}")]
+    PseudoLabel(String),
     /// The training configuration is invalid.
     #[error("invalid training configuration: {0}")]
     Config(String),

@@ -149,6 +149,60 @@ pub struct Batch {
     pub labels: Tensor,
 }
 
+/// Where a run's batches come from, and the state it carries from step to
+/// step besides the trainee and the optimizer (self-training's EMA teacher).
+pub trait Steps {
+    /// The batch of step `step` (0-based): a function of the run's seed and
+    /// the step only, so that a resumed run sees the same batches.
+    fn batch(&mut self, step: usize) -> Result<Batch>;
+
+    /// The label value the loss skips.
+    fn ignore_label(&self) -> u32;
+
+    /// Called after the optimizer update of step `step` (0-based).
+    fn after_update(&mut self, _step: usize) -> Result<()> {
+        Ok(())
+    }
+
+    /// Tensors of the run's own state, saved with every checkpoint. Default: none.
+    fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+
+    /// Restores what [`Steps::state_tensors`] saved (read from `path`).
+    fn load_state(&mut self, _tensors: &HashMap<String, Tensor>, _path: &Path) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Supervised batches of a labelled source ([`make_batch`]).
+pub struct SupervisedSteps<'a> {
+    /// The labelled samples.
+    pub source: &'a dyn SampleSource,
+    /// The run (batch size, augmentation, seed).
+    pub config: &'a TrainConfig,
+    /// How the trainee normalises images.
+    pub normalization: &'a Normalization,
+    /// Where batches go.
+    pub device: &'a Device,
+}
+
+impl Steps for SupervisedSteps<'_> {
+    fn batch(&mut self, step: usize) -> Result<Batch> {
+        make_batch(
+            self.source,
+            self.config,
+            self.normalization,
+            step,
+            self.device,
+        )
+    }
+
+    fn ignore_label(&self) -> u32 {
+        self.source.ignore_label()
+    }
+}
+
 /// The batch of step `step`: sample indices and augmentations drawn from
 /// `(seed, step)` only, so any run (fresh or resumed) sees the same batches.
 pub fn make_batch(
@@ -250,6 +304,8 @@ pub struct CheckpointPaths {
     pub optimizer: PathBuf,
     /// Step, seed, configuration.
     pub state: PathBuf,
+    /// The run's own state ([`Steps::state_tensors`]), when it has any.
+    pub run_state: PathBuf,
 }
 
 impl CheckpointPaths {
@@ -259,6 +315,7 @@ impl CheckpointPaths {
             params: dir.join("trainable.safetensors"),
             optimizer: dir.join("optimizer.safetensors"),
             state: dir.join("state.json"),
+            run_state: dir.join("run_state.safetensors"),
         }
     }
 }
@@ -294,6 +351,7 @@ fn load_tensors(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>
 fn save_checkpoint(
     dir: &Path,
     trainee: &Trainee<'_>,
+    steps: &dyn Steps,
     optimizer: &AdamW,
     config: &TrainConfig,
     step: usize,
@@ -307,6 +365,10 @@ fn save_checkpoint(
         .collect();
     save_tensors_atomic(&paths.params, &params, Some(step))?;
     save_tensors_atomic(&paths.optimizer, &optimizer.state_tensors(), Some(step))?;
+    let run_state = steps.state_tensors()?;
+    if !run_state.is_empty() {
+        save_tensors_atomic(&paths.run_state, &run_state, Some(step))?;
+    }
     let state = CheckpointState {
         format: CHECKPOINT_FORMAT.to_string(),
         step,
@@ -348,6 +410,7 @@ pub fn read_checkpoint_state(dir: &Path) -> Result<CheckpointState> {
 fn load_checkpoint(
     dir: &Path,
     trainee: &Trainee<'_>,
+    steps: &mut dyn Steps,
     optimizer: &mut AdamW,
     config: &TrainConfig,
 ) -> Result<usize> {
@@ -364,10 +427,24 @@ fn load_checkpoint(
     }
     let (params, params_step) = load_tensors(&paths.params, &trainee.device)?;
     let (moments, optimizer_step) = load_tensors(&paths.optimizer, &trainee.device)?;
-    for (path, step) in [
+    let mut files = vec![
         (&paths.params, params_step),
         (&paths.optimizer, optimizer_step),
-    ] {
+    ];
+    let run_state = if steps.state_tensors()?.is_empty() {
+        None
+    } else {
+        if !paths.run_state.is_file() {
+            return Err(TrainError::checkpoint(
+                &paths.run_state,
+                "is missing: the checkpoint was written by a run without this state",
+            ));
+        }
+        let (tensors, step) = load_tensors(&paths.run_state, &trainee.device)?;
+        files.push((&paths.run_state, step));
+        Some(tensors)
+    };
+    for (path, step) in files {
         if step != Some(state.step) {
             return Err(TrainError::checkpoint(
                 path,
@@ -398,6 +475,9 @@ fn load_checkpoint(
         var.set(&saved.to_dtype(var.dtype())?)?;
     }
     optimizer.load_state(&moments, state.optimizer_updates, &paths.optimizer)?;
+    if let Some(tensors) = run_state {
+        steps.load_state(&tensors, &paths.run_state)?;
+    }
     Ok(state.step)
 }
 
@@ -421,6 +501,25 @@ pub fn train(
     session: &Session<'_>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<TrainSummary> {
+    let mut steps = SupervisedSteps {
+        source,
+        config,
+        normalization: &trainee.normalization,
+        device: &trainee.device,
+    };
+    train_steps(trainee, &mut steps, config, session, progress)
+}
+
+/// Trains `trainee` on the batches of `steps` (the one training loop: loss,
+/// backward, clipping, AdamW, schedule, checkpoints, resume). Calls
+/// `progress` after every step.
+pub fn train_steps(
+    trainee: &Trainee<'_>,
+    steps: &mut dyn Steps,
+    config: &TrainConfig,
+    session: &Session<'_>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<TrainSummary> {
     config.validate()?;
     if trainee.params.is_empty() {
         return Err(TrainError::Config(
@@ -432,22 +531,16 @@ pub fn train(
     if let (Some(dir), true) = (session.checkpoint_dir, session.resume)
         && has_checkpoint(dir)
     {
-        start_step = load_checkpoint(dir, trainee, &mut optimizer, config)?;
+        start_step = load_checkpoint(dir, trainee, steps, &mut optimizer, config)?;
         tracing::info!("resumed from {} at step {start_step}", dir.display());
     }
     let end_step = session.stop_at.unwrap_or(config.steps).min(config.steps);
     let schedule = config.schedule();
-    let ignore = source.ignore_label();
+    let ignore = steps.ignore_label();
     let started = Instant::now();
     let mut losses = Vec::new();
     for step in start_step..end_step {
-        let batch = make_batch(
-            source,
-            config,
-            &trainee.normalization,
-            step,
-            &trainee.device,
-        )?;
+        let batch = steps.batch(step)?;
         let (loss, grads) = loss_and_gradients(trainee, &batch, ignore)?;
         if !loss.is_finite() {
             return Err(TrainError::Diverged { step, loss });
@@ -456,6 +549,7 @@ pub fn train(
         let lr = schedule.lr(step);
         optimizer.step(&grads, lr, clip_factor(grad_norm, config.max_grad_norm))?;
         drop(grads);
+        steps.after_update(step)?;
         losses.push(loss);
         let done = step + 1;
         if let (Some(dir), Some(every)) = (session.checkpoint_dir, config.checkpoint_every)
@@ -463,7 +557,7 @@ pub fn train(
             && done % every == 0
             && done < end_step
         {
-            save_checkpoint(dir, trainee, &optimizer, config, done)?;
+            save_checkpoint(dir, trainee, &*steps, &optimizer, config, done)?;
         }
         progress(&Progress {
             step: done,
@@ -478,7 +572,7 @@ pub fn train(
     if let Some(dir) = session.checkpoint_dir
         && (end_step > start_step || !has_checkpoint(dir))
     {
-        save_checkpoint(dir, trainee, &optimizer, config, end_step)?;
+        save_checkpoint(dir, trainee, &*steps, &optimizer, config, end_step)?;
     }
     Ok(TrainSummary {
         start_step,
