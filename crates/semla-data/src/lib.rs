@@ -19,4 +19,6 @@ pub mod samples;
 pub mod synthetic;
 
 pub use image_io::{Rgb, RgbImage};
-pub use samples::{DomainSource, InMemorySource, Sample, SampleError, SampleSource};
+pub use samples::{
+    DomainSource, InMemorySource, Sample, SampleError, SampleSource, UnlabeledSource,
+};

@@ -301,6 +301,71 @@ impl SampleSource for DomainSource {
     }
 }
 
+/// The images of a domain's split without their labels: for self-training on
+/// an unlabeled domain. Only the photos are read (through the domain, so
+/// corruptions and renderings apply); every pixel's label is the ignore value.
+#[derive(Clone, Debug)]
+pub struct UnlabeledSource {
+    inner: DomainSource,
+}
+
+impl UnlabeledSource {
+    /// The images of `split` of `domain`, resized as [`DomainSource::new`] does.
+    pub fn new(
+        domain: Domain,
+        split: Split,
+        resize: Option<(usize, usize)>,
+    ) -> Result<Self, SampleError> {
+        Ok(Self {
+            inner: DomainSource::new(domain, split, resize)?,
+        })
+    }
+
+    /// The domain.
+    pub fn domain(&self) -> &Domain {
+        self.inner.domain()
+    }
+}
+
+impl SampleSource for UnlabeledSource {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn sample(&self, index: usize) -> Result<Sample, SampleError> {
+        let inner = &self.inner;
+        let Some(pair) = inner.pairs.get(index) else {
+            return Err(SampleError::new(
+                format!("#{index}"),
+                format!("index out of range ({} samples)", inner.pairs.len()),
+            ));
+        };
+        let image = inner
+            .domain
+            .load_image(pair)
+            .map_err(|e| SampleError::new(pair.image.display().to_string(), e.to_string()))?;
+        let (w, h) = (image.width() as usize, image.height() as usize);
+        let ignore = self.ignore_label();
+        let sample = Sample::from_rgb8(image.as_raw(), vec![ignore; w * h], h, w);
+        Ok(match inner.resize {
+            Some((rh, rw)) if (rh, rw) != (h, w) => resize(&sample, rh, rw, ignore),
+            _ => sample,
+        })
+    }
+
+    fn ignore_label(&self) -> u32 {
+        self.inner.ignore_label()
+    }
+
+    fn num_classes(&self) -> usize {
+        self.inner.num_classes()
+    }
+
+    fn describe(&self, index: usize) -> String {
+        self.inner.describe(index)
+    }
+}
+
 /// Resamples `sample` to `scaled` size (bilinear image with pixel centres
 /// aligned, nearest labels), keeps the `out`-sized window at `offset` of it
 /// (padding with 0 and `ignore` outside), and mirrors it horizontally if `flip`.

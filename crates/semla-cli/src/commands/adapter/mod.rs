@@ -1,7 +1,9 @@
 //! `semla adapter`: merge adapters of a library into one PEFT adapter
 //! (`merge`), train one (`train`), merge one into a model (`bake`) or extract
-//! one from a fine-tuned model (`extract`).
+//! one from a fine-tuned model (`extract`), or self-train one on a new
+//! domain's unlabeled images (`adapt`).
 
+pub mod adapt;
 pub mod soma;
 pub mod tools;
 pub mod train;
@@ -28,6 +30,8 @@ pub enum AdapterCommand {
     Merge(MergeArgs),
     /// Train a LoRA adapter on a frozen base model.
     Train(Box<train::AdapterTrainArgs>),
+    /// Self-train a LoRA adapter on a new domain's unlabeled images (CLOUDS) and add it to a library.
+    Adapt(Box<adapt::AdaptArgs>),
     /// Merge an adapter into a model's base weights and write a full model folder.
     Bake(tools::BakeArgs),
     /// The best rank-R adapter (truncated SVD of the weight difference) of a fine-tuned model.
@@ -109,6 +113,7 @@ pub fn run(args: AdapterArgs, ctx: &Context) -> anyhow::Result<()> {
     match args.command {
         AdapterCommand::Merge(args) => run_merge(args, ctx),
         AdapterCommand::Train(args) => train::run(*args, ctx),
+        AdapterCommand::Adapt(args) => adapt::run(*args, ctx),
         AdapterCommand::Bake(args) => tools::run_bake(args, ctx),
         AdapterCommand::Extract(args) => tools::run_extract(args, ctx),
     }

@@ -172,7 +172,14 @@ pub fn run(args: AdapterTrainArgs, ctx: &Context) -> anyhow::Result<()> {
             }
         }
     };
-    store_with_prototype(&args, &library_dir, &adapter, &base, &device)?;
+    let from = PrototypeFrom {
+        model: &args.model,
+        domain: &args.data.domain,
+        data_root: args.data.data_root.as_deref(),
+        images: args.prototype_images,
+        resize: args.data.resize,
+    };
+    store_with_prototype(&from, &library_dir, &adapter, &base, &device)?;
     report(ctx, &args.out, &summary, "adapter")
 }
 
@@ -195,12 +202,27 @@ pub fn refuse_existing(
     Ok(())
 }
 
+/// Where a new adapter's prototype comes from.
+pub struct PrototypeFrom<'a> {
+    /// The `--model` argument (its folder's `backbone` embeds for a library
+    /// that records no embedder).
+    pub model: &'a std::path::Path,
+    /// The domain whose training images are averaged.
+    pub domain: &'a str,
+    /// Its dataset root.
+    pub data_root: Option<&'a std::path::Path>,
+    /// At most this many images.
+    pub images: usize,
+    /// Resize before embedding.
+    pub resize: Option<(usize, usize)>,
+}
+
 /// Adds `adapter` to the library with its prototype: made by the embedder the
 /// library records (a library without one: the base model's `backbone`). A
 /// library whose other prototypes are of unknown origin (an official `loradb`)
 /// gets the prototype unrecorded too.
-fn store_with_prototype(
-    args: &AdapterTrainArgs,
+pub fn store_with_prototype(
+    from: &PrototypeFrom<'_>,
     library_dir: &std::path::Path,
     adapter: &Adapter,
     base: &Arc<dyn Segmenter>,
@@ -213,7 +235,7 @@ fn store_with_prototype(
             .any(|e| e.has_prototype() && e.name != adapter.name);
     // CAT-Seg's checkpoint is no model folder: its backbone embedder is built on
     // the loaded model.
-    let default_dir = match ModelArg::new(&args.model) {
+    let default_dir = match ModelArg::new(from.model) {
         ModelArg::Folder(dir) => Some(dir),
         ModelArg::CatSeg(_) => None,
     };
@@ -225,10 +247,10 @@ fn store_with_prototype(
             model: Some(base),
         })
         .with_context(|| format!("building the prototype embedder {spec}"))?;
-    let domain = resolve(&args.data.domain, args.data.data_root.as_deref())?;
+    let domain = resolve(from.domain, from.data_root)?;
     let options = EmbedOptions {
-        limit: Some(args.prototype_images),
-        resize: args.data.resize,
+        limit: Some(from.images),
+        resize: from.resize,
         ..EmbedOptions::default()
     };
     let (prototype, count) = domain_prototype(
