@@ -134,8 +134,7 @@ pub fn run(args: AdaptArgs, ctx: &Context) -> anyhow::Result<()> {
     };
     let base = LoadedModel::load(&ModelArg::new(&args.model), &args.catseg, &device)?
         .for_domain(&domain)?;
-    let ignore = u16::try_from(target.domain().ignore_value)
-        .with_context(|| format!("the ignore value of {} does not fit 16 bits", args.domain))?;
+    let ignore = target.domain().ignore_value;
     let settings = RefineSettings {
         min_area_px: args.min_area,
         points_per_component: args.points,
