@@ -14,8 +14,10 @@
 //!   a trained segmenter's argmax on N evenly spaced train frames of a real
 //!   domain (what self-training would refine).
 //!
-//!     cargo run --release -p semla-selftrain --example refinement_quality -- \
-//!         [--model DIR --domain D ...] [--min-area PX] [--out DIR]
+//! ```text
+//! cargo run --release -p semla-selftrain --example refinement_quality -- \
+//!     [--model DIR --domain D ...] [--min-area PX] [--out DIR]
+//! ```
 //!
 //! With `--out`, writes `refinement_<n>.png` per image: image, truth, raw
 //! pseudo-label, then the refined one of graph segments and of region growing
