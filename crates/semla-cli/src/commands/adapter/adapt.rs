@@ -12,13 +12,13 @@ use semla_selftrain::{
     EmaSettings, GraphSegments, PromptRefiner, PseudoLabelRefiner, PseudoLabelStats,
     RefineSettings, RegionGrowing, SamProposer, SelfTrainSettings, Unclaimed, self_train_adapter,
 };
-use semla_train::lora::{LoraSettings, LoraTrainee};
+use semla_train::lora::LoraTrainee;
 use semla_train::trainer::Session;
 
 use super::super::Context;
 use super::super::common::{CatSegOptions, LoadedModel, ModelArg, resolve, split_library_path};
 use super::super::train::{TrainOptions, TrainingBar, report};
-use super::train::{PrototypeFrom, refuse_existing, store_with_prototype};
+use super::train::{LoraOptions, PrototypeFrom, refuse_existing, store_with_prototype};
 
 /// How the teacher's pseudo-labels are refined.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,15 +89,8 @@ pub struct AdaptArgs {
     /// What a pixel no refined mask claims becomes.
     #[arg(long, value_enum, default_value = "ignore")]
     pub unclaimed: UnclaimedChoice,
-    /// LoRA rank `r`.
-    #[arg(long, default_value_t = 8)]
-    pub rank: usize,
-    /// LoRA `alpha` (scale = alpha / r).
-    #[arg(long, default_value_t = 16.0)]
-    pub alpha: f64,
-    /// Target module patterns, comma-separated (default: every adapter site).
-    #[arg(long, value_delimiter = ',', value_name = "PATTERN,...")]
-    pub targets: Vec<String>,
+    #[command(flatten)]
+    pub lora: LoraOptions,
     /// Images of the new domain averaged into the adapter's prototype.
     #[arg(long, default_value_t = 100)]
     pub prototype_images: usize,
@@ -167,12 +160,7 @@ pub fn run(args: AdaptArgs, ctx: &Context) -> anyhow::Result<()> {
             }))
         }
     };
-    let lora_settings = LoraSettings {
-        rank: args.rank,
-        alpha: args.alpha,
-        targets: args.targets.clone(),
-        use_rslora: false,
-    };
+    let lora_settings = args.lora.settings();
     let config = args.train.config();
     let self_settings = SelfTrainSettings {
         target_per_step: args.target_batch,

@@ -27,18 +27,9 @@ use super::super::common::{CatSegOptions, LoadedModel, ModelArg, resolve, split_
 use super::super::train::{DataOptions, TrainOptions, TrainingBar, report};
 use super::soma::{InitChoice, InitOptions};
 
-/// Arguments of `semla adapter train`.
-#[derive(clap::Args, Debug)]
-pub struct AdapterTrainArgs {
-    /// Frozen base model folder (`config.json`, `model.safetensors`), or
-    /// `catseg:PATH` for CAT-Seg (trained as the official code does: the
-    /// non-sliding forward, BCE with logits against one-hot targets), segmenting
-    /// the domain's classes unless `--classes` chooses them.
-    #[arg(long, value_name = "DIR|catseg:PATH")]
-    pub model: PathBuf,
-    /// Where to save the adapter: `LIBRARY/NAME` (the library folder is created if needed).
-    #[arg(long, value_name = "LIB/NAME")]
-    pub out: PathBuf,
+/// The LoRA hyper-parameters of a new adapter (`adapter train`, `adapter adapt`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoraOptions {
     /// LoRA rank `r`.
     #[arg(long, default_value_t = 8)]
     pub rank: usize,
@@ -51,6 +42,34 @@ pub struct AdapterTrainArgs {
     /// Target module patterns, comma-separated (PEFT suffix matching; default: every adapter site).
     #[arg(long, value_delimiter = ',', value_name = "PATTERN,...")]
     pub targets: Vec<String>,
+}
+
+impl LoraOptions {
+    /// The training crate's settings of these options.
+    pub fn settings(&self) -> LoraSettings {
+        LoraSettings {
+            rank: self.rank,
+            alpha: self.alpha,
+            targets: self.targets.clone(),
+            use_rslora: self.rslora,
+        }
+    }
+}
+
+/// Arguments of `semla adapter train`.
+#[derive(clap::Args, Debug)]
+pub struct AdapterTrainArgs {
+    /// Frozen base model folder (`config.json`, `model.safetensors`), or
+    /// `catseg:PATH` for CAT-Seg (trained as the official code does: the
+    /// non-sliding forward, BCE with logits against one-hot targets), segmenting
+    /// the domain's classes unless `--classes` chooses them.
+    #[arg(long, value_name = "DIR|catseg:PATH")]
+    pub model: PathBuf,
+    /// Where to save the adapter: `LIBRARY/NAME` (the library folder is created if needed).
+    #[arg(long, value_name = "LIB/NAME")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub lora: LoraOptions,
     /// Training images averaged into the adapter's prototype (with the embedder the
     /// library records; a new library: the base model's `backbone`).
     #[arg(long, default_value_t = 100)]
@@ -83,12 +102,7 @@ pub fn run(args: AdapterTrainArgs, ctx: &Context) -> anyhow::Result<()> {
         &format!("domain {}", source.domain().name),
     )
     .map_err(|e| anyhow::anyhow!("{e} ({})", args.model.display()))?;
-    let lora_settings = LoraSettings {
-        rank: args.rank,
-        alpha: args.alpha,
-        targets: args.targets.clone(),
-        use_rslora: args.rslora,
-    };
+    let lora_settings = args.lora.settings();
     let config = args.train.config();
     std::fs::create_dir_all(&library_dir)
         .with_context(|| format!("creating the library folder {}", library_dir.display()))?;
@@ -132,8 +146,8 @@ pub fn run(args: AdapterTrainArgs, ctx: &Context) -> anyhow::Result<()> {
                     eprintln!(
                         "SoMA: {} sites, rank {} (stored as rank {}), scale {}",
                         soma.lora().sites().len(),
-                        args.rank,
-                        2 * args.rank,
+                        args.lora.rank,
+                        2 * args.lora.rank,
                         soma.scale()
                     );
                 }
