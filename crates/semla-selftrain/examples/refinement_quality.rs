@@ -21,7 +21,8 @@
 //!
 //! With `--out`, writes `refinement_<n>.png` per image: image, truth, raw
 //! pseudo-label, then the refined one of graph segments and of region growing
-//! (unclaimed pixels from the teacher; ignore black), left to right.
+//! (unclaimed pixels from the teacher) and the segment vote; ignore black;
+//! left to right.
 
 use std::path::PathBuf;
 
@@ -32,8 +33,10 @@ use semla_core::SplitMix64;
 use semla_data::domains::{Split, palette::generic_color};
 use semla_data::synthetic::SyntheticWorld;
 use semla_data::{DomainSource, SampleSource};
+use semla_selftrain::quality::{draw_labels, panel_grid};
 use semla_selftrain::{
-    GraphSegments, MaskProposer, RefineSettings, RegionGrowing, Unclaimed, refine_pseudo_label,
+    GraphSegments, MaskProposer, PseudoLabelScore, RefineSettings, RegionGrowing, SegmentVote,
+    Unclaimed, mean_score, refine_pseudo_label, score_pseudo_label,
 };
 
 const IGNORE: u16 = 255;
@@ -43,50 +46,6 @@ struct Case {
     image: RgbImage,
     truth: Vec<u16>,
     raw: Vec<u16>,
-}
-
-/// mIoU over the classes present in `truth` (its `IGNORE` pixels skipped);
-/// an `IGNORE` prediction is a miss.
-fn miou(pred: &[u16], truth: &[u16]) -> f64 {
-    let mut inter = std::collections::BTreeMap::<u16, usize>::new();
-    let mut union = std::collections::BTreeMap::<u16, usize>::new();
-    for (&p, &t) in pred.iter().zip(truth) {
-        if t == IGNORE {
-            continue;
-        }
-        *union.entry(t).or_default() += 1;
-        if p == t {
-            *inter.entry(t).or_default() += 1;
-        } else if p != IGNORE {
-            *union.entry(p).or_default() += 1;
-        }
-    }
-    let present: Vec<u16> = truth.iter().copied().filter(|&t| t != IGNORE).collect();
-    let present: std::collections::BTreeSet<u16> = present.into_iter().collect();
-    let scores: Vec<f64> = present
-        .iter()
-        .map(|c| inter.get(c).copied().unwrap_or(0) as f64 / union[c] as f64)
-        .collect();
-    scores.iter().sum::<f64>() / scores.len().max(1) as f64
-}
-
-/// `(coverage, precision)` over the pixels with a true label.
-fn coverage_precision(pred: &[u16], truth: &[u16]) -> (f64, f64) {
-    let (mut labelled, mut covered, mut correct) = (0usize, 0usize, 0usize);
-    for (&p, &t) in pred.iter().zip(truth) {
-        if t == IGNORE {
-            continue;
-        }
-        labelled += 1;
-        if p != IGNORE {
-            covered += 1;
-            correct += usize::from(p == t);
-        }
-    }
-    (
-        covered as f64 / labelled.max(1) as f64,
-        correct as f64 / covered.max(1) as f64,
-    )
 }
 
 fn blocky(truth: &[u16], width: usize, height: usize, block: usize) -> Vec<u16> {
@@ -163,41 +122,25 @@ fn model_cases(args: &Args) -> Result<Vec<Case>, Box<dyn std::error::Error>> {
 }
 
 fn colour(labels: &[u16], width: usize, height: usize) -> RgbImage {
-    RgbImage::from_fn(width as u32, height as u32, |x, y| {
-        let l = labels[y as usize * width + x as usize];
-        image::Rgb(if l == IGNORE {
-            [0, 0, 0]
-        } else {
-            generic_color(l)
-        })
-    })
+    draw_labels(labels, width, height, IGNORE, generic_color)
 }
 
 /// Mean mIoU, coverage and precision over the images of one variant.
 #[derive(Default)]
 struct Tally {
-    miou: f64,
-    coverage: f64,
-    precision: f64,
-    n: usize,
+    scores: Vec<PseudoLabelScore>,
 }
 
 impl Tally {
     fn add(&mut self, pred: &[u16], truth: &[u16]) {
-        let (coverage, precision) = coverage_precision(pred, truth);
-        self.miou += miou(pred, truth);
-        self.coverage += coverage;
-        self.precision += precision;
-        self.n += 1;
+        self.scores.push(score_pseudo_label(pred, truth, IGNORE));
     }
 
     fn row(&self, name: &str) -> String {
-        let n = self.n.max(1) as f64;
+        let s = mean_score(&self.scores);
         format!(
             "| {name} | {:.3} | {:.2} | {:.3} |",
-            self.miou / n,
-            self.coverage / n,
-            self.precision / n
+            s.miou, s.coverage, s.precision
         )
     }
 }
@@ -276,6 +219,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let graph = GraphSegments::default();
     let grow = RegionGrowing::default();
     let mut raw_tally = Tally::default();
+    let vote = SegmentVote::default();
+    let mut vote_tally = Tally::default();
     let variant = |name, grow, unclaimed| Variant {
         name,
         grow,
@@ -311,24 +256,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (tally, labels) in tallies.iter_mut().zip(&refined) {
             tally.add(labels, &case.truth);
         }
+        let voted = vote.vote(&case.image, &case.raw)?;
+        vote_tally.add(&voted, &case.truth);
         if let Some(dir) = &args.out {
             let (width, height) = (case.image.width() as usize, case.image.height() as usize);
-            let panels = [
+            let panels = vec![
                 case.image.clone(),
                 colour(&case.truth, width, height),
                 colour(&case.raw, width, height),
                 colour(&refined[1], width, height),
                 colour(&refined[3], width, height),
+                colour(&voted, width, height),
             ];
-            let gap = 4;
-            let mut grid = RgbImage::from_pixel(
-                (panels.len() * (width + gap) - gap) as u32,
-                height as u32,
-                image::Rgb([255, 255, 255]),
-            );
-            for (i, panel) in panels.iter().enumerate() {
-                image::imageops::replace(&mut grid, panel, (i * (width + gap)) as i64, 0);
-            }
+            let grid = panel_grid(&[panels]);
             grid.save(dir.join(format!("refinement_{n}.png")))?;
         }
     }
@@ -343,5 +283,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (v, tally) in variants.iter().zip(&tallies) {
         println!("{}", tally.row(&format!("refined: {}", v.name)));
     }
+    println!("{}", vote_tally.row("refined: segment vote (no prompts)"));
     Ok(())
 }

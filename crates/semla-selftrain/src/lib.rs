@@ -15,7 +15,9 @@
 //! official model on a released checkpoint) and two weight-free ones for when
 //! no SAM checkpoint is at hand: seeded region growing at three colour
 //! tolerances ([`grow`]) and graph-based segmentation at three scales
-//! ([`graph`]).
+//! ([`graph`]). Beside CLOUDS' prompting, [`vote`] refines without prompts
+//! (each image segment takes the teacher's majority label), and [`quality`]
+//! scores pseudo-labels against the truth.
 
 pub mod components;
 pub mod ema;
@@ -23,17 +25,21 @@ pub mod error;
 pub mod graph;
 pub mod grow;
 pub mod proposer;
+pub mod quality;
 pub mod refine;
 pub mod sam;
 pub mod training;
+pub mod vote;
 
 pub use ema::{EmaSettings, EmaTeacher};
 pub use error::{RefineError, Result};
 pub use grow::RegionGrowing;
 pub use proposer::{GraphSegments, MaskProposer, Proposals};
+pub use quality::{PseudoLabelScore, mean_score, score_pseudo_label};
 pub use refine::{RefineSettings, Refined, Unclaimed, refine_pseudo_label};
 pub use sam::SamProposer;
 pub use training::{
     PromptRefiner, PseudoLabelRefiner, PseudoLabelStats, SelfTrainSettings, SelfTraining,
     self_train_adapter,
 };
+pub use vote::SegmentVote;
