@@ -266,18 +266,22 @@ pub fn load_domain(
     ))
 }
 
-/// The benchmark's data: CamVid domains loaded from the dataset root.
-struct CamVidData<'a> {
-    config: &'a CamVidBenchConfig,
+/// A study's data: CamVid domains loaded from the dataset root (the source's
+/// train frames for the base, `train_images` of each domain's for its adapter).
+pub(crate) struct CamVidData<'a> {
+    pub data_root: &'a Path,
+    pub weights: &'a Path,
+    pub image_size: (usize, usize),
+    pub train_images: Option<usize>,
 }
 
 impl BuildData for CamVidData<'_> {
     fn base_source(&mut self, progress: &mut dyn Progress) -> Result<InMemorySource> {
         load_domain(
-            &self.config.data_root,
+            self.data_root,
             SOURCE_DOMAIN,
             Split::Train,
-            self.config.image_size,
+            self.image_size,
             Frames::Spaced(None),
             progress,
         )
@@ -290,17 +294,17 @@ impl BuildData for CamVidData<'_> {
         progress: &mut dyn Progress,
     ) -> Result<InMemorySource> {
         load_domain(
-            &self.config.data_root,
+            self.data_root,
             name,
             Split::Train,
-            self.config.image_size,
-            Frames::Spaced(self.config.train_images),
+            self.image_size,
+            Frames::Spaced(self.train_images),
             progress,
         )
     }
 
     fn pretrained(&mut self, device: &Device) -> Result<Option<VarMap>> {
-        let weights = &self.config.weights;
+        let weights = self.weights;
         let map = pretrained_varmap(weights, device).map_err(|e| {
             BenchError::Invalid(format!(
                 "loading the ImageNet weights {}: {e}",
@@ -308,6 +312,62 @@ impl BuildData for CamVidData<'_> {
             ))
         })?;
         Ok(Some(map))
+    }
+}
+
+/// Checks a study's domain list: at least two (leave-one-out needs a
+/// library left), each a valid adapter name.
+pub(crate) fn check_domains(domains: &[String]) -> Result<()> {
+    if domains.len() < 2 {
+        return Err(BenchError::Invalid(
+            "the benchmark needs at least two target domains".into(),
+        ));
+    }
+    if let Some(bad) = domains.iter().find(|d| d.contains(['/', '\\'])) {
+        return Err(BenchError::Invalid(format!(
+            "domain `{bad}` contains `/`: name the domains as adapters can be named (camvid-fog3, not camvid/fog3)"
+        )));
+    }
+    Ok(())
+}
+
+/// What a CamVid study builds its library with: the EfficientNet-Lite0
+/// segmenter over `classes`, the two trainings, LoRA on every site
+/// (`rank`, `alpha`), flips as the only augmentation, checkpoints every 50
+/// steps and reuse of what an earlier run left.
+pub(crate) fn camvid_library_plan(
+    classes: Vec<String>,
+    base: TrainRecipe,
+    adapter: TrainRecipe,
+    rank: usize,
+    alpha: f64,
+    embedder: EmbedderSpec,
+    seed: u64,
+) -> LibraryPlan {
+    let mut model_config = EfficientLiteSegConfig::new(classes.len());
+    model_config.class_names = classes;
+    LibraryPlan {
+        source: SOURCE_DOMAIN.to_string(),
+        model: SegmenterConfig::EfficientLite0(model_config),
+        base,
+        adapter,
+        augment: AugmentConfig {
+            min_scale: 1.0,
+            max_scale: 1.0,
+            flip_probability: 0.5,
+            crop: None,
+        },
+        checkpoint_every: Some(50),
+        lora: LoraSettings {
+            rank,
+            alpha,
+            targets: Vec::new(),
+            use_rslora: false,
+        },
+        embedder,
+        prototype_batch: 8,
+        reuse: true,
+        seed,
     }
 }
 
@@ -321,16 +381,7 @@ pub fn run_camvid_bench(
     let mut phases = crate::machine::Phases::new();
     let mut reused = Vec::new();
     let device = Device::Cpu;
-    if config.domains.len() < 2 {
-        return Err(BenchError::Invalid(
-            "the benchmark needs at least two target domains".into(),
-        ));
-    }
-    if let Some(bad) = config.domains.iter().find(|d| d.contains(['/', '\\'])) {
-        return Err(BenchError::Invalid(format!(
-            "domain `{bad}` contains `/`: name the domains as adapters can be named (camvid-fog3, not camvid/fog3)"
-        )));
-    }
+    check_domains(&config.domains)?;
     std::fs::create_dir_all(out_dir).map_err(|e| BenchError::io(out_dir, e))?;
     let size = config.image_size;
 
@@ -340,43 +391,29 @@ pub fn run_camvid_bench(
         .parse()
         .map_err(BenchError::Invalid)?;
     let classes = resolve_domain(SOURCE_DOMAIN, &config.data_root)?.classes;
-    let mut model_config = EfficientLiteSegConfig::new(classes.len());
-    model_config.class_names = classes.clone();
-    let plan = LibraryPlan {
-        source: SOURCE_DOMAIN.to_string(),
-        model: SegmenterConfig::EfficientLite0(model_config),
-        base: TrainRecipe {
-            steps: config.base_steps,
-            lr: config.base_lr,
-            batch_size: config.batch_size,
-        },
-        adapter: TrainRecipe {
-            steps: config.adapter_steps,
-            lr: config.adapter_lr,
-            batch_size: config.batch_size,
-        },
-        augment: AugmentConfig {
-            min_scale: 1.0,
-            max_scale: 1.0,
-            flip_probability: 0.5,
-            crop: None,
-        },
-        checkpoint_every: Some(50),
-        lora: LoraSettings {
-            rank: config.rank,
-            alpha: config.alpha,
-            targets: Vec::new(),
-            use_rslora: false,
-        },
-        embedder,
-        prototype_batch: 8,
-        reuse: true,
-        seed: config.seed,
+    let recipe = |steps, lr| TrainRecipe {
+        steps,
+        lr,
+        batch_size: config.batch_size,
     };
+    let plan = camvid_library_plan(
+        classes.clone(),
+        recipe(config.base_steps, config.base_lr),
+        recipe(config.adapter_steps, config.adapter_lr),
+        config.rank,
+        config.alpha,
+        embedder,
+        config.seed,
+    );
     let built = build_library(
         &plan,
         &config.domains,
-        &mut CamVidData { config },
+        &mut CamVidData {
+            data_root: &config.data_root,
+            weights: &config.weights,
+            image_size: size,
+            train_images: config.train_images,
+        },
         out_dir,
         &device,
         progress,

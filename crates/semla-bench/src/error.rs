@@ -46,6 +46,9 @@ pub enum BenchError {
     /// The synthetic world could not render a domain.
     #[error(transparent)]
     Synthetic(#[from] semla_data::synthetic::SyntheticError),
+    /// Refining or scoring a pseudo-label failed.
+    #[error(transparent)]
+    Refine(#[from] semla_selftrain::RefineError),
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),

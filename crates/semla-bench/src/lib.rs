@@ -7,12 +7,15 @@
 //!   [`leave_one_out`]: the paper's Table-1 comparison they share.
 //! - [`demo`]: `semla demo`, SemLA end to end on the embedded synthetic world.
 //! - [`camvid`] (+ [`tuning`]): `semla bench camvid`, real CamVid domain shifts.
+//! - [`clouds`]: `semla bench clouds`, self-training without labels on those
+//!   shifts and SemLA over the library it grows.
 //! - [`speed`]: `semla bench speed`, per-image and library-scale cost.
 //! - [`table`]: methods x domains with the harmonic mean and gap closure.
 //! - [`present`]: every rendering (terminal text, Markdown, PNG charts, HTML report).
 //! - [`machine`]: the load and memory readings timings are reported next to.
 
 pub mod camvid;
+pub mod clouds;
 pub mod demo;
 pub mod error;
 pub mod leave_one_out;

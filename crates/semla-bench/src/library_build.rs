@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use candle_nn::VarMap;
-use semla_adapters::AdapterLibrary;
+use semla_adapters::{Adapter, AdapterLibrary};
 use semla_core::Progress;
 use semla_data::InMemorySource;
 use semla_models::{Segmenter, SegmenterConfig, load_segmenter, save_segmenter};
@@ -177,35 +177,21 @@ pub fn build_library(
     // 2. One adapter and one prototype per domain.
     let started = Instant::now();
     let library_dir = out_dir.join("library");
-    std::fs::create_dir_all(&library_dir).map_err(|e| BenchError::io(&library_dir, e))?;
     let embedder = plan.embedder.build(&BuildContext {
         device,
         model: Some(&base),
     })?;
-    // Prototypes made by another embedder (say, another downscale) are recomputed.
-    let record = AdapterLibrary::open(&library_dir)?.record().cloned();
-    let same_embedder = record
-        .as_ref()
-        .is_none_or(|r| r.embedder_id == embedder.id());
-    let mut prototypes = Vec::new();
-    for (i, name) in domains.iter().enumerate() {
-        let library = AdapterLibrary::open(&library_dir)?;
-        let have_adapter = plan.reuse && library.names().contains(&name.as_str());
-        let have_prototype =
-            have_adapter && same_embedder && library.entry(name).is_ok_and(|e| e.has_prototype());
-        if have_adapter && have_prototype {
-            reused.push(format!("adapter {name}"));
-            let count = record
-                .as_ref()
-                .and_then(|r| r.images.get(name).copied())
-                .unwrap_or(0);
-            prototypes.push((name.clone(), library.prototype(name)?, count));
-            continue;
-        }
-        let train_set = data.domain_source(i, name, progress)?;
-        if have_adapter {
-            reused.push(format!("adapter {name} (prototype recomputed)"));
-        } else {
+    let adapters = AdapterPlan {
+        library_dir: &library_dir,
+        embedder: embedder.as_ref(),
+        prototype_batch: plan.prototype_batch,
+        reuse: plan.reuse,
+    };
+    reused.extend(build_adapters(
+        &adapters,
+        domains,
+        &mut |i, name, progress| data.domain_source(i, name, progress),
+        &mut |i, name, train_set, progress| {
             let seed = plan.seed.wrapping_add(1000 + i as u64);
             let lora = LoraTrainee::new(&base.sites(), &plan.lora, seed, device)?;
             let train = train_config(&plan.adapter, plan, seed);
@@ -218,17 +204,97 @@ pub fn build_library(
                 base.as_ref(),
                 &lora,
                 device,
-                &train_set,
+                train_set,
                 &train,
                 &session(plan, &checkpoint),
                 &mut |p| progress.training_step(p.step, p.loss),
             )?;
             progress.end();
-            let mut library = AdapterLibrary::open(&library_dir)?;
-            library.add(&lora.to_adapter(name)?, None)?;
+            Ok(lora.to_adapter(name)?)
+        },
+        device,
+        progress,
+    )?);
+    phases.push((
+        "adapters and prototypes".to_string(),
+        started.elapsed().as_secs_f64(),
+    ));
+    Ok(BuiltLibrary {
+        base,
+        library_dir,
+        embedder,
+        reused,
+        phases,
+    })
+}
+
+/// Where [`build_adapters`] puts a library and how it makes the prototypes.
+pub struct AdapterPlan<'a> {
+    /// The library folder (created when missing).
+    pub library_dir: &'a Path,
+    /// The prototypes' embedder.
+    pub embedder: &'a dyn Embed,
+    /// Images embedded per forward pass for the prototypes.
+    pub prototype_batch: usize,
+    /// Reuse adapters (and prototypes of the same embedder) already there.
+    pub reuse: bool,
+}
+
+/// The training samples of domain `index` (`name`).
+pub type DomainData<'a> = dyn FnMut(usize, &str, &mut dyn Progress) -> Result<InMemorySource> + 'a;
+
+/// Trains domain `index`'s (`name`'s) adapter on its training samples.
+pub type TrainDomain<'a> =
+    dyn FnMut(usize, &str, &InMemorySource, &mut dyn Progress) -> Result<Adapter> + 'a;
+
+/// One adapter and one prototype per domain in `plan.library_dir`, however
+/// the adapters are trained (with labels, or self-trained without): what is
+/// there already is reused with [`AdapterPlan::reuse`], each new adapter is
+/// added as soon as it is trained, and the prototypes (of `train`'s samples,
+/// images only) are recorded after every domain, so an interrupted build
+/// keeps what it made. Returns what was reused.
+pub fn build_adapters(
+    plan: &AdapterPlan<'_>,
+    domains: &[String],
+    data: &mut DomainData<'_>,
+    train: &mut TrainDomain<'_>,
+    device: &Device,
+    progress: &mut dyn Progress,
+) -> Result<Vec<String>> {
+    let library_dir = plan.library_dir;
+    let embedder = plan.embedder;
+    let mut reused = Vec::new();
+    std::fs::create_dir_all(library_dir).map_err(|e| BenchError::io(library_dir, e))?;
+    // Prototypes made by another embedder (say, another downscale) are recomputed.
+    let record = AdapterLibrary::open(library_dir)?.record().cloned();
+    let same_embedder = record
+        .as_ref()
+        .is_none_or(|r| r.embedder_id == embedder.id());
+    let mut prototypes = Vec::new();
+    for (i, name) in domains.iter().enumerate() {
+        let library = AdapterLibrary::open(library_dir)?;
+        let have_adapter = plan.reuse && library.names().contains(&name.as_str());
+        let have_prototype =
+            have_adapter && same_embedder && library.entry(name).is_ok_and(|e| e.has_prototype());
+        if have_adapter && have_prototype {
+            reused.push(format!("adapter {name}"));
+            let count = record
+                .as_ref()
+                .and_then(|r| r.images.get(name).copied())
+                .unwrap_or(0);
+            prototypes.push((name.clone(), library.prototype(name)?, count));
+            continue;
+        }
+        let train_set = data(i, name, progress)?;
+        if have_adapter {
+            reused.push(format!("adapter {name} (prototype recomputed)"));
+        } else {
+            let adapter = train(i, name, &train_set, progress)?;
+            let mut library = AdapterLibrary::open(library_dir)?;
+            library.add(&adapter, None)?;
         }
         let (prototype, count) = source_prototype(
-            embedder.as_ref(),
+            embedder,
             &train_set,
             &EmbedOptions {
                 batch_size: plan.prototype_batch,
@@ -242,19 +308,9 @@ pub fn build_library(
         // Record after every domain, so that an interrupted run keeps what it has
         // (with a new embedder, only once all are made: the record is all-or-nothing).
         if same_embedder {
-            record_prototypes(&library_dir, &prototypes, embedder.as_ref())?;
+            record_prototypes(library_dir, &prototypes, embedder)?;
         }
     }
-    record_prototypes(&library_dir, &prototypes, embedder.as_ref())?;
-    phases.push((
-        "adapters and prototypes".to_string(),
-        started.elapsed().as_secs_f64(),
-    ));
-    Ok(BuiltLibrary {
-        base,
-        library_dir,
-        embedder,
-        reused,
-        phases,
-    })
+    record_prototypes(library_dir, &prototypes, embedder)?;
+    Ok(reused)
 }

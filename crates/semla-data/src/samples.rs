@@ -174,6 +174,18 @@ impl InMemorySource {
     }
 }
 
+impl InMemorySource {
+    /// The same images with every label set to the ignore value: what a
+    /// study that must not see a domain's labels trains on.
+    pub fn into_unlabeled(mut self) -> Self {
+        let ignore = self.ignore_label;
+        for sample in &mut self.samples {
+            sample.labels.fill(ignore);
+        }
+        self
+    }
+}
+
 impl SampleSource for InMemorySource {
     fn len(&self) -> usize {
         self.samples.len()

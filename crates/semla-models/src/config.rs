@@ -30,6 +30,24 @@ impl SegmenterConfig {
         }
     }
 
+    /// Whether the weight `name` (a checkpoint key) belongs to the model's
+    /// head, the part trained on a frozen backbone: the LR-ASPP decoder
+    /// (`decoder.*`) of EfficientNet-Lite0, everything after the tiny
+    /// model's downsampling stages (`head`, `classifier`, `skip`), CAT-Seg's
+    /// cost aggregator (`sem_seg_head.predictor.transformer.*`, CLIP frozen).
+    pub fn is_head_weight(&self, name: &str) -> bool {
+        match self {
+            Self::EfficientLite0(_) => name.starts_with("decoder."),
+            Self::Tiny(_) => ["head.", "classifier.", "skip."]
+                .iter()
+                .any(|p| name.starts_with(p)),
+            Self::CatSeg(_) => {
+                name.starts_with(crate::catseg::AGGREGATOR_PREFIX)
+                    && name[crate::catseg::AGGREGATOR_PREFIX.len()..].starts_with('.')
+            }
+        }
+    }
+
     /// Class names (may be empty).
     pub fn class_names(&self) -> &[String] {
         match self {

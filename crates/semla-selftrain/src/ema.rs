@@ -1,16 +1,15 @@
-//! CLOUDS' EMA teacher of a LoRA adapter: a copy of the student's factors
-//! taken at the start, then moved towards the student only every
-//! `every`-th step, `theta_T <- alpha theta_T + (1 - alpha) theta_S`
-//! (`ALPHA_EMA` 0.999, `ITERATION_UPDATE` 100 in the official code).
+//! CLOUDS' EMA teacher: a copy of the student's trainable weights taken at
+//! the start, then moved towards the student only every `every`-th step,
+//! `theta_T <- alpha theta_T + (1 - alpha) theta_S` (`ALPHA_EMA` 0.999,
+//! `ITERATION_UPDATE` 100 in the official code).
 //!
-//! The official teacher is the EMA of the whole segmentation head; with a
-//! LoRA adapter on a frozen base, the student's parameters are the adapter's
-//! factors, so the teacher is their EMA (the base is shared, as the official
-//! frozen backbone is).
+//! The official teacher is the EMA of the whole segmentation head on a
+//! frozen backbone. Here the student's trainable weights are either a head
+//! (the official case) or a LoRA adapter's factors on a frozen base; either
+//! way the teacher is the EMA of exactly those, and shares the frozen rest.
+//! This type keeps the values; [`crate::training`] applies them to a model.
 
-use candle_core::Tensor;
-use semla_adapters::{Adaptation, FactoredSite};
-use semla_train::lora::{LoraTrainee, peft_key};
+use candle_core::{Tensor, Var};
 
 use crate::error::{RefineError, Result};
 
@@ -32,18 +31,18 @@ impl Default for EmaSettings {
     }
 }
 
-/// The teacher's factors per site, and the adaptation that applies them.
+/// The teacher's value of each of the student's trainable weights.
 pub struct EmaTeacher {
     settings: EmaSettings,
-    /// `(site path, A, B, coeff)`, in the student's site order.
-    sites: Vec<(String, Tensor, Tensor, Tensor)>,
-    adaptation: Adaptation,
+    /// `(name, value)` in the student's order.
+    values: Vec<(String, Tensor)>,
     updates: usize,
 }
 
 impl EmaTeacher {
-    /// A teacher equal to `student` now (the official copy at iteration 0).
-    pub fn new(student: &LoraTrainee, settings: EmaSettings) -> Result<Self> {
+    /// A teacher equal to the student's `params` now (the official copy at
+    /// iteration 0).
+    pub fn new(params: &[(String, Var)], settings: EmaSettings) -> Result<Self> {
         if !(settings.alpha.is_finite() && (0.0..=1.0).contains(&settings.alpha)) {
             return Err(RefineError::Invalid(format!(
                 "the EMA alpha must be in [0, 1], got {}",
@@ -55,43 +54,25 @@ impl EmaTeacher {
                 "the EMA teacher must update every 1 or more steps".into(),
             ));
         }
-        let mut sites = Vec::new();
-        for (path, a, b) in student.factors() {
-            let Some(c) = student.adaptation().get(&path).map(|s| &s.coeff) else {
-                return Err(RefineError::Invalid(format!(
-                    "the student has no coefficient at site {path}"
-                )));
-            };
-            sites.push((path, a.copy()?, b.copy()?, c.clone()));
-        }
-        let mut teacher = Self {
+        let values = params
+            .iter()
+            .map(|(name, var)| Ok((name.clone(), var.as_tensor().detach().copy()?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
             settings,
-            sites,
-            adaptation: Adaptation::none(),
+            values,
             updates: 0,
-        };
-        teacher.rebuild();
-        Ok(teacher)
+        })
     }
 
-    fn rebuild(&mut self) {
-        let mut adaptation = Adaptation::none();
-        for (path, a, b, coeff) in &self.sites {
-            adaptation.insert(
-                path.clone(),
-                FactoredSite {
-                    a: a.clone(),
-                    b: b.clone(),
-                    coeff: coeff.clone(),
-                },
-            );
-        }
-        self.adaptation = adaptation;
+    /// `(name, value)` of every weight (plain tensors: no gradient).
+    pub fn values(&self) -> &[(String, Tensor)] {
+        &self.values
     }
 
-    /// The adaptation of the teacher's factors (plain tensors: no gradient).
-    pub fn adaptation(&self) -> &Adaptation {
-        &self.adaptation
+    /// The value of weight `name`.
+    pub fn value(&self, name: &str) -> Option<&Tensor> {
+        self.values.iter().find(|(n, _)| n == name).map(|(_, t)| t)
     }
 
     /// Teacher updates applied so far.
@@ -100,64 +81,64 @@ impl EmaTeacher {
     }
 
     /// After optimizer step `step` (0-based): when `step + 1` is a multiple of
-    /// `every`, moves every factor to `alpha * teacher + (1 - alpha) * student`.
-    /// Returns whether it updated.
-    pub fn after_step(&mut self, step: usize, student: &LoraTrainee) -> Result<bool> {
+    /// `every`, moves every weight to `alpha * teacher + (1 - alpha) * student`
+    /// (`params` in the order the teacher was made from). Returns whether it
+    /// updated.
+    pub fn after_step(&mut self, step: usize, params: &[(String, Var)]) -> Result<bool> {
         if !(step + 1).is_multiple_of(self.settings.every) {
             return Ok(false);
         }
+        if params.len() != self.values.len() {
+            return Err(RefineError::Invalid(format!(
+                "the teacher has {} weights, the student {}",
+                self.values.len(),
+                params.len()
+            )));
+        }
         let alpha = self.settings.alpha;
-        for ((path, a, b, _), (student_path, sa, sb)) in
-            self.sites.iter_mut().zip(student.factors())
-        {
-            if *path != student_path {
+        for ((name, value), (student_name, var)) in self.values.iter_mut().zip(params) {
+            if name != student_name {
                 return Err(RefineError::Invalid(format!(
-                    "the teacher's site {path} is the student's {student_path}"
+                    "the teacher's weight {name} is the student's {student_name}"
                 )));
             }
-            *a = ((&*a * alpha)? + (sa * (1.0 - alpha))?)?;
-            *b = ((&*b * alpha)? + (sb * (1.0 - alpha))?)?;
+            let student = var.as_tensor().detach();
+            *value = ((&*value * alpha)? + (student * (1.0 - alpha))?)?;
         }
         self.updates += 1;
-        self.rebuild();
         Ok(true)
     }
 
-    /// The teacher's factors under `teacher.`-prefixed PEFT keys (for checkpoints).
+    /// The teacher's weights under `teacher.`-prefixed names (for checkpoints).
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::with_capacity(2 * self.sites.len());
-        for (path, a, b, _) in &self.sites {
-            out.push((format!("teacher.{}", peft_key(path, "A")), a.clone()));
-            out.push((format!("teacher.{}", peft_key(path, "B")), b.clone()));
-        }
-        out
+        self.values
+            .iter()
+            .map(|(name, value)| (format!("teacher.{name}"), value.clone()))
+            .collect()
     }
 
-    /// Restores the factors [`EmaTeacher::tensors`] saved; `updates` is how
+    /// Restores the weights [`EmaTeacher::tensors`] saved; `updates` is how
     /// many updates they had.
     pub fn load(
         &mut self,
         tensors: &std::collections::HashMap<String, Tensor>,
         updates: usize,
     ) -> Result<()> {
-        for (path, a, b, _) in &mut self.sites {
-            for (factor, value) in [("A", &mut *a), ("B", &mut *b)] {
-                let key = format!("teacher.{}", peft_key(path, factor));
-                let Some(saved) = tensors.get(&key) else {
-                    return Err(RefineError::Invalid(format!("the checkpoint lacks {key}")));
-                };
-                if saved.dims() != value.dims() {
-                    return Err(RefineError::Invalid(format!(
-                        "{key} has shape {:?}, the teacher {:?}",
-                        saved.dims(),
-                        value.dims()
-                    )));
-                }
-                *value = saved.clone();
+        for (name, value) in &mut self.values {
+            let key = format!("teacher.{name}");
+            let Some(saved) = tensors.get(&key) else {
+                return Err(RefineError::Invalid(format!("the checkpoint lacks {key}")));
+            };
+            if saved.dims() != value.dims() {
+                return Err(RefineError::Invalid(format!(
+                    "{key} has shape {:?}, the teacher {:?}",
+                    saved.dims(),
+                    value.dims()
+                )));
             }
+            *value = saved.to_dtype(value.dtype())?;
         }
         self.updates = updates;
-        self.rebuild();
         Ok(())
     }
 }

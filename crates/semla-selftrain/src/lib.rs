@@ -1,9 +1,10 @@
 //! Self-training on unlabeled domains.
 //!
-//! [`training`] is CLOUDS' loop for a LoRA adapter on a frozen base: an EMA
-//! teacher ([`ema`]) labels clean views of unlabeled target images, the labels
-//! are optionally refined, and the student trains on distorted views of them
-//! mixed with labelled source images, through `semla-train`'s one loop.
+//! [`training`] is CLOUDS' loop for a model's head or a LoRA adapter on a
+//! frozen base: an EMA teacher ([`ema`]) labels clean views of unlabeled
+//! target images, the labels are optionally refined, and the student trains
+//! on distorted views of them mixed with labelled source images, through
+//! `semla-train`'s one loop.
 //!
 //! CLOUDS (CVPR 2024) refines a teacher's blurry pseudo-labels with a
 //! promptable mask model during self-training: every large connected region
@@ -39,7 +40,7 @@ pub use quality::{PseudoLabelScore, mean_score, score_pseudo_label};
 pub use refine::{RefineSettings, Refined, Unclaimed, refine_pseudo_label};
 pub use sam::SamProposer;
 pub use training::{
-    PromptRefiner, PseudoLabelRefiner, PseudoLabelStats, SelfTrainSettings, SelfTraining,
-    self_train_adapter,
+    PromptRefiner, PseudoLabelRefiner, PseudoLabelStats, SelfTrainSettings, SelfTraining, Student,
+    self_train, self_train_adapter,
 };
 pub use vote::SegmentVote;

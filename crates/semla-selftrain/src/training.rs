@@ -8,17 +8,18 @@
 //! AdamW, schedule, checkpoints, resume); this module supplies its batches
 //! ([`SelfTraining`], a [`Steps`]) and the teacher it carries.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use image::RgbImage;
+use semla_adapters::{Adaptation, FactoredSite};
 use semla_core::SplitMix64;
 use semla_data::{Sample, SampleSource};
 use semla_models::{Normalization, Segmenter};
 use semla_train::augment::{AugmentConfig, augment, photometric};
 use semla_train::error::TrainError;
-use semla_train::lora::LoraTrainee;
-use semla_train::runs::adapter_trainee;
+use semla_train::lora::{LoraTrainee, peft_key};
+use semla_train::runs::{adapter_trainee, with_trainable_part};
 use semla_train::trainer::{
-    Batch, Progress, Session, Steps, TrainConfig, TrainSummary, make_batch, train_steps,
+    Batch, Progress, Session, Steps, TrainConfig, TrainSummary, Trainee, make_batch, train_steps,
 };
 
 use crate::ema::{EmaSettings, EmaTeacher};
@@ -88,7 +89,7 @@ impl Default for SelfTrainSettings {
 }
 
 /// What the teacher's labelling did over a session.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PseudoLabelStats {
     /// Target images labelled.
     pub images: usize,
@@ -104,11 +105,129 @@ pub struct PseudoLabelStats {
     pub teacher_updates: usize,
 }
 
-/// The batches of CLOUDS' self-training of `student` on the frozen `base`.
+/// What self-training trains.
+#[derive(Clone, Copy)]
+pub enum Student<'a> {
+    /// A LoRA adapter on a frozen base; the teacher is the EMA of its
+    /// factors, applied to the same base.
+    Adapter {
+        /// The frozen base.
+        base: &'a dyn Segmenter,
+        /// The adapter's factors.
+        lora: &'a LoraTrainee,
+    },
+    /// Some of a model's own weights (its head, say: the official case),
+    /// the rest frozen, as `semla_train::runs::with_trainable_part` makes it;
+    /// the teacher is a second copy whose weights follow their EMA.
+    Weights {
+        /// The model, built over `params` and plain frozen tensors.
+        model: &'a dyn Segmenter,
+        /// Its trainable weights, sorted by name.
+        params: &'a [(String, Var)],
+    },
+}
+
+impl<'a> Student<'a> {
+    /// The model the student's logits come from.
+    fn model(&self) -> &'a dyn Segmenter {
+        match *self {
+            Self::Adapter { base, .. } => base,
+            Self::Weights { model, .. } => model,
+        }
+    }
+
+    fn params(&self) -> Vec<(String, Var)> {
+        match self {
+            Self::Adapter { lora, .. } => lora.params(),
+            Self::Weights { params, .. } => params.to_vec(),
+        }
+    }
+
+    /// The loop's view of the student.
+    fn trainee(&self, device: &Device) -> Trainee<'a> {
+        match *self {
+            Self::Adapter { base, lora } => adapter_trainee(base, lora, device),
+            Self::Weights { model, params } => Trainee {
+                params: params.to_vec(),
+                forward: Box::new(move |images| model.training_logits(images, &Adaptation::none())),
+                normalization: model.normalization(),
+                objective: model.training_objective(),
+                device: device.clone(),
+            },
+        }
+    }
+}
+
+/// The model the teacher's values are applied to.
+enum TeacherModel<'a> {
+    /// The student's base with the teacher's factors.
+    Adapter {
+        base: &'a dyn Segmenter,
+        lora: &'a LoraTrainee,
+        adaptation: Adaptation,
+    },
+    /// A copy of the student's model whose variables hold the teacher's values.
+    Weights {
+        model: Box<dyn Segmenter>,
+        vars: Vec<(String, Var)>,
+    },
+}
+
+impl TeacherModel<'_> {
+    /// Makes the model predict with `teacher`'s values.
+    fn sync(&mut self, teacher: &EmaTeacher) -> crate::Result<()> {
+        let missing = |name: &str| crate::RefineError::Invalid(format!("the teacher lacks {name}"));
+        match self {
+            Self::Adapter {
+                lora, adaptation, ..
+            } => {
+                let mut fresh = Adaptation::none();
+                for (path, _, _) in lora.factors() {
+                    let coeff = lora
+                        .adaptation()
+                        .get(&path)
+                        .map(|s| s.coeff.clone())
+                        .ok_or_else(|| missing(&path))?;
+                    let (key_a, key_b) = (peft_key(&path, "A"), peft_key(&path, "B"));
+                    let a = teacher.value(&key_a).ok_or_else(|| missing(&key_a))?;
+                    let b = teacher.value(&key_b).ok_or_else(|| missing(&key_b))?;
+                    fresh.insert(
+                        path,
+                        FactoredSite {
+                            a: a.clone(),
+                            b: b.clone(),
+                            coeff,
+                        },
+                    );
+                }
+                *adaptation = fresh;
+            }
+            Self::Weights { vars, .. } => {
+                for (name, var) in vars.iter() {
+                    var.set(teacher.value(name).ok_or_else(|| missing(name))?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The teacher's logits `[N, C, H, W]` of normalised `images`, detached.
+    fn forward(&self, images: &Tensor) -> candle_core::Result<Tensor> {
+        let logits = match self {
+            Self::Adapter {
+                base, adaptation, ..
+            } => base.forward(images, adaptation)?,
+            Self::Weights { model, .. } => model.forward(images, &Adaptation::none())?,
+        };
+        Ok(logits.detach())
+    }
+}
+
+/// The batches of CLOUDS' self-training of a [`Student`].
 pub struct SelfTraining<'a> {
-    base: &'a dyn Segmenter,
-    student: &'a LoraTrainee,
+    student: Student<'a>,
     teacher: EmaTeacher,
+    teacher_model: TeacherModel<'a>,
     source: Option<&'a dyn SampleSource>,
     target: &'a dyn SampleSource,
     refiner: Option<&'a dyn PseudoLabelRefiner>,
@@ -133,8 +252,7 @@ impl<'a> SelfTraining<'a> {
     /// as a copy of `student`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        base: &'a dyn Segmenter,
-        student: &'a LoraTrainee,
+        student: Student<'a>,
         source: Option<&'a dyn SampleSource>,
         target: &'a dyn SampleSource,
         refiner: Option<&'a dyn PseudoLabelRefiner>,
@@ -156,6 +274,7 @@ impl<'a> SelfTraining<'a> {
         )
         .map_err(TrainError::Config)?;
         let ignore = target.ignore_label();
+        let base = student.model();
         if let Some(source) = source {
             semla_data::samples::check_classes(source, base.num_classes(), "the source data")
                 .map_err(TrainError::Config)?;
@@ -177,17 +296,32 @@ impl<'a> SelfTraining<'a> {
         if ignore > u32::from(u16::MAX) || base.num_classes() > usize::from(u16::MAX) {
             return Err(invalid("labels must fit 16 bits"));
         }
-        let teacher = EmaTeacher::new(student, settings.ema).map_err(pseudo_error)?;
+        let teacher = EmaTeacher::new(&student.params(), settings.ema).map_err(pseudo_error)?;
+        let mut teacher_model = match student {
+            Student::Adapter { base, lora } => TeacherModel::Adapter {
+                base,
+                lora,
+                adaptation: Adaptation::none(),
+            },
+            Student::Weights { model, params } => {
+                let names: std::collections::HashSet<&str> =
+                    params.iter().map(|(n, _)| n.as_str()).collect();
+                let (model, vars) =
+                    with_trainable_part(model, &|name| names.contains(name), device)?;
+                TeacherModel::Weights { model, vars }
+            }
+        };
+        teacher_model.sync(&teacher).map_err(pseudo_error)?;
         Ok(Self {
-            base,
             student,
             teacher,
+            teacher_model,
             source,
             target,
             refiner,
             config,
             settings,
-            normalization: base.normalization(),
+            normalization: student.model().normalization(),
             device: device.clone(),
             stats: PseudoLabelStats::default(),
         })
@@ -239,10 +373,7 @@ impl<'a> SelfTraining<'a> {
     ) -> semla_train::error::Result<Vec<Vec<u32>>> {
         let ignore = self.target.ignore_label();
         let images = self.normalization.batch(clean, &self.device)?;
-        let logits = self
-            .base
-            .forward(&images, self.teacher.adaptation())?
-            .detach();
+        let logits = self.teacher_model.forward(&images)?;
         let maps = logits.argmax(1)?.to_dtype(DType::U32)?.to_vec3::<u32>()?;
         let mut out = Vec::with_capacity(clean.len());
         for (i, (map, sample)) in maps.into_iter().zip(clean).enumerate() {
@@ -315,9 +446,12 @@ impl Steps for SelfTraining<'_> {
     fn after_update(&mut self, step: usize) -> semla_train::error::Result<()> {
         if self
             .teacher
-            .after_step(step, self.student)
+            .after_step(step, &self.student.params())
             .map_err(pseudo_error)?
         {
+            self.teacher_model
+                .sync(&self.teacher)
+                .map_err(pseudo_error)?;
             self.stats.teacher_updates += 1;
         }
         Ok(())
@@ -345,6 +479,7 @@ impl Steps for SelfTraining<'_> {
             .ok_or_else(|| TrainError::checkpoint(path, format!("lacks {UPDATES_KEY}")))?;
         self.teacher
             .load(tensors, updates.max(0) as usize)
+            .and_then(|()| self.teacher_model.sync(&self.teacher))
             .map_err(|e| TrainError::checkpoint(path, e.to_string()))
     }
 }
@@ -364,8 +499,38 @@ pub fn self_train_adapter(
     session: &Session<'_>,
     progress: &mut dyn FnMut(&Progress),
 ) -> semla_train::error::Result<(TrainSummary, PseudoLabelStats)> {
+    self_train(
+        Student::Adapter {
+            base,
+            lora: student,
+        },
+        device,
+        source,
+        target,
+        refiner,
+        config,
+        settings,
+        session,
+        progress,
+    )
+}
+
+/// Self-trains a [`Student`] (an adapter, or a model's own weights such as
+/// its head) with the one training loop; returns its summary and the
+/// labelling's statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn self_train(
+    student: Student<'_>,
+    device: &Device,
+    source: Option<&dyn SampleSource>,
+    target: &dyn SampleSource,
+    refiner: Option<&dyn PseudoLabelRefiner>,
+    config: &TrainConfig,
+    settings: &SelfTrainSettings,
+    session: &Session<'_>,
+    progress: &mut dyn FnMut(&Progress),
+) -> semla_train::error::Result<(TrainSummary, PseudoLabelStats)> {
     let mut steps = SelfTraining::new(
-        base,
         student,
         source,
         target,
@@ -374,7 +539,7 @@ pub fn self_train_adapter(
         settings.clone(),
         device,
     )?;
-    let trainee = adapter_trainee(base, student, device);
+    let trainee = student.trainee(device);
     let summary = train_steps(&trainee, &mut steps, config, session, progress)?;
     Ok((summary, steps.stats))
 }

@@ -1,5 +1,6 @@
 //! CLOUDS' self-training loop on a tiny segmenter: the EMA rule, the two
-//! views, the mixed batch, and resuming with the teacher in the checkpoint.
+//! views, the mixed batch, resuming with the teacher in the checkpoint, and
+//! training the head itself (the official case) instead of an adapter.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::collections::HashMap;
@@ -8,16 +9,17 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use semla_adapters::Adaptation;
 use semla_core::SplitMix64;
-use semla_data::{InMemorySource, Sample};
+use semla_data::{InMemorySource, Sample, SampleSource};
 use semla_models::tiny::TinySegConfig;
 use semla_models::{Segmenter, SegmenterConfig};
 use semla_selftrain::{
     EmaSettings, EmaTeacher, PromptRefiner, RefineSettings, RegionGrowing, SelfTrainSettings,
-    SelfTraining, self_train_adapter,
+    SelfTraining, Student, self_train, self_train_adapter,
 };
 use semla_test_support::max_abs_diff;
 use semla_train::augment::AugmentConfig;
 use semla_train::lora::{LoraSettings, LoraTrainee};
+use semla_train::runs::with_trainable_part;
 use semla_train::trainer::{Session, Steps, TrainConfig, make_batch};
 
 const IGNORE: u32 = 255;
@@ -114,7 +116,7 @@ fn the_teacher_moves_only_every_k_steps_by_the_official_formula() {
     let base = frozen_tiny();
     let student = student(base.as_ref());
     let mut teacher = EmaTeacher::new(
-        &student,
+        &student.params(),
         EmaSettings {
             alpha: 0.9,
             every: 2,
@@ -129,11 +131,11 @@ fn the_teacher_moves_only_every_k_steps_by_the_official_formula() {
             .set(&(site.b.as_tensor().ones_like().unwrap() * 0.5).unwrap())
             .unwrap();
     }
-    assert!(!teacher.after_step(0, &student).unwrap());
+    assert!(!teacher.after_step(0, &student.params()).unwrap());
     for ((_, a), (_, b)) in teacher.tensors().iter().zip(&before) {
         assert_eq!(max_abs_diff(a, b), 0.0);
     }
-    assert!(teacher.after_step(1, &student).unwrap());
+    assert!(teacher.after_step(1, &student.params()).unwrap());
     assert_eq!(teacher.updates(), 1);
     // 0.9 * teacher + 0.1 * student: A0 + 0.1, and B = 0.1 * 0.5.
     for ((name, now), (_, old)) in teacher.tensors().iter().zip(&before) {
@@ -146,7 +148,7 @@ fn the_teacher_moves_only_every_k_steps_by_the_official_formula() {
     }
     assert!(
         EmaTeacher::new(
-            &student,
+            &student.params(),
             EmaSettings {
                 alpha: 1.5,
                 every: 2
@@ -156,7 +158,7 @@ fn the_teacher_moves_only_every_k_steps_by_the_official_formula() {
     );
     assert!(
         EmaTeacher::new(
-            &student,
+            &student.params(),
             EmaSettings {
                 alpha: 0.9,
                 every: 0
@@ -174,8 +176,10 @@ fn the_teacher_labels_the_clean_view_and_the_student_trains_on_the_distorted_one
     // A 20x20 crop of 16x16 images: the padding must come out ignored.
     let cfg = config(4, 20);
     let mut steps = SelfTraining::new(
-        base.as_ref(),
-        &student,
+        Student::Adapter {
+            base: base.as_ref(),
+            lora: &student,
+        },
         None,
         &target,
         None,
@@ -230,8 +234,10 @@ fn a_mixed_batch_puts_the_labelled_source_first() {
     let target = toy(3, 16, 3, 0.2);
     let cfg = config(4, 16);
     let mut steps = SelfTraining::new(
-        base.as_ref(),
-        &student,
+        Student::Adapter {
+            base: base.as_ref(),
+            lora: &student,
+        },
         Some(&source),
         &target,
         None,
@@ -256,8 +262,10 @@ fn a_mixed_batch_puts_the_labelled_source_first() {
     let mut uncropped = cfg.clone();
     uncropped.augment = AugmentConfig::none();
     let mut steps = SelfTraining::new(
-        base.as_ref(),
-        &student,
+        Student::Adapter {
+            base: base.as_ref(),
+            lora: &student,
+        },
         Some(&small),
         &target,
         None,
@@ -363,4 +371,134 @@ fn self_training_resumes_exactly_with_the_teacher_in_the_checkpoint() {
             .zip(&factors(&straight))
             .any(|(x, y)| max_abs_diff(x, y) > 0.0)
     );
+}
+
+fn named(model: &dyn Segmenter) -> HashMap<String, Tensor> {
+    model
+        .named_tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.detach().copy().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_trainable_head_copy_predicts_as_the_model_and_owns_its_weights() {
+    let base = frozen_tiny();
+    let config = base.config();
+    let (copy, params) =
+        with_trainable_part(base.as_ref(), &|n| config.is_head_weight(n), &Device::Cpu).unwrap();
+    let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "classifier.bias",
+            "classifier.weight",
+            "head.bias",
+            "head.weight",
+            "skip.bias",
+            "skip.weight"
+        ]
+    );
+    let sample = toy(1, 16, 9, 0.0).sample(0).unwrap();
+    let images = base
+        .normalization()
+        .batch(&[&sample], &Device::Cpu)
+        .unwrap();
+    let before = base.forward(&images, &Adaptation::none()).unwrap();
+    assert_eq!(
+        max_abs_diff(
+            &copy.forward(&images, &Adaptation::none()).unwrap(),
+            &before
+        ),
+        0.0
+    );
+    // Moving the copy's head moves its predictions (the variables are the
+    // weights it computes with) and leaves the original as it was.
+    for (_, var) in &params {
+        var.set(&var.as_tensor().zeros_like().unwrap()).unwrap();
+    }
+    let zeroed = copy.forward(&images, &Adaptation::none()).unwrap();
+    assert_eq!(semla_test_support::max_abs(&zeroed), 0.0);
+    assert_eq!(
+        max_abs_diff(
+            &base.forward(&images, &Adaptation::none()).unwrap(),
+            &before
+        ),
+        0.0
+    );
+    assert!(with_trainable_part(base.as_ref(), &|_| false, &Device::Cpu).is_err());
+}
+
+#[test]
+fn self_training_the_head_moves_only_the_head_and_resumes_exactly() {
+    let base = frozen_tiny();
+    let model_config = base.config();
+    let source = toy(4, 16, 2, 0.0);
+    let target = toy(4, 16, 3, 0.2);
+    let cfg = config(4, 16);
+    let head = |n: &str| model_config.is_head_weight(n);
+    let run =
+        |model: &dyn Segmenter, params: &[(String, candle_core::Var)], session: &Session<'_>| {
+            self_train(
+                Student::Weights { model, params },
+                &Device::Cpu,
+                Some(&source),
+                &target,
+                None,
+                &cfg,
+                &ema(2),
+                session,
+                &mut |_| {},
+            )
+            .unwrap()
+        };
+    let (straight, straight_params) =
+        with_trainable_part(base.as_ref(), &head, &Device::Cpu).unwrap();
+    let straight_dir = tempfile::tempdir().unwrap();
+    let (_, stats) = run(
+        straight.as_ref(),
+        &straight_params,
+        &Session {
+            checkpoint_dir: Some(straight_dir.path()),
+            resume: false,
+            stop_at: None,
+        },
+    );
+    assert_eq!(stats.teacher_updates, 2);
+    let (before, after) = (named(base.as_ref()), named(straight.as_ref()));
+    for (name, value) in &before {
+        let moved = max_abs_diff(value, &after[name]) > 0.0;
+        assert_eq!(moved, model_config.is_head_weight(name), "{name}");
+    }
+    // The teacher's head is in the checkpoint, under the weights' own names.
+    let state = candle_core::safetensors::load(
+        semla_train::trainer::CheckpointPaths::new(straight_dir.path()).run_state,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(
+        state.contains_key("teacher.classifier.weight"),
+        "{:?}",
+        state.keys()
+    );
+    assert!(!state.contains_key("teacher.stem.conv.weight"));
+
+    let (resumed, resumed_params) =
+        with_trainable_part(base.as_ref(), &head, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for stop_at in [Some(2), None] {
+        run(
+            resumed.as_ref(),
+            &resumed_params,
+            &Session {
+                checkpoint_dir: Some(dir.path()),
+                resume: true,
+                stop_at,
+            },
+        );
+    }
+    let resumed_after = named(resumed.as_ref());
+    for (name, value) in &after {
+        assert_eq!(max_abs_diff(value, &resumed_after[name]), 0.0, "{name}");
+    }
 }

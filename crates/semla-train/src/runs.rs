@@ -135,3 +135,43 @@ pub fn build_trainable(
     reseed_varmap(&varmap, seed, &keep)?;
     Ok((model, varmap))
 }
+
+/// A model and its trainable variables (sorted by name).
+pub type PartlyTrainable = (Box<dyn Segmenter>, Vec<(String, Var)>);
+
+/// A copy of `model` (same configuration, same weight values, fresh storage)
+/// whose weights named by `trains` are variables and every other weight a
+/// plain tensor: to train one part (say, the head, see
+/// [`semla_models::SegmenterConfig::is_head_weight`]) with the rest frozen,
+/// so that no gradient is computed for the frozen part's weights. Returns the
+/// copy and its variables sorted by name; an error when `trains` selects
+/// nothing.
+pub fn with_trainable_part(
+    model: &dyn Segmenter,
+    trains: &dyn Fn(&str) -> bool,
+    device: &Device,
+) -> Result<PartlyTrainable> {
+    let mut tensors = std::collections::HashMap::new();
+    let mut params = Vec::new();
+    for (name, tensor) in model.named_tensors() {
+        // A copy: the optimizer updates a variable in place, and neither the
+        // original nor another copy may change with it.
+        let fresh = tensor.detach().copy()?;
+        if trains(&name) {
+            let var = Var::from_tensor(&fresh)?;
+            tensors.insert(name.clone(), var.as_tensor().clone());
+            params.push((name, var));
+        } else {
+            tensors.insert(name, fresh);
+        }
+    }
+    if params.is_empty() {
+        return Err(TrainError::Config(
+            "no weight of the model is selected for training".into(),
+        ));
+    }
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, device);
+    let copy = model.config().build(&vb)?;
+    Ok((copy, params))
+}

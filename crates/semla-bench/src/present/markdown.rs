@@ -7,15 +7,29 @@ use crate::tuning::{TUNE_TEMPERATURES, TUNE_TOP_K, Tuning};
 /// A Markdown table: one row per method, one column per domain, h-mean, gap closure and
 /// the paper's h-mean.
 pub fn render_markdown(table: &ResultsTable) -> String {
+    render_table(table, true)
+}
+
+/// [`render_markdown`], with the paper's h-mean column only when `with_paper`
+/// (a study whose rows are not the paper's).
+pub fn render_table(table: &ResultsTable, with_paper: bool) -> String {
     let mut out = String::from("| method |");
     for domain in &table.domains {
         out.push_str(&format!(" {domain} |"));
     }
-    out.push_str(" h-mean | gap closed | paper h-mean |\n|---|");
+    out.push_str(if with_paper {
+        " h-mean | gap closed | paper h-mean |\n|---|"
+    } else {
+        " h-mean | gap closed |\n|---|"
+    });
     for _ in &table.domains {
         out.push_str("---:|");
     }
-    out.push_str("---:|---:|---:|\n");
+    out.push_str(if with_paper {
+        "---:|---:|---:|\n"
+    } else {
+        "---:|---:|\n"
+    });
     let cell = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
     for (row, summary) in table.rows.iter().zip(summarise(table)) {
         out.push_str(&format!("| {} |", row.method));
@@ -26,11 +40,11 @@ pub fn render_markdown(table: &ResultsTable) -> String {
             .gap_closure
             .map(|c| format!("{:.0} %", 100.0 * c))
             .unwrap_or_else(|| "-".into());
-        out.push_str(&format!(
-            " **{}** | {closure} | {} |\n",
-            cell(summary.h_mean),
-            cell(summary.paper_h_mean)
-        ));
+        out.push_str(&format!(" **{}** | {closure} |", cell(summary.h_mean)));
+        if with_paper {
+            out.push_str(&format!(" {} |", cell(summary.paper_h_mean)));
+        }
+        out.push('\n');
     }
     out
 }

@@ -33,6 +33,11 @@ pub enum BenchCommand {
     /// SemLA on CamVid: dusk + corrupted daytime domains, base model, one adapter
     /// per domain, zero-shot / uniform / SemLA / late fusion / oracle, leave-one-out.
     Camvid(CamvidArgs),
+    /// CLOUDS on CamVid: per target domain, adapters self-trained without its
+    /// labels (no refinement and weight-free refinements) against zero-shot and
+    /// the oracle; SemLA over the label-free library, leave-one-out; the
+    /// quality of raw and refined pseudo-labels.
+    Clouds(CloudsArgs),
     /// Per-image latency (plain, SemLA, merge per image) for CLIP ViT-B/16 and the
     /// CamVid segmenter; open/retrieval time and memory of a 10,000-adapter library.
     Speed(SpeedArgs),
@@ -122,9 +127,10 @@ pub struct CamvidArgs {
     /// Output folder (model, library, experiments, tables); what is there is reused.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// The ImageNet EfficientNet-Lite0 weights (`efficientnet-lite0-*.pth`).
+    /// The ImageNet EfficientNet-Lite0 weights (`efficientnet-lite0-*.pth`;
+    /// default: the first such file in DATA, DATA/weights or DATA/../weights).
     #[arg(long, value_name = "PTH")]
-    pub weights: PathBuf,
+    pub weights: Option<PathBuf>,
     /// Split evaluated: `val` (CamVid val for the corruptions, the 20 held-out dusk
     /// frames) or `test` (CamVid test frames, when the root has them).
     #[arg(long, default_value = "val", value_name = "SPLIT")]
@@ -191,6 +197,7 @@ pub struct CamvidArgs {
 pub fn run(args: BenchArgs, ctx: &Context) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Camvid(args) => run_camvid(args, ctx),
+        BenchCommand::Clouds(args) => run_clouds(args, ctx),
         BenchCommand::Speed(args) => run_speed(args, ctx),
         BenchCommand::Chart(args) => run_chart(args, ctx),
         BenchCommand::Serve(args) => super::serve::bench(args, ctx),
@@ -441,7 +448,8 @@ fn run_chart(args: ChartArgs, ctx: &Context) -> anyhow::Result<()> {
 }
 
 fn run_camvid(args: CamvidArgs, ctx: &Context) -> anyhow::Result<()> {
-    let mut config = CamVidBenchConfig::new(args.data.clone(), args.weights.clone());
+    let weights = imagenet_weights(args.weights.as_deref(), &args.data)?;
+    let mut config = CamVidBenchConfig::new(args.data.clone(), weights);
     if !args.domains.is_empty() {
         config.domains = args.domains.clone();
     }
@@ -496,6 +504,200 @@ fn run_camvid(args: CamvidArgs, ctx: &Context) -> anyhow::Result<()> {
             ""
         }
     );
+    println!(
+        "{:.1} s; reused: {}; files in {}",
+        outcome.seconds,
+        if outcome.reused.is_empty() {
+            "nothing".to_string()
+        } else {
+            outcome.reused.join(", ")
+        },
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// `--weights`, or the first `efficientnet-lite0*.pth` in `data`,
+/// `data/weights` or `data/../weights`.
+fn imagenet_weights(given: Option<&Path>, data: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.to_path_buf());
+    }
+    let places = [
+        data.to_path_buf(),
+        data.join("weights"),
+        data.join("../weights"),
+    ];
+    for dir in &places {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("efficientnet-lite0") && n.ends_with(".pth"))
+            })
+            .collect();
+        found.sort();
+        if let Some(path) = found.into_iter().next() {
+            eprintln!("ImageNet weights: {}", path.display());
+            return Ok(path);
+        }
+    }
+    anyhow::bail!(
+        "no --weights given and no efficientnet-lite0*.pth in {}, {} or {}: pass --weights PTH (the ImageNet EfficientNet-Lite0 checkpoint)",
+        places[0].display(),
+        places[1].display(),
+        places[2].display()
+    )
+}
+
+/// Arguments of `semla bench clouds`.
+#[derive(clap::Args, Debug)]
+pub struct CloudsArgs {
+    /// Dataset root holding `camvid/` (train, trainannot, val, valannot[, test, testannot]).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Output folder (model, libraries, pseudo-label pictures, tables); what is there is reused.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// The ImageNet EfficientNet-Lite0 weights (`efficientnet-lite0-*.pth`;
+    /// default: the first such file in DATA, DATA/weights or DATA/../weights).
+    #[arg(long, value_name = "PTH")]
+    pub weights: Option<PathBuf>,
+    /// Split evaluated: `val` (CamVid val for the corruptions, the 20 held-out
+    /// dusk frames) or `test` (CamVid test frames, when the root has them).
+    #[arg(long, default_value = "val", value_name = "SPLIT")]
+    pub eval_split: Split,
+    /// Target domains, comma-separated (default: dusk, fog3, night3, rain3, snow3).
+    #[arg(long, value_delimiter = ',', value_name = "D,...")]
+    pub domains: Vec<String>,
+    /// Weight-free refinements trained and scored besides none, comma-separated:
+    /// `grow` (CLOUDS' prompts, region growing), `graph` (CLOUDS' prompts, graph
+    /// segments), `vote` (the teacher's majority inside image segments).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "grow,vote",
+        value_name = "R,..."
+    )]
+    pub refiners: Vec<semla_bench::clouds::WeightFreeRefiner>,
+    /// Input size HEIGHTxWIDTH (every image is resized to it).
+    #[arg(long, default_value = "96x128", value_parser = parse_size, value_name = "HxW")]
+    pub image_size: (usize, usize),
+    /// Base training steps.
+    #[arg(long, default_value_t = 240)]
+    pub steps: usize,
+    /// Base learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// Steps of every adapter (oracle and label-free).
+    #[arg(long, default_value_t = 80)]
+    pub adapter_steps: usize,
+    /// Learning rate of every adapter.
+    #[arg(long, default_value_t = 3e-3)]
+    pub adapter_lr: f64,
+    /// Labelled images per step (base, oracle; daytime images in self-training).
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Unlabeled target images per self-training step.
+    #[arg(long, default_value_t = 2)]
+    pub target_batch: usize,
+    /// The teacher's EMA weight (official 0.999).
+    #[arg(long, default_value_t = 0.99)]
+    pub ema_alpha: f64,
+    /// The teacher follows the student every this many steps (official 100,
+    /// which an 80-step run would never reach).
+    #[arg(long, default_value_t = 10)]
+    pub ema_every: usize,
+    /// A teacher region becomes a prompt above this many pixels.
+    #[arg(long, default_value_t = 300)]
+    pub min_area: usize,
+    /// Points per prompt.
+    #[arg(long, default_value_t = 5)]
+    pub points: usize,
+    /// Pixels no mask claims: `teacher` (keep its label) or `ignore` (official).
+    #[arg(long, default_value = "teacher", value_parser = ["teacher", "ignore"])]
+    pub unclaimed: String,
+    /// Training images per domain at most (evenly spaced; 0: all).
+    #[arg(long, default_value_t = 96)]
+    pub train_images: usize,
+    /// Evaluation images per domain at most (evenly spaced; 0: all).
+    #[arg(long, default_value_t = 50)]
+    pub eval_images: usize,
+    /// Train frames per domain whose pseudo-labels are scored against the real labels.
+    #[arg(long, default_value_t = 12)]
+    pub quality_images: usize,
+    /// LoRA rank (alpha = 2 x rank).
+    #[arg(long, default_value_t = 8)]
+    pub rank: usize,
+    /// SemLA: adapters fused per image.
+    #[arg(long, default_value_t = 3)]
+    pub top_k: usize,
+    /// SemLA: softmax temperature.
+    #[arg(long, default_value_t = 0.05)]
+    pub temperature: f64,
+    /// Seed of everything.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+fn run_clouds(args: CloudsArgs, ctx: &Context) -> anyhow::Result<()> {
+    use semla_bench::clouds::{CloudsBenchConfig, render_quality, run_clouds_bench};
+    let weights = imagenet_weights(args.weights.as_deref(), &args.data)?;
+    let mut config = CloudsBenchConfig::new(args.data.clone(), weights);
+    if !args.domains.is_empty() {
+        config.domains = args.domains.clone();
+    }
+    config.refiners = args.refiners.clone();
+    config.eval_split = args.eval_split;
+    config.image_size = args.image_size;
+    config.base_steps = args.steps;
+    config.base_lr = args.lr;
+    config.adapter_steps = args.adapter_steps;
+    config.adapter_lr = args.adapter_lr;
+    config.batch_size = args.batch.max(1);
+    config.target_per_step = args.target_batch;
+    config.ema.alpha = args.ema_alpha;
+    config.ema.every = args.ema_every;
+    config.min_area_px = args.min_area;
+    config.points_per_component = args.points;
+    config.unclaimed_from_teacher = args.unclaimed == "teacher";
+    config.train_images = (args.train_images > 0).then_some(args.train_images);
+    config.eval_images = (args.eval_images > 0).then_some(args.eval_images);
+    config.quality_images = args.quality_images;
+    config.rank = args.rank;
+    config.alpha = 2.0 * args.rank as f64;
+    config.retrieval.top_k = args.top_k;
+    config.retrieval.temperature = args.temperature;
+    config.seed = args.seed;
+    let outcome = run_clouds_bench(&config, &args.out, stderr_progress().as_mut())?;
+    if ctx.json {
+        return ctx.print_json(&serde_json::json!({
+            "out": args.out,
+            "eval_split": config.eval_split,
+            "table": outcome.table,
+            "summary": summarise(&outcome.table),
+            "pseudo_label_quality": outcome.quality,
+            "self_training": outcome.self_training,
+            "seconds": outcome.seconds,
+            "phases": outcome.phases,
+            "reused": outcome.reused,
+        }));
+    }
+    println!();
+    println!(
+        "mIoU (%) on the {} frames of each domain (selftrain*: its label-free adapter; semla-label-free*: SemLA over the label-free library, own adapter removed):",
+        config.eval_split
+    );
+    print!(
+        "{}",
+        semla_bench::present::markdown::render_table(&outcome.table, false)
+    );
+    println!();
+    print!("{}", render_quality(&outcome.quality));
     println!(
         "{:.1} s; reused: {}; files in {}",
         outcome.seconds,

@@ -1,5 +1,7 @@
-//! `semla train base`: trains a whole segmenter on a domain's training split,
-//! and the training options shared with `semla adapter train`.
+//! `semla train base`: trains a whole segmenter on a domain's training split;
+//! `semla train adapt`: self-trains a model's head on a new domain's
+//! unlabeled images (CLOUDS); and the training options shared with `semla
+//! adapter train` and `semla adapter adapt`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,6 +32,28 @@ pub struct TrainArgs {
 enum TrainCommand {
     /// Train every weight of a segmenter (optionally from a pretrained backbone).
     Base(BaseArgs),
+    /// CLOUDS' self-training of a model's head on a new domain's unlabeled
+    /// images (the backbone frozen, an EMA teacher of the head): a new model folder.
+    Adapt(HeadAdaptArgs),
+}
+
+/// Arguments of `semla train adapt`.
+#[derive(clap::Args, Debug)]
+pub struct HeadAdaptArgs {
+    /// The model folder to start from (left as it is).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Output model folder (`config.json`, `model.safetensors`; checkpoints in `checkpoint/`).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Replace the model already in `--out` (without it, an existing model is
+    /// refused unless `--resume` continues its training).
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub selftrain: super::adapter::adapt::SelfTrainOptions,
+    #[command(flatten)]
+    pub train: TrainOptions,
 }
 
 /// Model kinds `semla train base` can build.
@@ -168,21 +192,82 @@ pub struct BaseArgs {
 pub fn run(args: TrainArgs, ctx: &Context) -> anyhow::Result<()> {
     match args.command {
         TrainCommand::Base(args) => run_base(args, ctx),
+        TrainCommand::Adapt(args) => run_adapt(args, ctx),
     }
+}
+
+/// Refuses to overwrite the model in `out` unless `force` (or `resume`, which continues it).
+fn refuse_existing_model(out: &Path, force: bool, resume: bool) -> anyhow::Result<()> {
+    super::common::check_out_folder(out)?;
+    if out.join(semla_models::model_dir::CONFIG_FILE).exists() && !force && !resume {
+        bail!(
+            "{} already holds a model (--force replaces it, --resume continues its training)",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn run_adapt(args: HeadAdaptArgs, ctx: &Context) -> anyhow::Result<()> {
+    let device = Device::Cpu;
+    refuse_existing_model(&args.out, args.force, args.train.resume)?;
+    let same = |a: &Path, b: &Path| {
+        a.canonicalize()
+            .ok()
+            .is_some_and(|a| b.canonicalize().ok() == Some(a))
+    };
+    if same(&args.model, &args.out) {
+        bail!("--out is the --model folder: write the adapted model elsewhere");
+    }
+    let inputs = args.selftrain.inputs(&device)?;
+    let start = semla_models::load_segmenter(&args.model, &device)
+        .with_context(|| format!("loading the model {}", args.model.display()))?;
+    let config = start.config();
+    let (model, params) = semla_train::runs::with_trainable_part(
+        start.as_ref(),
+        &|name| config.is_head_weight(name),
+        &device,
+    )?;
+    drop(start);
+    let train_config = args.train.config();
+    let checkpoint = args.out.join("checkpoint");
+    let session = Session {
+        checkpoint_dir: Some(&checkpoint),
+        resume: args.train.resume,
+        stop_at: None,
+    };
+    let (summary, stats) = {
+        let mut bar = TrainingBar::new(train_config.steps);
+        let result = semla_selftrain::self_train(
+            semla_selftrain::Student::Weights {
+                model: model.as_ref(),
+                params: &params,
+            },
+            &device,
+            inputs
+                .source
+                .as_ref()
+                .map(|s| s as &dyn semla_data::SampleSource),
+            &inputs.target,
+            inputs.refiner.as_deref(),
+            &train_config,
+            &inputs.settings,
+            &session,
+            &mut |p| bar.update(p),
+        );
+        bar.finish();
+        result?
+    };
+    save_segmenter(model.as_ref(), &args.out)?;
+    if !ctx.json {
+        eprintln!("{}", super::adapter::adapt::describe(&stats));
+    }
+    report(ctx, &args.out, &summary, "model")
 }
 
 fn run_base(args: BaseArgs, ctx: &Context) -> anyhow::Result<()> {
     let device = Device::Cpu;
-    super::common::check_out_folder(&args.out)?;
-    if args.out.join(semla_models::model_dir::CONFIG_FILE).exists()
-        && !args.force
-        && !args.train.resume
-    {
-        bail!(
-            "{} already holds a model (--force replaces it, --resume continues its training)",
-            args.out.display()
-        );
-    }
+    refuse_existing_model(&args.out, args.force, args.train.resume)?;
     let source = args.data.source()?;
     let domain = source.domain();
     let classes = domain.classes.clone();

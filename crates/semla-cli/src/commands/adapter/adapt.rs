@@ -10,7 +10,8 @@ use candle_core::Device;
 use semla_data::{DomainSource, UnlabeledSource};
 use semla_selftrain::{
     EmaSettings, GraphSegments, PromptRefiner, PseudoLabelRefiner, PseudoLabelStats,
-    RefineSettings, RegionGrowing, SamProposer, SelfTrainSettings, Unclaimed, self_train_adapter,
+    RefineSettings, RegionGrowing, SamProposer, SegmentVote, SelfTrainSettings, Unclaimed,
+    self_train_adapter,
 };
 use semla_train::lora::LoraTrainee;
 use semla_train::trainer::Session;
@@ -29,6 +30,8 @@ pub enum RefineChoice {
     Grow,
     /// Weight-free: Felzenszwalb graph segments at three scales.
     Graph,
+    /// Weight-free, without prompts: each image segment takes the teacher's majority label.
+    Vote,
     /// SAM from `--sam-checkpoint` (CLOUDS' refinement).
     Sam,
 }
@@ -42,15 +45,10 @@ pub enum UnclaimedChoice {
     Teacher,
 }
 
-/// Arguments of `semla adapter adapt`.
+/// The self-training options shared by `semla adapter adapt` and `semla
+/// train adapt`: the target batch, the teacher's EMA, the refinement.
 #[derive(clap::Args, Debug)]
-pub struct AdaptArgs {
-    /// Frozen base model folder, or `catseg:PATH`.
-    #[arg(long, value_name = "DIR|catseg:PATH")]
-    pub model: PathBuf,
-    /// Where to save the adapter: `LIBRARY/NAME` (the library folder is created if needed).
-    #[arg(long, value_name = "LIB/NAME")]
-    pub out: PathBuf,
+pub struct SelfTrainOptions {
     /// The new domain (e.g. `camvid-fog`): only its images are read, never its labels.
     #[arg(long, value_name = "D")]
     pub domain: String,
@@ -89,6 +87,102 @@ pub struct AdaptArgs {
     /// What a pixel no refined mask claims becomes.
     #[arg(long, value_enum, default_value = "ignore")]
     pub unclaimed: UnclaimedChoice,
+}
+
+/// The data, refiner and settings of a self-training run.
+pub struct SelfTrainInputs {
+    /// The new domain's train images (labels never opened).
+    pub target: UnlabeledSource,
+    /// The labelled source's train split, when given.
+    pub source: Option<DomainSource>,
+    /// The refinement, when any.
+    pub refiner: Option<Box<dyn PseudoLabelRefiner>>,
+    /// Target batch and EMA.
+    pub settings: SelfTrainSettings,
+}
+
+impl SelfTrainOptions {
+    /// Opens the data and builds the refiner these options name.
+    pub fn inputs(&self, device: &Device) -> anyhow::Result<SelfTrainInputs> {
+        if self.refine != RefineChoice::Sam && self.sam_checkpoint.is_some() {
+            anyhow::bail!("--sam-checkpoint is used by --refine sam only");
+        }
+        let domain = resolve(&self.domain, self.data_root.as_deref())?;
+        let target = UnlabeledSource::new(
+            domain.clone(),
+            semla_data::domains::Split::Train,
+            self.resize,
+        )?;
+        let source = match &self.source_domain {
+            Some(name) => Some(DomainSource::new(
+                resolve(name, self.data_root.as_deref())?,
+                semla_data::domains::Split::Train,
+                self.resize,
+            )?),
+            None => None,
+        };
+        let settings = RefineSettings {
+            min_area_px: self.min_area,
+            points_per_component: self.points,
+            ignore: domain.ignore_value,
+            void: None,
+            unclaimed: match self.unclaimed {
+                UnclaimedChoice::Ignore => Unclaimed::Ignore,
+                UnclaimedChoice::Teacher => Unclaimed::Teacher,
+            },
+        };
+        let refiner: Option<Box<dyn PseudoLabelRefiner>> = match self.refine {
+            RefineChoice::None => None,
+            RefineChoice::Grow => Some(Box::new(PromptRefiner {
+                proposer: RegionGrowing::default(),
+                settings,
+            })),
+            RefineChoice::Graph => Some(Box::new(PromptRefiner {
+                proposer: GraphSegments::default(),
+                settings,
+            })),
+            RefineChoice::Vote => Some(Box::new(SegmentVote {
+                ignore: domain.ignore_value,
+                ..SegmentVote::default()
+            })),
+            RefineChoice::Sam => {
+                let Some(path) = &self.sam_checkpoint else {
+                    anyhow::bail!("--refine sam needs --sam-checkpoint PTH");
+                };
+                let sam = semla_models::sam::Sam::load(path, None, device)
+                    .with_context(|| format!("loading SAM from {}", path.display()))?;
+                Some(Box::new(PromptRefiner {
+                    proposer: SamProposer::new(sam)?,
+                    settings,
+                }))
+            }
+        };
+        Ok(SelfTrainInputs {
+            target,
+            source,
+            refiner,
+            settings: SelfTrainSettings {
+                target_per_step: self.target_batch,
+                ema: EmaSettings {
+                    alpha: self.ema_alpha,
+                    every: self.ema_every,
+                },
+            },
+        })
+    }
+}
+
+/// Arguments of `semla adapter adapt`.
+#[derive(clap::Args, Debug)]
+pub struct AdaptArgs {
+    /// Frozen base model folder, or `catseg:PATH`.
+    #[arg(long, value_name = "DIR|catseg:PATH")]
+    pub model: PathBuf,
+    /// Where to save the adapter: `LIBRARY/NAME` (the library folder is created if needed).
+    #[arg(long, value_name = "LIB/NAME")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub selftrain: SelfTrainOptions,
     #[command(flatten)]
     pub lora: LoraOptions,
     /// Images of the new domain averaged into the adapter's prototype.
@@ -108,67 +202,12 @@ pub fn run(args: AdaptArgs, ctx: &Context) -> anyhow::Result<()> {
     let device = Device::Cpu;
     let (library_dir, name) = split_library_path(&args.out)?;
     refuse_existing(&library_dir, &name, args.force)?;
-    if args.refine != RefineChoice::Sam && args.sam_checkpoint.is_some() {
-        anyhow::bail!("--sam-checkpoint is used by --refine sam only");
-    }
-    let domain = resolve(&args.domain, args.data_root.as_deref())?;
-    let target = UnlabeledSource::new(
-        domain.clone(),
-        semla_data::domains::Split::Train,
-        args.resize,
-    )?;
-    let source = match &args.source_domain {
-        Some(name) => Some(DomainSource::new(
-            resolve(name, args.data_root.as_deref())?,
-            semla_data::domains::Split::Train,
-            args.resize,
-        )?),
-        None => None,
-    };
+    let inputs = args.selftrain.inputs(&device)?;
+    let domain = inputs.target.domain().clone();
     let base = LoadedModel::load(&ModelArg::new(&args.model), &args.catseg, &device)?
         .for_domain(&domain)?;
-    let ignore = target.domain().ignore_value;
-    let settings = RefineSettings {
-        min_area_px: args.min_area,
-        points_per_component: args.points,
-        ignore,
-        void: None,
-        unclaimed: match args.unclaimed {
-            UnclaimedChoice::Ignore => Unclaimed::Ignore,
-            UnclaimedChoice::Teacher => Unclaimed::Teacher,
-        },
-    };
-    let refiner: Option<Box<dyn PseudoLabelRefiner>> = match args.refine {
-        RefineChoice::None => None,
-        RefineChoice::Grow => Some(Box::new(PromptRefiner {
-            proposer: RegionGrowing::default(),
-            settings,
-        })),
-        RefineChoice::Graph => Some(Box::new(PromptRefiner {
-            proposer: GraphSegments::default(),
-            settings,
-        })),
-        RefineChoice::Sam => {
-            let Some(path) = &args.sam_checkpoint else {
-                anyhow::bail!("--refine sam needs --sam-checkpoint PTH");
-            };
-            let sam = semla_models::sam::Sam::load(path, None, &device)
-                .with_context(|| format!("loading SAM from {}", path.display()))?;
-            Some(Box::new(PromptRefiner {
-                proposer: SamProposer::new(sam)?,
-                settings,
-            }))
-        }
-    };
     let lora_settings = args.lora.settings();
     let config = args.train.config();
-    let self_settings = SelfTrainSettings {
-        target_per_step: args.target_batch,
-        ema: EmaSettings {
-            alpha: args.ema_alpha,
-            every: args.ema_every,
-        },
-    };
     std::fs::create_dir_all(&library_dir)
         .with_context(|| format!("creating the library folder {}", library_dir.display()))?;
     let checkpoint = library_dir.join(".checkpoints").join(&name);
@@ -184,11 +223,14 @@ pub fn run(args: AdaptArgs, ctx: &Context) -> anyhow::Result<()> {
             base.as_ref(),
             &lora,
             &device,
-            source.as_ref().map(|s| s as &dyn semla_data::SampleSource),
-            &target,
-            refiner.as_deref(),
+            inputs
+                .source
+                .as_ref()
+                .map(|s| s as &dyn semla_data::SampleSource),
+            &inputs.target,
+            inputs.refiner.as_deref(),
             &config,
-            &self_settings,
+            &inputs.settings,
             &session,
             &mut |p| bar.update(p),
         );
@@ -198,10 +240,10 @@ pub fn run(args: AdaptArgs, ctx: &Context) -> anyhow::Result<()> {
     let adapter = lora.to_adapter(&name)?;
     let from = PrototypeFrom {
         model: &args.model,
-        domain: &args.domain,
-        data_root: args.data_root.as_deref(),
+        domain: &args.selftrain.domain,
+        data_root: args.selftrain.data_root.as_deref(),
         images: args.prototype_images,
-        resize: args.resize,
+        resize: args.selftrain.resize,
     };
     store_with_prototype(&from, &library_dir, &adapter, &base, &device)?;
     if !ctx.json {
@@ -210,7 +252,8 @@ pub fn run(args: AdaptArgs, ctx: &Context) -> anyhow::Result<()> {
     report(ctx, &args.out, &summary, "adapter")
 }
 
-fn describe(stats: &PseudoLabelStats) -> String {
+/// One line on what the teacher's labelling did.
+pub fn describe(stats: &PseudoLabelStats) -> String {
     format!(
         "pseudo-labels: {} target images, {} prompts, {} without a prompt, {:.1} % of pixels unsupervised; {} teacher updates",
         stats.images,
