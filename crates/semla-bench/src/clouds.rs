@@ -10,11 +10,13 @@
 //!    and the labelled daytime frames mixed in
 //!    ([`semla_selftrain::self_train_adapter`]); its prototype from the same
 //!    unlabeled images. One library per refinement in `OUT/label-free/<name>`.
+//!    And, the official case, each domain's head (the LR-ASPP decoder on the
+//!    frozen backbone) self-trained the same way into a model of its own.
 //! 3. The quality of the pseudo-labels themselves: the base model's (the
 //!    teacher at step 0) raw and refined pseudo-labels on train frames of each
 //!    domain scored against the real labels, with pictures.
-//! 4. On the held-out frames: zero-shot, each label-free adapter on its own
-//!    domain, SemLA over each label-free library leave-one-out, SemLA over
+//! 4. On the held-out frames: zero-shot, each label-free adapter (and head)
+//!    on its own domain, SemLA over each label-free library leave-one-out, SemLA over
 //!    the labelled library, and the oracle.
 //!
 //! Resumable as `bench camvid`: models and adapters in `OUT` are reused, an
@@ -30,19 +32,20 @@ use semla_core::fs::write_atomic;
 use semla_core::{Progress, SplitMix64};
 use semla_data::domains::{Split, resolve_domain};
 use semla_data::{InMemorySource, SampleSource};
-use semla_experiments::{ExperimentKind, ExperimentSettings};
-use semla_models::Segmenter;
+use semla_experiments::{ExperimentKind, ExperimentSettings, Target};
+use semla_models::{Segmenter, load_segmenter, save_segmenter};
 use semla_pipeline::embed::BuildContext;
 use semla_pipeline::{EmbedderSpec, Fusion, Semla, SemlaSettings, SourceLibrary};
 use semla_retrieval::RetrievalParams;
 use semla_selftrain::quality::{draw_labels, panel_grid};
 use semla_selftrain::{
     EmaSettings, GraphSegments, PromptRefiner, PseudoLabelRefiner, PseudoLabelScore,
-    PseudoLabelStats, RefineSettings, RegionGrowing, SegmentVote, SelfTrainSettings, Unclaimed,
-    mean_score, score_pseudo_label, self_train_adapter,
+    PseudoLabelStats, RefineSettings, RegionGrowing, SegmentVote, SelfTrainSettings, Student,
+    Unclaimed, mean_score, score_pseudo_label, self_train, self_train_adapter,
 };
 use semla_train::augment::AugmentConfig;
 use semla_train::lora::LoraTrainee;
+use semla_train::runs::with_trainable_part;
 use semla_train::trainer::{Session, TrainConfig};
 use serde::Serialize;
 
@@ -159,6 +162,10 @@ pub struct CloudsBenchConfig {
     pub min_area_px: usize,
     /// Points per prompt. Default 5 (official).
     pub points_per_component: usize,
+    /// Also self-train each domain's head (the official CLOUDS case: the
+    /// LR-ASPP decoder on the frozen backbone, no refinement) into a model
+    /// of its own, `OUT/label-free/head/<domain>`. Default `true`.
+    pub head: bool,
     /// Pixels no mask claims keep the teacher's label (`true`, the default:
     /// the official rule leaves them unsupervised and loses a third of the
     /// pixels with a weight-free proposer, see `docs/clouds.md`).
@@ -207,6 +214,7 @@ impl CloudsBenchConfig {
             min_area_px: 300,
             points_per_component: 5,
             unclaimed_from_teacher: true,
+            head: true,
             train_images: Some(96),
             eval_images: Some(50),
             quality_images: 12,
@@ -269,6 +277,33 @@ pub struct CloudsBenchOutcome {
     pub phases: Vec<(String, f64)>,
     /// Which parts were reused from an earlier run.
     pub reused: Vec<String>,
+}
+
+/// The training settings of every label-free run of domain `index`: the
+/// same seed whatever is trained and refined, so runs differ only in that.
+fn selftrain_config(config: &CloudsBenchConfig, index: usize) -> TrainConfig {
+    let mut train = TrainConfig::new(config.adapter_steps, config.batch_size, config.adapter_lr);
+    train.seed = config.seed.wrapping_add(2000 + index as u64);
+    train.augment = AugmentConfig {
+        min_scale: 1.0,
+        max_scale: 1.0,
+        flip_probability: 0.5,
+        crop: None,
+    };
+    train.checkpoint_every = Some(50);
+    train
+}
+
+/// Writes `stats` of the run `<what>-<domain>` into `dir`.
+fn write_stats(dir: &Path, what: &str, domain: &str, stats: &PseudoLabelStats) -> Result<()> {
+    let path = dir.join(format!("{what}-{domain}.json"));
+    write_atomic(
+        &path,
+        serde_json::to_string_pretty(stats)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    Ok(())
 }
 
 /// The label-free libraries: no refinement, then each refiner.
@@ -393,19 +428,8 @@ pub fn run_clouds_bench(
                     )?);
                 }
                 let source = daytime.as_ref().map(|s| s as &dyn SampleSource);
-                // The same seed for every refinement: runs differ only in it.
-                let seed = config.seed.wrapping_add(2000 + i as u64);
-                let lora = LoraTrainee::new(&base.sites(), &plan.lora, seed, &device)?;
-                let mut train =
-                    TrainConfig::new(config.adapter_steps, config.batch_size, config.adapter_lr);
-                train.seed = seed;
-                train.augment = AugmentConfig {
-                    min_scale: 1.0,
-                    max_scale: 1.0,
-                    flip_probability: 0.5,
-                    crop: None,
-                };
-                train.checkpoint_every = plan.checkpoint_every;
+                let train = selftrain_config(config, i);
+                let lora = LoraTrainee::new(&base.sites(), &plan.lora, train.seed, &device)?;
                 let checkpoint = out_dir
                     .join("checkpoints")
                     .join(format!("label-free-{variant}"))
@@ -434,13 +458,7 @@ pub fn run_clouds_bench(
                     &mut |p| progress.training_step(p.step, p.loss),
                 )?;
                 progress.end();
-                let path = stats_dir.join(format!("{variant}-{name}.json"));
-                write_atomic(
-                    &path,
-                    serde_json::to_string_pretty(&stats)
-                        .unwrap_or_default()
-                        .as_bytes(),
-                )?;
+                write_stats(&stats_dir, &variant, name, &stats)?;
                 Ok(lora.to_adapter(name)?)
             },
             &device,
@@ -458,6 +476,83 @@ pub fn run_clouds_bench(
         }
     }
     phases.end("label-free adapters");
+
+    // 2b. The official case: each domain's head self-trained into a model.
+    let mut heads: Vec<Arc<dyn Segmenter>> = Vec::new();
+    if config.head {
+        let model_config = base.config();
+        for (i, name) in config.domains.iter().enumerate() {
+            let dir = out_dir.join("label-free").join("head").join(name);
+            let done = dir.join(semla_models::model_dir::CONFIG_FILE).is_file()
+                && dir.join(semla_models::model_dir::WEIGHTS_FILE).is_file();
+            if done {
+                reused.push(format!("label-free head {name}"));
+            } else {
+                let target = load_domain(
+                    &config.data_root,
+                    name,
+                    Split::Train,
+                    size,
+                    Frames::Spaced(config.train_images),
+                    progress,
+                )?
+                .into_unlabeled();
+                if daytime.is_none() {
+                    daytime = Some(load_domain(
+                        &config.data_root,
+                        SOURCE_DOMAIN,
+                        Split::Train,
+                        size,
+                        Frames::Spaced(config.train_images),
+                        progress,
+                    )?);
+                }
+                let (model, params) = with_trainable_part(
+                    base.as_ref(),
+                    &|weight| model_config.is_head_weight(weight),
+                    &device,
+                )?;
+                let checkpoint = out_dir
+                    .join("checkpoints")
+                    .join("label-free-head")
+                    .join(name);
+                progress.begin(
+                    &format!("self-training the head on {name}"),
+                    config.adapter_steps as u64,
+                );
+                let (_, stats) = self_train(
+                    Student::Weights {
+                        model: model.as_ref(),
+                        params: &params,
+                    },
+                    &device,
+                    daytime.as_ref().map(|s| s as &dyn SampleSource),
+                    &target,
+                    None,
+                    &selftrain_config(config, i),
+                    &SelfTrainSettings {
+                        target_per_step: config.target_per_step,
+                        ema: config.ema,
+                    },
+                    &Session {
+                        checkpoint_dir: Some(&checkpoint),
+                        resume: true,
+                        stop_at: None,
+                    },
+                    &mut |p| progress.training_step(p.step, p.loss),
+                )?;
+                progress.end();
+                write_stats(&stats_dir, "head", name, &stats)?;
+                save_segmenter(model.as_ref(), &dir)?;
+            }
+            heads.push(Arc::from(load_segmenter(&dir, &device)?));
+            let stats = std::fs::read(stats_dir.join(format!("head-{name}.json")))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<PseudoLabelStats>(&bytes).ok());
+            self_training.push(("head".to_string(), name.clone(), stats));
+        }
+        phases.end("label-free heads");
+    }
 
     // 3. The pseudo-labels themselves.
     let quality = score_pseudo_labels(
@@ -527,6 +622,36 @@ pub fn run_clouds_bench(
         labelled.next().unwrap_or_default(),
     );
     rows.push(("zeroshot".to_string(), zero_shot));
+    let mut head_row = None;
+    if !heads.is_empty() {
+        let head_targets: Vec<Target<'_>> = targets
+            .iter()
+            .zip(&heads)
+            .map(|(t, model)| Target {
+                name: t.name.clone(),
+                source: t.source,
+                definition: t.definition,
+                class_names: t.class_names.clone(),
+                model: Some(Arc::clone(model)),
+            })
+            .collect();
+        let outputs = run_leave_one_out(
+            &semla_over(&built.library_dir)?,
+            &head_targets,
+            &[(ExperimentKind::ZeroShot, Fusion::Weights)],
+            &settings,
+            Some(&experiments.join("label-free-head")),
+            progress,
+        )?;
+        head_row = Some((
+            "selftrain-head".to_string(),
+            outputs
+                .into_iter()
+                .next()
+                .map(|(_, o)| o.results)
+                .unwrap_or_default(),
+        ));
+    }
     let mut semla_rows = Vec::new();
     for (variant, _) in variants(config) {
         let outputs = run_leave_one_out(
@@ -550,6 +675,7 @@ pub fn run_clouds_bench(
             outputs.next().unwrap_or_default(),
         ));
     }
+    rows.extend(head_row);
     rows.extend(semla_rows);
     rows.push(("semla-labelled".to_string(), semla_labelled));
     rows.push(("oracle".to_string(), oracle));

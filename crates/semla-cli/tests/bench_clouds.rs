@@ -69,6 +69,7 @@ fn the_toy_benchmark_writes_its_tables_and_reuses_everything() {
             "zeroshot",
             "selftrain",
             "selftrain-vote",
+            "selftrain-head",
             "semla-label-free",
             "semla-label-free-vote",
             "semla-labelled",
@@ -98,12 +99,17 @@ fn the_toy_benchmark_writes_its_tables_and_reuses_everything() {
             (4 * 64 + 3 * 4, 2 * 64 + 4)
         );
     }
-    // Every label-free training labelled 3 steps x 1 target image.
+    // Every label-free training (two adapters and a head per domain)
+    // labelled 3 steps x 1 target image.
     let trainings = first["self_training"].as_array().unwrap();
-    assert_eq!(trainings.len(), 4);
+    assert_eq!(trainings.len(), 6);
     for t in trainings {
         assert_eq!(t[2]["images"], 3, "{t}");
         assert_eq!(t[2]["teacher_updates"], 3, "{t}");
+    }
+    for domain in ["camvid-dusk", "camvid-fog3"] {
+        let model = out.join("label-free/head").join(domain);
+        assert!(model.join("config.json").is_file() && model.join("model.safetensors").is_file());
     }
     for variant in ["none", "vote"] {
         for domain in ["camvid-dusk", "camvid-fog3"] {
@@ -132,7 +138,11 @@ fn the_toy_benchmark_writes_its_tables_and_reuses_everything() {
         reused.contains(&"label-free vote: adapter camvid-fog3"),
         "{reused:?}"
     );
-    assert_eq!(reused.len(), 1 + 2 + 2 * 2, "{reused:?}");
+    assert!(
+        reused.contains(&"label-free head camvid-dusk"),
+        "{reused:?}"
+    );
+    assert_eq!(reused.len(), 1 + 2 + 2 * 2 + 2, "{reused:?}");
     assert_eq!(first["table"], second["table"]);
 }
 

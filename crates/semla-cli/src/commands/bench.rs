@@ -584,6 +584,10 @@ pub struct CloudsArgs {
         value_name = "R,..."
     )]
     pub refiners: Vec<semla_bench::clouds::WeightFreeRefiner>,
+    /// Do not self-train each domain's head (the official CLOUDS case, a model
+    /// per domain in OUT/label-free/head; the `selftrain-head` row).
+    #[arg(long)]
+    pub no_head: bool,
     /// Input size HEIGHTxWIDTH (every image is resized to it).
     #[arg(long, default_value = "96x128", value_parser = parse_size, value_name = "HxW")]
     pub image_size: (usize, usize),
@@ -652,6 +656,7 @@ fn run_clouds(args: CloudsArgs, ctx: &Context) -> anyhow::Result<()> {
         config.domains = args.domains.clone();
     }
     config.refiners = args.refiners.clone();
+    config.head = !args.no_head;
     config.eval_split = args.eval_split;
     config.image_size = args.image_size;
     config.base_steps = args.steps;
