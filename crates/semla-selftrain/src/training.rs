@@ -1,5 +1,5 @@
-//! CLOUDS' self-training of a LoRA adapter on an unlabeled target domain:
-//! per step, an EMA teacher labels clean views of target images, the
+//! CLOUDS' self-training of a model's head or a LoRA adapter ([`Student`]) on an
+//! unlabeled target domain: per step, an EMA teacher labels clean views of target images, the
 //! labels are refined (optionally) by a promptable mask model, and the student
 //! trains on photometrically distorted views of the same images together
 //! with labelled source images, under one loss.
