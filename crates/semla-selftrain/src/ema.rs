@@ -88,6 +88,19 @@ impl EmaTeacher {
         if !(step + 1).is_multiple_of(self.settings.every) {
             return Ok(false);
         }
+        self.update(self.settings.alpha, params)?;
+        Ok(true)
+    }
+
+    /// Moves every weight to `alpha * teacher + (1 - alpha) * student` now
+    /// (`params` in the order the teacher was made from), whatever the step:
+    /// DACS' mean teacher updates every step with its own ramped alpha.
+    pub fn update(&mut self, alpha: f64, params: &[(String, Var)]) -> Result<()> {
+        if !(alpha.is_finite() && (0.0..=1.0).contains(&alpha)) {
+            return Err(RefineError::Invalid(format!(
+                "the EMA alpha must be in [0, 1], got {alpha}"
+            )));
+        }
         if params.len() != self.values.len() {
             return Err(RefineError::Invalid(format!(
                 "the teacher has {} weights, the student {}",
@@ -95,7 +108,6 @@ impl EmaTeacher {
                 params.len()
             )));
         }
-        let alpha = self.settings.alpha;
         for ((name, value), (student_name, var)) in self.values.iter_mut().zip(params) {
             if name != student_name {
                 return Err(RefineError::Invalid(format!(
@@ -106,7 +118,7 @@ impl EmaTeacher {
             *value = ((&*value * alpha)? + (student * (1.0 - alpha))?)?;
         }
         self.updates += 1;
-        Ok(true)
+        Ok(())
     }
 
     /// The teacher's weights under `teacher.`-prefixed names (for checkpoints).

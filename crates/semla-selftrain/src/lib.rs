@@ -1,6 +1,8 @@
 //! Self-training on unlabeled domains.
 //!
-//! [`training`] is CLOUDS' loop for a model's head or a LoRA adapter on a
+//! [`dacs`] is DACS' unsupervised domain adaptation (mean teacher, ClassMix,
+//! confidence-weighted pseudo-labels), with a hook for editing the teacher's
+//! labels (CSI's relabeling, in `semla-csi`). [`training`] is CLOUDS' loop for a model's head or a LoRA adapter on a
 //! frozen base: an EMA teacher ([`ema`]) labels clean views of unlabeled
 //! target images, the labels are optionally refined, and the student trains
 //! on distorted views of them mixed with labelled source images, through
@@ -21,6 +23,7 @@
 //! scores pseudo-labels against the truth.
 
 pub mod components;
+pub mod dacs;
 pub mod ema;
 pub mod error;
 pub mod graph;
@@ -29,9 +32,11 @@ pub mod proposer;
 pub mod quality;
 pub mod refine;
 pub mod sam;
+pub mod student;
 pub mod training;
 pub mod vote;
 
+pub use dacs::{DacsSettings, DacsStats, DacsTraining, PseudoLabelEditor, dacs_train};
 pub use ema::{EmaSettings, EmaTeacher};
 pub use error::{RefineError, Result};
 pub use grow::RegionGrowing;

@@ -8,23 +8,23 @@
 //! AdamW, schedule, checkpoints, resume); this module supplies its batches
 //! ([`SelfTraining`], a [`Steps`]) and the teacher it carries.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
-use semla_adapters::{Adaptation, FactoredSite};
 use semla_core::SplitMix64;
 use semla_data::{Sample, SampleSource};
 use semla_models::{Normalization, Segmenter};
 use semla_train::augment::{AugmentConfig, augment, photometric};
 use semla_train::error::TrainError;
-use semla_train::lora::{LoraTrainee, peft_key};
-use semla_train::runs::{adapter_trainee, with_trainable_part};
+use semla_train::lora::LoraTrainee;
 use semla_train::trainer::{
-    Batch, Progress, Session, Steps, TrainConfig, TrainSummary, Trainee, make_batch, train_steps,
+    Batch, Progress, Session, Steps, TrainConfig, TrainSummary, make_batch, train_steps,
 };
 
 use crate::ema::{EmaSettings, EmaTeacher};
 use crate::proposer::MaskProposer;
 use crate::refine::{RefineSettings, Refined, refine_pseudo_label};
+pub use crate::student::Student;
+use crate::student::TeacherModel;
 
 /// Random streams of a step (the source batch uses stream 0 of the same seed).
 const TARGET_STREAM: u64 = 0x5E1F;
@@ -105,124 +105,6 @@ pub struct PseudoLabelStats {
     pub teacher_updates: usize,
 }
 
-/// What self-training trains.
-#[derive(Clone, Copy)]
-pub enum Student<'a> {
-    /// A LoRA adapter on a frozen base; the teacher is the EMA of its
-    /// factors, applied to the same base.
-    Adapter {
-        /// The frozen base.
-        base: &'a dyn Segmenter,
-        /// The adapter's factors.
-        lora: &'a LoraTrainee,
-    },
-    /// Some of a model's own weights (its head, say: the official case),
-    /// the rest frozen, as `semla_train::runs::with_trainable_part` makes it;
-    /// the teacher is a second copy whose weights follow their EMA.
-    Weights {
-        /// The model, built over `params` and plain frozen tensors.
-        model: &'a dyn Segmenter,
-        /// Its trainable weights, sorted by name.
-        params: &'a [(String, Var)],
-    },
-}
-
-impl<'a> Student<'a> {
-    /// The model the student's logits come from.
-    fn model(&self) -> &'a dyn Segmenter {
-        match *self {
-            Self::Adapter { base, .. } => base,
-            Self::Weights { model, .. } => model,
-        }
-    }
-
-    fn params(&self) -> Vec<(String, Var)> {
-        match self {
-            Self::Adapter { lora, .. } => lora.params(),
-            Self::Weights { params, .. } => params.to_vec(),
-        }
-    }
-
-    /// The loop's view of the student.
-    fn trainee(&self, device: &Device) -> Trainee<'a> {
-        match *self {
-            Self::Adapter { base, lora } => adapter_trainee(base, lora, device),
-            Self::Weights { model, params } => Trainee {
-                params: params.to_vec(),
-                forward: Box::new(move |images| model.training_logits(images, &Adaptation::none())),
-                normalization: model.normalization(),
-                objective: model.training_objective(),
-                device: device.clone(),
-            },
-        }
-    }
-}
-
-/// The model the teacher's values are applied to.
-enum TeacherModel<'a> {
-    /// The student's base with the teacher's factors.
-    Adapter {
-        base: &'a dyn Segmenter,
-        lora: &'a LoraTrainee,
-        adaptation: Adaptation,
-    },
-    /// A copy of the student's model whose variables hold the teacher's values.
-    Weights {
-        model: Box<dyn Segmenter>,
-        vars: Vec<(String, Var)>,
-    },
-}
-
-impl TeacherModel<'_> {
-    /// Makes the model predict with `teacher`'s values.
-    fn sync(&mut self, teacher: &EmaTeacher) -> crate::Result<()> {
-        let missing = |name: &str| crate::RefineError::Invalid(format!("the teacher lacks {name}"));
-        match self {
-            Self::Adapter {
-                lora, adaptation, ..
-            } => {
-                let mut fresh = Adaptation::none();
-                for (path, _, _) in lora.factors() {
-                    let coeff = lora
-                        .adaptation()
-                        .get(&path)
-                        .map(|s| s.coeff.clone())
-                        .ok_or_else(|| missing(&path))?;
-                    let (key_a, key_b) = (peft_key(&path, "A"), peft_key(&path, "B"));
-                    let a = teacher.value(&key_a).ok_or_else(|| missing(&key_a))?;
-                    let b = teacher.value(&key_b).ok_or_else(|| missing(&key_b))?;
-                    fresh.insert(
-                        path,
-                        FactoredSite {
-                            a: a.clone(),
-                            b: b.clone(),
-                            coeff,
-                        },
-                    );
-                }
-                *adaptation = fresh;
-            }
-            Self::Weights { vars, .. } => {
-                for (name, var) in vars.iter() {
-                    var.set(teacher.value(name).ok_or_else(|| missing(name))?)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The teacher's logits `[N, C, H, W]` of normalised `images`, detached.
-    fn forward(&self, images: &Tensor) -> candle_core::Result<Tensor> {
-        let logits = match self {
-            Self::Adapter {
-                base, adaptation, ..
-            } => base.forward(images, adaptation)?,
-            Self::Weights { model, .. } => model.forward(images, &Adaptation::none())?,
-        };
-        Ok(logits.detach())
-    }
-}
-
 /// The batches of CLOUDS' self-training of a [`Student`].
 pub struct SelfTraining<'a> {
     student: Student<'a>,
@@ -238,11 +120,11 @@ pub struct SelfTraining<'a> {
     stats: PseudoLabelStats,
 }
 
-fn invalid(message: impl Into<String>) -> TrainError {
+pub(crate) fn invalid(message: impl Into<String>) -> TrainError {
     TrainError::Config(message.into())
 }
 
-fn pseudo_error(e: crate::RefineError) -> TrainError {
+pub(crate) fn pseudo_error(e: crate::RefineError) -> TrainError {
     TrainError::PseudoLabel(e.to_string())
 }
 
@@ -297,20 +179,7 @@ impl<'a> SelfTraining<'a> {
             return Err(invalid("labels must fit 16 bits"));
         }
         let teacher = EmaTeacher::new(&student.params(), settings.ema).map_err(pseudo_error)?;
-        let mut teacher_model = match student {
-            Student::Adapter { base, lora } => TeacherModel::Adapter {
-                base,
-                lora,
-                adaptation: Adaptation::none(),
-            },
-            Student::Weights { model, params } => {
-                let names: std::collections::HashSet<&str> =
-                    params.iter().map(|(n, _)| n.as_str()).collect();
-                let (model, vars) =
-                    with_trainable_part(model, &|name| names.contains(name), device)?;
-                TeacherModel::Weights { model, vars }
-            }
-        };
+        let mut teacher_model = TeacherModel::for_student(student, device)?;
         teacher_model.sync(&teacher).map_err(pseudo_error)?;
         Ok(Self {
             student,
@@ -423,6 +292,7 @@ impl Steps for SelfTraining<'_> {
             return Ok(Batch {
                 images: target_images,
                 labels: target_labels,
+                weights: None,
             });
         };
         let source_batch =
@@ -436,6 +306,7 @@ impl Steps for SelfTraining<'_> {
         Ok(Batch {
             images: Tensor::cat(&[&source_batch.images, &target_images], 0)?,
             labels: Tensor::cat(&[&source_batch.labels, &target_labels], 0)?,
+            weights: None,
         })
     }
 

@@ -37,6 +37,7 @@ fn batch(n: usize, h: usize, w: usize, classes: u32) -> Batch {
     Batch {
         images,
         labels: Tensor::from_vec(labels, (n, h, w), &Device::Cpu).unwrap(),
+        weights: None,
     }
 }
 

@@ -1,4 +1,6 @@
-//! Seeded random scale, crop and horizontal flip of a training sample.
+//! Seeded augmentation of training samples: random scale, crop and
+//! horizontal flip; the photometric distortion of CLOUDS' student; DACS'
+//! strong colour jitter and blur.
 
 use semla_core::SplitMix64;
 use semla_data::samples::{Sample, resample};
@@ -110,6 +112,172 @@ pub fn photometric(sample: &Sample, rng: &mut SplitMix64) -> Sample {
     out
 }
 
+/// DACS' strong augmentation of a mixed image (`strong_transform`, after the
+/// one-mix): a colour jitter, then a Gaussian blur. Defaults are the official
+/// ones: jitter strength 0.2 applied when a uniform draw exceeds 0.2 (so with
+/// probability 0.8), blur when a draw exceeds 0.5.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StrongAugment {
+    /// `s` of kornia's `ColorJitter(brightness=s, contrast=s, saturation=s, hue=s)`.
+    pub jitter_strength: f64,
+    /// The jitter is applied when a uniform draw exceeds this (`color_jitter_p`).
+    pub jitter_threshold: f64,
+    /// Whether the blur may be applied (when a uniform draw exceeds 0.5).
+    pub blur: bool,
+}
+
+impl Default for StrongAugment {
+    fn default() -> Self {
+        Self {
+            jitter_strength: 0.2,
+            jitter_threshold: 0.2,
+            blur: true,
+        }
+    }
+}
+
+/// [`StrongAugment`] of `sample`'s image (labels untouched), seeded by `rng`.
+///
+/// The jitter, in kornia's fixed order: brightness `+ U(-s, s)`, contrast
+/// `x U(1-s, 1+s)`, saturation (a blend with the pixel's grey value by
+/// `U(1-s, 1+s)`), hue (a rotation of the hue circle by `U(-s, s)` turns,
+/// kornia's `hue_factor * 2 pi` radians), each clamped to `[0, 1]`. The blur: sigma `U(0.15, 1.15)`, an odd kernel of about a tenth
+/// of each side (the official size formula), reflected borders.
+pub fn strong_augment(sample: &Sample, settings: &StrongAugment, rng: &mut SplitMix64) -> Sample {
+    let jitter_draw = rng.next_f64();
+    let blur_draw = rng.next_f64();
+    let mut out = sample.clone();
+    if jitter_draw > settings.jitter_threshold && settings.jitter_strength > 0.0 {
+        let s = settings.jitter_strength;
+        let brightness = rng.uniform(-s, s);
+        let contrast = rng.uniform((1.0 - s).max(0.0), 1.0 + s);
+        let saturation = rng.uniform((1.0 - s).max(0.0), 1.0 + s);
+        let hue_turns = rng.uniform(-s, s);
+        jitter(&mut out, brightness, contrast, saturation, hue_turns);
+    }
+    if settings.blur && blur_draw > 0.5 {
+        let sigma = rng.uniform(0.15, 1.15);
+        gaussian_blur(&mut out, sigma);
+    }
+    out
+}
+
+fn jitter(sample: &mut Sample, brightness: f64, contrast: f64, saturation: f64, hue_turns: f64) {
+    let pixels = sample.height * sample.width;
+    for p in 0..pixels {
+        let mut rgb = [0f64; 3];
+        for (c, v) in rgb.iter_mut().enumerate() {
+            let x = f64::from(sample.image[c * pixels + p]);
+            *v = ((x + brightness).clamp(0.0, 1.0) * contrast).clamp(0.0, 1.0);
+        }
+        let grey = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2];
+        for v in &mut rgb {
+            *v = (grey + saturation * (*v - grey)).clamp(0.0, 1.0);
+        }
+        let (h, sat, val) = rgb_to_hsv(rgb);
+        let rgb = hsv_to_rgb((h + hue_turns).rem_euclid(1.0), sat, val);
+        for (c, v) in rgb.iter().enumerate() {
+            sample.image[c * pixels + p] = v.clamp(0.0, 1.0) as f32;
+        }
+    }
+}
+
+/// `(hue in [0, 1) turns, saturation, value)` of an RGB triple in `[0, 1]`.
+fn rgb_to_hsv([r, g, b]: [f64; 3]) -> (f64, f64, f64) {
+    let max = r.max(g).max(b);
+    let min = r.min(g).min(b);
+    let delta = max - min;
+    let hue = if delta <= 0.0 {
+        0.0
+    } else if max == r {
+        ((g - b) / delta).rem_euclid(6.0) / 6.0
+    } else if max == g {
+        ((b - r) / delta + 2.0) / 6.0
+    } else {
+        ((r - g) / delta + 4.0) / 6.0
+    };
+    let saturation = if max <= 0.0 { 0.0 } else { delta / max };
+    (hue, saturation, max)
+}
+
+fn hsv_to_rgb(hue: f64, saturation: f64, value: f64) -> [f64; 3] {
+    let h6 = hue * 6.0;
+    let sector = h6.floor();
+    let f = h6 - sector;
+    let p = value * (1.0 - saturation);
+    let q = value * (1.0 - saturation * f);
+    let t = value * (1.0 - saturation * (1.0 - f));
+    match (sector as i64).rem_euclid(6) {
+        0 => [value, t, p],
+        1 => [q, value, p],
+        2 => [p, value, t],
+        3 => [p, q, value],
+        4 => [t, p, value],
+        _ => [value, p, q],
+    }
+}
+
+/// The official odd kernel size for a side of `n` pixels:
+/// `floor(ceil(0.1 n) - 0.5 + ceil(0.1 n) mod 2)`, at least 1.
+fn blur_kernel_size(n: usize) -> usize {
+    let tenth = (0.1 * n as f64).ceil();
+    ((tenth - 0.5 + tenth % 2.0).floor() as usize).max(1)
+}
+
+/// A separable Gaussian blur of every channel, borders reflected (kornia's default).
+fn gaussian_blur(sample: &mut Sample, sigma: f64) {
+    let (h, w) = (sample.height, sample.width);
+    let kernel = |size: usize| -> Vec<f64> {
+        let half = (size / 2) as f64;
+        let raw: Vec<f64> = (0..size)
+            .map(|i| (-((i as f64 - half).powi(2)) / (2.0 * sigma * sigma)).exp())
+            .collect();
+        let total: f64 = raw.iter().sum();
+        raw.into_iter().map(|k| k / total).collect()
+    };
+    let reflect = |i: isize, n: usize| -> usize {
+        if n == 1 {
+            return 0;
+        }
+        let period = 2 * (n as isize - 1);
+        let m = i.rem_euclid(period);
+        (if m >= n as isize { period - m } else { m }) as usize
+    };
+    let (ky, kx) = (kernel(blur_kernel_size(h)), kernel(blur_kernel_size(w)));
+    let pixels = h * w;
+    let mut row_pass = vec![0f64; pixels];
+    for c in 0..3 {
+        let plane = &mut sample.image[c * pixels..(c + 1) * pixels];
+        let half = (kx.len() / 2) as isize;
+        for y in 0..h {
+            for x in 0..w {
+                row_pass[y * w + x] = kx
+                    .iter()
+                    .enumerate()
+                    .map(|(k, weight)| {
+                        let xx = reflect(x as isize + k as isize - half, w);
+                        weight * f64::from(plane[y * w + xx])
+                    })
+                    .sum();
+            }
+        }
+        let half = (ky.len() / 2) as isize;
+        for y in 0..h {
+            for x in 0..w {
+                let v: f64 = ky
+                    .iter()
+                    .enumerate()
+                    .map(|(k, weight)| {
+                        let yy = reflect(y as isize + k as isize - half, h);
+                        weight * row_pass[yy * w + x]
+                    })
+                    .sum();
+                plane[y * w + x] = v as f32;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +319,77 @@ mod tests {
             height: h,
             width: w,
         }
+    }
+
+    #[test]
+    fn strong_augment_keeps_labels_range_and_grey_stays_grey_under_hue() {
+        let s = ramp(6, 7);
+        let mut unit = s.clone();
+        for v in &mut unit.image {
+            *v = (*v / 400.0).min(1.0);
+        }
+        let mut changed = false;
+        for seed in 0..16 {
+            let a = strong_augment(&unit, &StrongAugment::default(), &mut SplitMix64::new(seed));
+            assert_eq!(a.labels, unit.labels);
+            assert!(a.image.iter().all(|v| (0.0..=1.0).contains(v)));
+            changed |= a.image != unit.image;
+        }
+        assert!(changed);
+        // A hue rotation leaves grey pixels alone and cycles pure red.
+        let mut grey = Sample {
+            image: vec![0.5; 3],
+            labels: vec![0],
+            height: 1,
+            width: 1,
+        };
+        jitter(&mut grey, 0.0, 1.0, 1.0, 0.3);
+        assert!(grey.image.iter().all(|v| (v - 0.5).abs() < 1e-6));
+        let mut red = Sample {
+            image: vec![1.0, 0.0, 0.0],
+            labels: vec![0],
+            height: 1,
+            width: 1,
+        };
+        jitter(&mut red, 0.0, 1.0, 1.0, 1.0 / 3.0);
+        assert!(
+            (red.image[1] - 1.0).abs() < 1e-6 && red.image[0].abs() < 1e-6,
+            "{:?}",
+            red.image
+        );
+    }
+
+    #[test]
+    fn blur_kernel_follows_the_official_formula_and_keeps_constants() {
+        // ceil(0.1 n) even -> minus one; odd -> itself.
+        assert_eq!(blur_kernel_size(96), 9);
+        assert_eq!(blur_kernel_size(128), 13);
+        assert_eq!(blur_kernel_size(512), 51);
+        assert_eq!(blur_kernel_size(5), 1);
+        let mut flat = Sample {
+            image: vec![0.25; 3 * 20],
+            labels: vec![0; 20],
+            height: 4,
+            width: 5,
+        };
+        gaussian_blur(&mut flat, 0.8);
+        assert!(flat.image.iter().all(|v| (v - 0.25).abs() < 1e-6));
+        // An impulse spreads symmetrically and keeps its mass (no border reached).
+        let (h, w) = (21, 21);
+        let mut impulse = Sample {
+            image: vec![0.0; 3 * h * w],
+            labels: vec![0; h * w],
+            height: h,
+            width: w,
+        };
+        impulse.image[10 * w + 10] = 1.0;
+        gaussian_blur(&mut impulse, 1.0);
+        let plane = &impulse.image[..h * w];
+        let mass: f32 = plane.iter().sum();
+        assert!((mass - 1.0).abs() < 1e-5);
+        assert!((plane[10 * w + 9] - plane[10 * w + 11]).abs() < 1e-7);
+        assert!((plane[9 * w + 10] - plane[10 * w + 9]).abs() < 1e-7);
+        assert!(plane[10 * w + 10] > plane[10 * w + 9]);
     }
 
     #[test]

@@ -14,17 +14,48 @@ use crate::error::{Result, TrainError};
 /// `ignore` marks pixels that do not count. Returns a scalar; when no pixel
 /// counts, the loss is `0` (with a graph, so `backward` still works).
 pub fn cross_entropy_with_ignore(logits: &Tensor, labels: &Tensor, ignore: u32) -> Result<Tensor> {
+    weighted_cross_entropy(logits, labels, ignore, None)
+}
+
+/// [`cross_entropy_with_ignore`] with each pixel's term multiplied by its
+/// weight (`weights`: `[N, H, W]` f32, DACS' pseudo-label confidence), still
+/// divided by the number of labelled pixels (so weights below 1 shrink the
+/// loss, as DACS' weighted mean does).
+pub fn weighted_cross_entropy(
+    logits: &Tensor,
+    labels: &Tensor,
+    ignore: u32,
+    weights: Option<&Tensor>,
+) -> Result<Tensor> {
     let ((n, _, h, w), raw) = checked_labels(logits, labels, ignore)?;
+    let pixel_weights = match weights {
+        Some(t) => {
+            if t.dims() != [n, h, w] {
+                return Err(TrainError::Config(format!(
+                    "loss weights are {:?}, the labels [{n}, {h}, {w}]",
+                    t.dims()
+                )));
+            }
+            let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            if let Some(bad) = values.iter().find(|v| !v.is_finite() || **v < 0.0) {
+                return Err(TrainError::Config(format!(
+                    "loss weights must be finite and non-negative, got {bad}"
+                )));
+            }
+            Some(values)
+        }
+        None => None,
+    };
     let mut targets = Vec::with_capacity(raw.len());
     let mut mask = Vec::with_capacity(raw.len());
     let mut counted = 0usize;
-    for &label in &raw {
+    for (i, &label) in raw.iter().enumerate() {
         if label == ignore {
             targets.push(0u32);
             mask.push(0f32);
         } else {
             targets.push(label);
-            mask.push(1f32);
+            mask.push(pixel_weights.as_ref().map_or(1.0, |w| w[i]));
             counted += 1;
         }
     }
@@ -149,6 +180,43 @@ mod tests {
         for (a, b) in g.iter().zip(expected) {
             assert!((a - b).abs() < 1e-6, "{g:?} vs {expected:?}");
         }
+    }
+
+    #[test]
+    fn weighted_loss_scales_each_pixel_and_divides_by_labelled_pixels() {
+        // 2 classes, 1x3 pixels, labels (0, 1, ignore), weights (0.5, 2, 9).
+        let logits = Tensor::from_vec(
+            vec![1f32, 0.0, 4.0, 0.0, 3.0, 0.0],
+            (1, 2, 1, 3),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let labels = Tensor::from_vec(vec![0u32, 1, 9], (1, 1, 3), &Device::Cpu).unwrap();
+        let weights = Tensor::from_vec(vec![0.5f32, 2.0, 9.0], (1, 1, 3), &Device::Cpu).unwrap();
+        let loss = weighted_cross_entropy(&logits, &labels, 9, Some(&weights))
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // Class 0 holds (1, 0, 4), class 1 (0, 3, 0): pixel 0 picks 1 of
+        // (1, 0), pixel 1 picks 3 of (0, 3).
+        let ce0 = (1f64.exp() + 1.0).ln() - 1.0;
+        let ce1 = (1.0 + 3f64.exp()).ln() - 3.0;
+        let expected = (0.5 * ce0 + 2.0 * ce1) / 2.0;
+        assert!(
+            (f64::from(loss) - expected).abs() < 1e-6,
+            "{loss} vs {expected}"
+        );
+        let plain = cross_entropy_with_ignore(&logits, &labels, 9).unwrap();
+        let ones = Tensor::ones((1, 1, 3), DType::F32, &Device::Cpu).unwrap();
+        let weighted_ones = weighted_cross_entropy(&logits, &labels, 9, Some(&ones)).unwrap();
+        assert_eq!(
+            plain.to_scalar::<f32>().unwrap(),
+            weighted_ones.to_scalar::<f32>().unwrap()
+        );
+        let nan = Tensor::from_vec(vec![f32::NAN, 1.0, 1.0], (1, 1, 3), &Device::Cpu).unwrap();
+        assert!(weighted_cross_entropy(&logits, &labels, 9, Some(&nan)).is_err());
+        let wrong = Tensor::ones((1, 3, 1), DType::F32, &Device::Cpu).unwrap();
+        assert!(weighted_cross_entropy(&logits, &labels, 9, Some(&wrong)).is_err());
     }
 
     #[test]

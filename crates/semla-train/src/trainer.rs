@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor, Var};
 use semla_core::SplitMix64;
 use semla_core::fs::write_atomic;
-use semla_data::{SampleError, SampleSource};
+use semla_data::{Sample, SampleError, SampleSource};
 use semla_models::{Normalization, TrainingObjective};
 
 use crate::augment::{AugmentConfig, augment};
 use crate::error::{Result, TrainError};
-use crate::loss::{binary_cross_entropy_one_hot, cross_entropy_with_ignore};
+use crate::loss::{binary_cross_entropy_one_hot, weighted_cross_entropy};
 use crate::optim::{AdamW, AdamWConfig, clip_factor};
 use crate::schedule::WarmupCosine;
 
@@ -147,6 +147,9 @@ pub struct Batch {
     pub images: Tensor,
     /// Labels `[N, H, W]` (u32).
     pub labels: Tensor,
+    /// Per-pixel loss weights `[N, H, W]` (f32; DACS' pseudo-label
+    /// confidence); `None`: every labelled pixel weighs 1.
+    pub weights: Option<Tensor>,
 }
 
 /// Where a run's batches come from, and the state it carries from step to
@@ -212,6 +215,27 @@ pub fn make_batch(
     step: usize,
     device: &Device,
 ) -> Result<Batch> {
+    let samples = sample_batch(source, config, step)?;
+    let (h, w) = samples.first().map_or((0, 0), |s| (s.height, s.width));
+    let labels: Vec<u32> = samples
+        .iter()
+        .flat_map(|s| s.labels.iter().copied())
+        .collect();
+    let refs: Vec<_> = samples.iter().collect();
+    Ok(Batch {
+        images: normalization.batch(&refs, device)?,
+        labels: Tensor::from_vec(labels, (samples.len(), h, w), device)?,
+        weights: None,
+    })
+}
+
+/// The augmented samples of [`make_batch`] before normalisation (DACS mixes
+/// them into target images first); all of one size.
+pub fn sample_batch(
+    source: &dyn SampleSource,
+    config: &TrainConfig,
+    step: usize,
+) -> Result<Vec<Sample>> {
     if source.is_empty() {
         return Err(TrainError::Config(
             "the training source has no samples".into(),
@@ -220,40 +244,28 @@ pub fn make_batch(
     semla_core::limits::check_batch(config.batch_size as u64, "a training batch")
         .map_err(TrainError::Config)?;
     let mut rng = SplitMix64::for_step(config.seed, step as u64, 0);
-    let mut samples = Vec::with_capacity(config.batch_size);
-    let mut labels = Vec::new();
-    let mut size = None;
+    let mut samples: Vec<Sample> = Vec::with_capacity(config.batch_size);
     for _ in 0..config.batch_size {
         let index = rng.below(source.len());
         let name = source.describe(index);
         let sample = source.sample(index)?;
         sample.check(&name)?;
         let sample = augment(&sample, &config.augment, source.ignore_label(), &mut rng);
-        let hw = (sample.height, sample.width);
-        match size {
-            None => size = Some(hw),
-            Some(expected) if expected != hw => {
-                return Err(SampleError::new(
-                    name,
-                    format!(
-                        "is {}x{} but the batch is {}x{}: give a crop size to train on images of different sizes",
-                        hw.0, hw.1, expected.0, expected.1
-                    ),
-                )
-                .into());
-            }
-            Some(_) => {}
+        if let Some(first) = samples.first()
+            && (first.height, first.width) != (sample.height, sample.width)
+        {
+            return Err(SampleError::new(
+                name,
+                format!(
+                    "is {}x{} but the batch is {}x{}: give a crop size to train on images of different sizes",
+                    sample.height, sample.width, first.height, first.width
+                ),
+            )
+            .into());
         }
-        labels.extend_from_slice(&sample.labels);
         samples.push(sample);
     }
-    let (h, w) = size.unwrap_or((0, 0));
-    let n = config.batch_size;
-    let refs: Vec<_> = samples.iter().collect();
-    Ok(Batch {
-        images: normalization.batch(&refs, device)?,
-        labels: Tensor::from_vec(labels, (n, h, w), device)?,
-    })
+    Ok(samples)
 }
 
 /// Forward, loss and backward on one batch: `(loss, gradients)`.
@@ -265,9 +277,14 @@ pub fn loss_and_gradients(
     let logits = (trainee.forward)(&batch.images)?;
     let loss = match trainee.objective {
         TrainingObjective::SoftmaxCrossEntropy => {
-            cross_entropy_with_ignore(&logits, &batch.labels, ignore)?
+            weighted_cross_entropy(&logits, &batch.labels, ignore, batch.weights.as_ref())?
         }
         TrainingObjective::SigmoidOneHot => {
+            if batch.weights.is_some() {
+                return Err(TrainError::Config(
+                    "per-pixel loss weights need a softmax cross-entropy model".into(),
+                ));
+            }
             binary_cross_entropy_one_hot(&logits, &batch.labels, ignore)?
         }
     };

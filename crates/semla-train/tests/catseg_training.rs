@@ -70,7 +70,16 @@ fn a_catseg_lora_step_has_the_official_loss_and_gradients() {
     )
     .unwrap();
     let trainee = adapter_trainee(&model, &lora, &Device::Cpu);
-    let (loss, grads) = loss_and_gradients(&trainee, &Batch { images, labels }, 255).unwrap();
+    let (loss, grads) = loss_and_gradients(
+        &trainee,
+        &Batch {
+            images,
+            labels,
+            weights: None,
+        },
+        255,
+    )
+    .unwrap();
 
     let want: HashMap<String, Tensor> = candle_core::safetensors::load(
         fixtures().join("training_tiny_l_adapter.safetensors"),
