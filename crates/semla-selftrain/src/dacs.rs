@@ -115,13 +115,13 @@ pub struct DacsStats {
 }
 
 /// The batches of DACS self-training of a [`Student`].
-pub struct DacsTraining<'a> {
+pub struct DacsTraining<'a, 'e> {
     student: Student<'a>,
     teacher: EmaTeacher,
     teacher_model: TeacherModel<'a>,
     source: &'a dyn SampleSource,
     target: &'a dyn SampleSource,
-    editor: Option<&'a mut dyn PseudoLabelEditor>,
+    editor: Option<&'e mut dyn PseudoLabelEditor>,
     config: &'a TrainConfig,
     settings: DacsSettings,
     normalization: Normalization,
@@ -131,7 +131,7 @@ pub struct DacsTraining<'a> {
     batches: usize,
 }
 
-impl<'a> DacsTraining<'a> {
+impl<'a, 'e> DacsTraining<'a, 'e> {
     /// DACS of `student` from the labelled `source` to `target` (whose labels
     /// are never read); `editor` edits the pseudo-labels. The teacher starts
     /// as a copy of `student`.
@@ -139,7 +139,7 @@ impl<'a> DacsTraining<'a> {
         student: Student<'a>,
         source: &'a dyn SampleSource,
         target: &'a dyn SampleSource,
-        editor: Option<&'a mut dyn PseudoLabelEditor>,
+        editor: Option<&'e mut dyn PseudoLabelEditor>,
         config: &'a TrainConfig,
         settings: DacsSettings,
         device: &Device,
@@ -316,7 +316,7 @@ pub fn mix_classes(batch_labels: &[&[u32]], rng: &mut SplitMix64) -> Vec<u32> {
     present
 }
 
-impl Steps for DacsTraining<'_> {
+impl Steps for DacsTraining<'_, '_> {
     fn batch(&mut self, step: usize) -> semla_train::error::Result<Batch> {
         let source = sample_batch(self.source, self.config, step)?;
         let targets = self.target_views(step)?;
@@ -429,13 +429,13 @@ fn apply_row_crop(weights: &mut [f32], height: usize, width: usize, settings: &D
 /// Runs DACS on `student` with the one training loop; returns its summary
 /// and the labelling's statistics.
 #[allow(clippy::too_many_arguments)]
-pub fn dacs_train<'a>(
-    student: Student<'a>,
+pub fn dacs_train(
+    student: Student<'_>,
     device: &Device,
-    source: &'a dyn SampleSource,
-    target: &'a dyn SampleSource,
-    editor: Option<&'a mut dyn PseudoLabelEditor>,
-    config: &'a TrainConfig,
+    source: &dyn SampleSource,
+    target: &dyn SampleSource,
+    editor: Option<&mut dyn PseudoLabelEditor>,
+    config: &TrainConfig,
     settings: &DacsSettings,
     session: &Session<'_>,
     progress: &mut dyn FnMut(&Progress),
