@@ -49,6 +49,9 @@ pub enum BenchError {
     /// Refining or scoring a pseudo-label failed.
     #[error(transparent)]
     Refine(#[from] semla_selftrain::RefineError),
+    /// CSI's relabeling failed or is misconfigured.
+    #[error(transparent)]
+    Csi(#[from] semla_csi::CsiError),
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),

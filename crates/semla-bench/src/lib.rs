@@ -9,6 +9,8 @@
 //! - [`camvid`] (+ [`tuning`]): `semla bench camvid`, real CamVid domain shifts.
 //! - [`clouds`]: `semla bench clouds`, self-training without labels on those
 //!   shifts and SemLA over the library it grows.
+//! - [`csi`]: `semla bench csi`, DACS with and without CSI's relabeling into
+//!   classes the source labels lack (coarse-to-fine and open).
 //! - [`speed`]: `semla bench speed`, per-image and library-scale cost.
 //! - [`table`]: methods x domains with the harmonic mean and gap closure.
 //! - [`present`]: every rendering (terminal text, Markdown, PNG charts, HTML report).
@@ -16,6 +18,7 @@
 
 pub mod camvid;
 pub mod clouds;
+pub mod csi;
 pub mod demo;
 pub mod error;
 pub mod leave_one_out;

@@ -46,6 +46,8 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// CLIP: tokenizer, image and text features of a Hugging Face CLIPModel folder.
     Clip(commands::clip::ClipArgs),
+    /// CSI: DACS self-training with relabeling into classes the source labels lack.
+    Csi(commands::csi::CsiArgs),
     /// Domains and label maps: statistics, coloured views.
     Data(commands::data::DataArgs),
     /// SemLA end to end on the embedded synthetic world: table and HTML report.
@@ -131,6 +133,7 @@ fn main() -> std::process::ExitCode {
         Command::Metrics(args) => commands::metrics::run(args, &ctx),
         Command::Model(args) => commands::model::run(args, &ctx),
         Command::Sam(args) => commands::sam::run(args, &ctx),
+        Command::Csi(args) => commands::csi::run(args, &ctx),
         Command::Segment(args) => commands::segment::run(args, &ctx),
         Command::Serve(args) => commands::serve::run(args, &ctx),
         Command::Train(args) => commands::train::run(args, &ctx),

@@ -3,10 +3,13 @@
 //! target's category, the class owning the top concept must be the target,
 //! and its probability (rounded to 4 decimals) must be above the threshold.
 
+use std::path::PathBuf;
+
+use candle_core::Device;
 use image::RgbImage;
 
 use crate::config::Taxonomy;
-use crate::error::Result;
+use crate::error::{CsiError, Result};
 
 /// Scores image patches against concept strings.
 pub trait ConceptClassifier {
@@ -16,6 +19,82 @@ pub trait ConceptClassifier {
 
     /// A short name for reports.
     fn name(&self) -> String;
+}
+
+/// Which classifier to load.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClassifierSpec {
+    /// The ImageNet EfficientNet-Lite0 (`efficientnet-lite0-*.pth`) with the
+    /// default concept map, patches resized to `input_px`.
+    ImageNet {
+        /// The `.pth`.
+        weights: PathBuf,
+        /// Patch side in pixels.
+        input_px: u32,
+    },
+    /// CLIP zero-shot from a Hugging Face `CLIPModel` folder.
+    Clip {
+        /// The folder (`config.json`, `model.safetensors`).
+        dir: PathBuf,
+        /// Prompt templates, each with one `{}`.
+        templates: Vec<String>,
+    },
+}
+
+impl std::str::FromStr for ClassifierSpec {
+    type Err = String;
+
+    /// `imagenet:PTH` or `clip:DIR` (CLIP with the raw concept strings, as
+    /// CSI queries it; `clip-templates:DIR` adds the street templates).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (kind, path) = s
+            .split_once(':')
+            .ok_or_else(|| format!("`{s}` is not imagenet:PTH, clip:DIR or clip-templates:DIR"))?;
+        let path = PathBuf::from(path);
+        match kind {
+            "imagenet" => Ok(Self::ImageNet {
+                weights: path,
+                input_px: 224,
+            }),
+            "clip" => Ok(Self::Clip {
+                dir: path,
+                templates: vec!["{}".into()],
+            }),
+            "clip-templates" => Ok(Self::Clip {
+                dir: path,
+                templates: crate::clip::STREET_TEMPLATES
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect(),
+            }),
+            other => Err(format!(
+                "unknown classifier `{other}` (imagenet, clip or clip-templates)"
+            )),
+        }
+    }
+}
+
+impl ClassifierSpec {
+    /// Loads it.
+    pub fn load(&self, device: &Device) -> Result<Box<dyn ConceptClassifier>> {
+        match self {
+            Self::ImageNet { weights, input_px } => Ok(Box::new(
+                crate::imagenet::ImageNetConcepts::from_pth(weights, *input_px, device)?,
+            )),
+            Self::Clip { dir, templates } => {
+                let model = semla_models::clip::ClipModel::from_dir(dir, device).map_err(|e| {
+                    CsiError::Model {
+                        model: format!("CLIP {}", dir.display()),
+                        message: e.to_string(),
+                    }
+                })?;
+                let templates: Vec<&str> = templates.iter().map(String::as_str).collect();
+                Ok(Box::new(crate::clip::ClipZeroShot::new(
+                    model, &templates, device,
+                )?))
+            }
+        }
+    }
 }
 
 /// The classifier's verdict on one patch.

@@ -132,6 +132,58 @@ impl Taxonomy {
         (strings, owners)
     }
 
+    /// The label table that makes a source's coarse labels from its fine
+    /// ones (for [`semla_data::RemappedSource`]): each `(from, into)` of
+    /// `merges` labels `from` as `into`; each class of `drops` becomes
+    /// `ignore`; every other class keeps its label.
+    pub fn coarse_label_map(
+        &self,
+        merges: &[(usize, usize)],
+        drops: &[usize],
+        ignore: u32,
+    ) -> Vec<u32> {
+        let mut map: Vec<u32> = (0..self.classes.len() as u32).collect();
+        for &(from, into) in merges {
+            if let Some(m) = map.get_mut(from) {
+                *m = into as u32;
+            }
+        }
+        for &d in drops {
+            if let Some(m) = map.get_mut(d) {
+                *m = ignore;
+            }
+        }
+        map
+    }
+
+    /// Parses `"Bicyclist=Pedestrian,SignSymbol=Pole"` into `(from, into)` pairs.
+    pub fn parse_merges(&self, text: &str) -> Result<Vec<(usize, usize)>> {
+        text.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|pair| {
+                let (from, into) = pair
+                    .split_once('=')
+                    .ok_or_else(|| CsiError::config(format!("`{pair}` is not FROM=INTO")))?;
+                let from = self.resolve(&class_ref(from))?;
+                let into = self.resolve(&class_ref(into))?;
+                if from == into {
+                    return Err(CsiError::config(format!(
+                        "`{pair}` merges a class into itself"
+                    )));
+                }
+                Ok((from, into))
+            })
+            .collect()
+    }
+
+    /// Parses `"Bicyclist,Car"` into classes.
+    pub fn parse_classes(&self, text: &str) -> Result<Vec<usize>> {
+        text.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|c| self.resolve(&class_ref(c)))
+            .collect()
+    }
+
     fn validate(&self) -> Result<()> {
         let n = self.classes.len();
         if n == 0 || self.concepts.len() != n {
@@ -164,6 +216,13 @@ impl Taxonomy {
         }
         Ok(())
     }
+}
+
+/// A class written on a command line: an index or a name.
+fn class_ref(text: &str) -> ClassRef {
+    let text = text.trim();
+    text.parse()
+        .map_or_else(|_| ClassRef::Name(text.to_string()), ClassRef::Index)
 }
 
 /// A half-open step window `[start, end)`; `(-1, -1)` (the official "off") is empty.
@@ -550,6 +609,19 @@ range_of_relabel_with_mapping_info: [20, 100]
             .unwrap_err()
             .to_string();
         assert!(missing.contains("nope.yaml"), "{missing}");
+    }
+
+    #[test]
+    fn coarse_labels_merge_and_drop_classes() {
+        let t = Taxonomy::camvid();
+        let merges = t.parse_merges("Bicyclist=Pedestrian, 6=Pole").unwrap();
+        assert_eq!(merges, vec![(10, 9), (6, 2)]);
+        let drops = t.parse_classes("Fence").unwrap();
+        let map = t.coarse_label_map(&merges, &drops, 11);
+        assert_eq!(map, vec![0, 1, 2, 3, 4, 5, 2, 11, 8, 9, 9]);
+        assert!(t.parse_merges("Bicyclist").is_err());
+        assert!(t.parse_merges("Car=Car").is_err());
+        assert!(t.parse_classes("Unicorn").is_err());
     }
 
     #[test]

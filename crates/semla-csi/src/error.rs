@@ -22,6 +22,9 @@ pub enum CsiError {
         /// What went wrong.
         message: String,
     },
+    /// Training failed.
+    #[error(transparent)]
+    Train(#[from] semla_train::error::TrainError),
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),

@@ -12,7 +12,8 @@
 //! concept map ([`imagenet::ImageNetConcepts`]); [`detect`] the box proposer
 //! interface and a weight-free proposer from the teacher's connected regions;
 //! [`relabel`] the map (collect, finalise, relabel, paste) as a
-//! [`semla_selftrain::PseudoLabelEditor`].
+//! [`semla_selftrain::PseudoLabelEditor`]; [`report`] what a run did, and an
+//! audit of the relabeled pixels against real labels; [`train`] a run.
 
 pub mod boxes;
 pub mod classify;
@@ -22,6 +23,8 @@ pub mod detect;
 pub mod error;
 pub mod imagenet;
 pub mod relabel;
+pub mod report;
+pub mod train;
 
 pub use config::{ClassRef, CsiConfig, Phase, RelabelEntry, Taxonomy, Window};
 pub use error::{CsiError, Result};

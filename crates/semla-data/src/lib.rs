@@ -20,5 +20,6 @@ pub mod synthetic;
 
 pub use image_io::{Rgb, RgbImage};
 pub use samples::{
-    DomainSource, InMemorySource, Sample, SampleError, SampleSource, UnlabeledSource,
+    DomainSource, InMemorySource, RemappedSource, Sample, SampleError, SampleSource,
+    UnlabeledSource,
 };

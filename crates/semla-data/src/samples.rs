@@ -212,6 +212,58 @@ impl SampleSource for InMemorySource {
     }
 }
 
+/// Another source whose labels pass through a table (`map[label]` is the new
+/// label; labels outside the table and the ignore label stay as they are):
+/// coarse labels made from fine ones, as CSI's sources merge or drop the
+/// classes a target splits.
+pub struct RemappedSource<S> {
+    inner: S,
+    map: Vec<u32>,
+}
+
+impl<S: SampleSource> RemappedSource<S> {
+    /// `inner` seen through `map`.
+    pub fn new(inner: S, map: Vec<u32>) -> Self {
+        Self { inner, map }
+    }
+
+    /// The source underneath.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: SampleSource> SampleSource for RemappedSource<S> {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn sample(&self, index: usize) -> Result<Sample, SampleError> {
+        let mut sample = self.inner.sample(index)?;
+        let ignore = self.inner.ignore_label();
+        for l in &mut sample.labels {
+            if *l != ignore
+                && let Some(&to) = self.map.get(*l as usize)
+            {
+                *l = to;
+            }
+        }
+        Ok(sample)
+    }
+
+    fn ignore_label(&self) -> u32 {
+        self.inner.ignore_label()
+    }
+
+    fn num_classes(&self) -> usize {
+        self.inner.num_classes()
+    }
+
+    fn describe(&self, index: usize) -> String {
+        self.inner.describe(index)
+    }
+}
+
 /// The (image, label) pairs of one split of a domain, read from disk on
 /// demand, optionally resized to a fixed size.
 #[derive(Clone, Debug)]

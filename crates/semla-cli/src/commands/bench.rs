@@ -38,6 +38,9 @@ pub enum BenchCommand {
     /// the oracle; SemLA over the label-free library, leave-one-out; the
     /// quality of raw and refined pseudo-labels.
     Clouds(CloudsArgs),
+    /// CSI on CamVid: coarse-to-fine and open taxonomies, source-only, DACS
+    /// without and with CSI's relabeling, and the oracle; relabeling audit.
+    Csi(CsiArgs),
     /// Per-image latency (plain, SemLA, merge per image) for CLIP ViT-B/16 and the
     /// CamVid segmenter; open/retrieval time and memory of a 10,000-adapter library.
     Speed(SpeedArgs),
@@ -198,6 +201,7 @@ pub fn run(args: BenchArgs, ctx: &Context) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Camvid(args) => run_camvid(args, ctx),
         BenchCommand::Clouds(args) => run_clouds(args, ctx),
+        BenchCommand::Csi(args) => run_csi(args, ctx),
         BenchCommand::Speed(args) => run_speed(args, ctx),
         BenchCommand::Chart(args) => run_chart(args, ctx),
         BenchCommand::Serve(args) => super::serve::bench(args, ctx),
@@ -713,5 +717,77 @@ fn run_clouds(args: CloudsArgs, ctx: &Context) -> anyhow::Result<()> {
         },
         args.out.display()
     );
+    Ok(())
+}
+
+/// Arguments of `semla bench csi`.
+#[derive(clap::Args, Debug)]
+pub struct CsiArgs {
+    /// Dataset root holding `camvid/` (train, trainannot, val, valannot[, test, testannot]).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Output folder (models, relabeling reports, tables); what is there is reused.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Split evaluated: `val` (the 20 held-out dusk frames, CamVid val for the
+    /// corruptions) or `test` (CamVid test frames, when the root has them).
+    #[arg(long, default_value = "val", value_name = "SPLIT")]
+    pub eval_split: Split,
+    /// The ImageNet EfficientNet-Lite0 weights (backbone and classifier;
+    /// default: the first `efficientnet-lite0*.pth` in DATA, DATA/weights or DATA/../weights).
+    #[arg(long, value_name = "PTH")]
+    pub weights: Option<PathBuf>,
+    /// Target domains, comma-separated (default: camvid-dusk).
+    #[arg(long, value_delimiter = ',', value_name = "D,...")]
+    pub domains: Vec<String>,
+    /// Input size HEIGHTxWIDTH.
+    #[arg(long, default_value = "144x192", value_parser = parse_size, value_name = "HxW")]
+    pub image_size: (usize, usize),
+    /// Source-only training steps.
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+    /// DACS and oracle steps.
+    #[arg(long, default_value_t = 200)]
+    pub adapt_steps: usize,
+    /// Training images per domain at most (evenly spaced; 0: all).
+    #[arg(long, default_value_t = 96)]
+    pub train_images: usize,
+    /// Evaluation images per domain at most (evenly spaced; 0: all).
+    #[arg(long, default_value_t = 50)]
+    pub eval_images: usize,
+    /// Side the classifier resizes each box to.
+    #[arg(long, default_value_t = 128)]
+    pub classifier_px: u32,
+    /// Seed of everything.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+fn run_csi(args: CsiArgs, ctx: &Context) -> anyhow::Result<()> {
+    use semla_bench::csi::{CsiBenchConfig, render, run_csi_bench};
+    let weights = imagenet_weights(args.weights.as_deref(), &args.data)?;
+    let mut config = CsiBenchConfig::new(args.data.clone(), weights);
+    if !args.domains.is_empty() {
+        config.domains = args.domains.clone();
+    }
+    config.eval_split = args.eval_split;
+    config.image_size = args.image_size;
+    config.base_steps = args.steps;
+    config.adapt_steps = args.adapt_steps;
+    config.train_images = (args.train_images > 0).then_some(args.train_images);
+    config.eval_images = (args.eval_images > 0).then_some(args.eval_images);
+    config.classifier_px = args.classifier_px;
+    config.seed = args.seed;
+    let outcome = run_csi_bench(&config, &args.out, stderr_progress().as_mut())?;
+    if ctx.json {
+        return ctx.print_json(&serde_json::json!({
+            "out": args.out,
+            "eval_split": config.eval_split,
+            "outcome": outcome,
+        }));
+    }
+    println!();
+    print!("{}", render(&config, &outcome.rows, &outcome.relabeling));
+    println!("{:.1} s; files in {}", outcome.seconds, args.out.display());
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod backbone;
 pub mod bench;
 pub mod clip;
 pub mod common;
+pub mod csi;
 pub mod data;
 pub mod demo;
 pub mod eval;
