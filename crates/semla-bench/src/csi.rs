@@ -197,6 +197,9 @@ pub struct CsiRunReport {
     pub domain: String,
     /// The source-only teacher's relabeling of the target's train frames, scored.
     pub audit: Audit,
+    /// During training, per target: `(class, source found, boxes detected,
+    /// boxes kept, pixels relabeled)`, read back from the run's report.
+    pub training: Vec<(String, Option<String>, u64, u64, u64)>,
     /// Where the training's report is.
     pub report_dir: PathBuf,
 }
@@ -513,11 +516,13 @@ pub fn run_csi_bench(
                         .collect(),
                 });
             }
+            let report_dir = dir.join(domain).join("dacs-csi").join("relabeling");
             relabeling.push(CsiRunReport {
                 setting: setting.name.clone(),
                 domain: domain.clone(),
                 audit,
-                report_dir: dir.join(domain).join("dacs-csi").join("relabeling"),
+                training: training_stats(&report_dir),
+                report_dir,
             });
         }
     }
@@ -561,6 +566,34 @@ fn collected_source(setting_dir: &Path, domain: &str) -> Option<usize> {
         .map(|s| s as usize)
 }
 
+/// Each target's counts from the report a CSI training wrote in `dir`.
+fn training_stats(dir: &Path) -> Vec<(String, Option<String>, u64, u64, u64)> {
+    let Some(report) = std::fs::read(dir.join(semla_csi::report::REPORT_JSON))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+    else {
+        return Vec::new();
+    };
+    report["targets"]
+        .as_array()
+        .map(|targets| {
+            targets
+                .iter()
+                .map(|t| {
+                    let count = |k: &str| t["stats"][k].as_u64().unwrap_or(0);
+                    (
+                        t["class"].as_str().unwrap_or_default().to_string(),
+                        t["source"].as_str().map(str::to_string),
+                        count("detected"),
+                        count("kept"),
+                        count("relabeled_px"),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The Markdown tables of a run.
 pub fn render(config: &CsiBenchConfig, rows: &[CsiRow], relabeling: &[CsiRunReport]) -> String {
     let mut out = format!(
@@ -597,12 +630,31 @@ pub fn render(config: &CsiBenchConfig, rows: &[CsiRow], relabeling: &[CsiRunRepo
         }
     }
     out.push_str("\nRelabeling audit (the source-only teacher on the target's train frames, against their real labels):\n\n| setting | domain | images | boxes kept | px relabeled | precision | recall |\n|---|---|---|---|---|---|---|\n");
+    let names = semla_data::domains::classes::CAMVID_11;
     for r in relabeling {
         let a = &r.audit;
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {:.3} | {:.3} |\n",
             r.setting, r.domain, a.images, a.boxes, a.relabeled_px, a.precision, a.recall
         ));
+        for &(class, px, correct) in &a.by_target {
+            out.push_str(&format!(
+                "| | into {} | | | {px} | {:.3} | |\n",
+                names.get(class).copied().unwrap_or("?"),
+                correct as f64 / px.max(1) as f64
+            ));
+        }
+    }
+    out.push_str("\nRelabeling during DACS + CSI (all steps, both target images of each):\n\n| setting | domain | target | source | boxes found | kept | px relabeled |\n|---|---|---|---|---|---|---|\n");
+    for r in relabeling {
+        for (class, source, detected, kept, px) in &r.training {
+            out.push_str(&format!(
+                "| {} | {} | {class} | {} | {detected} | {kept} | {px} |\n",
+                r.setting,
+                r.domain,
+                source.as_deref().unwrap_or("(none found)")
+            ));
+        }
     }
     out
 }

@@ -50,6 +50,8 @@ pub struct Audit {
     pub recall: f64,
     /// Boxes kept.
     pub boxes: usize,
+    /// Per target class: `(class, pixels relabeled into it, of those correct)`.
+    pub by_target: Vec<(usize, usize, usize)>,
 }
 
 /// The whole report.
@@ -130,11 +132,17 @@ pub fn audit(
         out.images += 1;
         out.boxes += outcome.kept;
         out.relabeled_px += outcome.changed.len();
-        out.correct_px += outcome
-            .changed
-            .iter()
-            .filter(|&&(p, class)| sample.labels[p] == class as u32)
-            .count();
+        for &(p, class) in &outcome.changed {
+            let correct = sample.labels[p] == class as u32;
+            out.correct_px += usize::from(correct);
+            match out.by_target.iter_mut().find(|(c, _, _)| *c == class) {
+                Some(entry) => {
+                    entry.1 += 1;
+                    entry.2 += usize::from(correct);
+                }
+                None => out.by_target.push((class, 1, usize::from(correct))),
+            }
+        }
         out.target_px += sample.labels.iter().filter(|l| targets.contains(l)).count();
     }
     out.precision = out.correct_px as f64 / out.relabeled_px.max(1) as f64;

@@ -544,6 +544,28 @@ mod tests {
     }
 
     #[test]
+    fn remapped_labels_pass_through_the_table_and_ignore_stays() {
+        let sample = Sample {
+            image: vec![0.5; 3 * 5],
+            labels: vec![0, 1, 2, 9, 7],
+            height: 1,
+            width: 5,
+        };
+        let source = InMemorySource::new(vec![sample], 3, 9);
+        // 1 -> 0 (merged), 2 -> 9 (dropped); 7 lies outside the table.
+        let remapped = RemappedSource::new(source, vec![0, 0, 9]);
+        assert_eq!(remapped.sample(0).unwrap().labels, vec![0, 0, 9, 9, 7]);
+        assert_eq!(
+            (
+                remapped.len(),
+                remapped.ignore_label(),
+                remapped.num_classes()
+            ),
+            (1, 9, 3)
+        );
+    }
+
+    #[test]
     fn rgb8_round_trip_is_exact() {
         let rgb: Vec<u8> = (0..2 * 3 * 3).map(|i| (i * 14) as u8).collect();
         let sample = Sample::from_rgb8(&rgb, vec![0; 6], 2, 3);

@@ -269,17 +269,18 @@ impl<'a, 'e> DacsTraining<'a, 'e> {
 
 /// ClassMix of one pair: `(image, labels, weights)` of `target` with the
 /// pixels of `source` whose label is in `classes` pasted over it (the mask is
-/// taken from the source labels, as DACS' `get_class_masks`).
+/// taken from the source labels, as DACS' `get_class_masks`); pasted pixels
+/// weigh 1, the others keep `target_weights`.
 pub fn class_mix(
     source: &Sample,
     target: &Sample,
     target_labels: &[u16],
-    target_weight: f32,
+    target_weights: &[f32],
     classes: &[u32],
 ) -> (Sample, Vec<f32>, usize) {
     let pixels = source.height * source.width;
     let mut mixed = target.clone();
-    let mut weights = vec![target_weight; pixels];
+    let mut weights = target_weights.to_vec();
     let mut pasted = 0;
     for p in 0..pixels {
         if classes.contains(&source.labels[p]) {
@@ -341,12 +342,15 @@ impl Steps for DacsTraining<'_, '_> {
         let mut rng = SplitMix64::for_step(self.config.seed, step as u64, MIX_STREAM);
         let mut mixed = Vec::with_capacity(targets.len());
         let mut weights: Vec<f32> = vec![1.0; source.len() * h * w];
+        // DAFormer's crop zeroes the target's weight before the mix, so
+        // pasted source pixels keep theirs.
+        let mut target_weights = vec![weight; h * w];
+        apply_row_crop(&mut target_weights, h, w, &self.settings);
         for ((src, target), labels) in source.iter().zip(&targets).zip(&pseudo) {
             let classes = mix_classes(&batch_labels, &mut rng);
             let (mut image, mut pixel_weights, pasted) =
-                class_mix(src, target, labels, weight, &classes);
+                class_mix(src, target, labels, &target_weights, &classes);
             image = strong_augment(&image, &self.settings.strong, &mut rng);
-            apply_row_crop(&mut pixel_weights, h, w, &self.settings);
             self.stats.mixed_px += pasted;
             weights.append(&mut pixel_weights);
             mixed.push(image);
@@ -418,7 +422,7 @@ impl Steps for DacsTraining<'_, '_> {
     }
 }
 
-/// Zeroes the weights of DAFormer's cropped rows.
+/// Zeroes the target weights of DAFormer's cropped rows.
 fn apply_row_crop(weights: &mut [f32], height: usize, width: usize, settings: &DacsSettings) {
     let top = settings.ignore_top_rows.min(height);
     let bottom = settings.ignore_bottom_rows.min(height - top);
@@ -495,7 +499,13 @@ mod tests {
         let target = sample(vec![0, 0, 0, 0], 0.1);
         // The (edited) pseudo-labels of the target.
         let pseudo = [7u16, 8, 9, 255];
-        let (mixed, weights, pasted) = class_mix(&source, &target, &pseudo, 0.25, &[1, 255]);
+        let (mixed, weights, pasted) = class_mix(
+            &source,
+            &target,
+            &pseudo,
+            &[0.25, 0.25, 0.25, 0.0],
+            &[1, 255],
+        );
         assert_eq!(mixed.labels, vec![1, 8, 1, 255]);
         assert_eq!(weights, vec![1.0, 0.25, 1.0, 1.0]);
         assert_eq!(pasted, 3);
