@@ -439,13 +439,11 @@ pub fn run_csi_bench(
                         config.adapt_steps as u64,
                     );
                     if method == "oracle" {
-                        let trainee = semla_train::trainer::Trainee {
-                            params: params.clone(),
-                            forward: Box::new(|x| model.training_logits(x, &Adaptation::none())),
-                            normalization: model.normalization(),
-                            objective: model.training_objective(),
-                            device: device.clone(),
-                        };
+                        let trainee = Student::Weights {
+                            model: model.as_ref(),
+                            params: &params,
+                        }
+                        .trainee(&device);
                         semla_train::trainer::train(
                             &trainee,
                             &target,

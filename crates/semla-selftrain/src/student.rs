@@ -49,8 +49,9 @@ impl<'a> Student<'a> {
         }
     }
 
-    /// The loop's view of the student.
-    pub(crate) fn trainee(&self, device: &Device) -> Trainee<'a> {
+    /// The training loop's view of the student (for supervised training of
+    /// the same weights, too).
+    pub fn trainee(&self, device: &Device) -> Trainee<'a> {
         match *self {
             Self::Adapter { base, lora } => adapter_trainee(base, lora, device),
             Self::Weights { model, params } => Trainee {
