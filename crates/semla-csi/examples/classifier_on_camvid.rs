@@ -16,9 +16,8 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use semla_csi::Taxonomy;
-use semla_csi::boxes::PixelBox;
 use semla_csi::classify::{ConceptClassifier, category_classes, category_verdict};
-use semla_csi::detect::crop;
+use semla_csi::detect::{component_box, crop};
 use semla_csi::imagenet::ImageNetConcepts;
 use semla_data::domains::{Split, resolve_domain};
 use semla_data::{DomainSource, SampleSource};
@@ -60,21 +59,7 @@ fn main() -> anyhow::Result<()> {
                 if c.area() < min_area {
                     continue;
                 }
-                let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
-                for &p in &c.pixels {
-                    x0 = x0.min(p % w);
-                    x1 = x1.max(p % w + 1);
-                    y0 = y0.min(p / w);
-                    y1 = y1.max(p / w + 1);
-                }
-                let (gx, gy) = ((x1 - x0) / 10, (y1 - y0) / 10);
-                let b = PixelBox {
-                    x0: x0.saturating_sub(gx),
-                    y0: y0.saturating_sub(gy),
-                    x1: x1 + gx,
-                    y1: y1 + gy,
-                }
-                .clipped(w, h);
+                let b = component_box(&c.pixels, w, h, 0.1);
                 if b.area() * 4 <= w * h {
                     boxes.push(crop(&photo, &b));
                 }

@@ -84,23 +84,7 @@ impl<'c> ComponentBoxes<'c> {
                 if component.area() < self.min_area_px {
                     continue;
                 }
-                let (mut x0, mut y0, mut x1, mut y1) = (width, height, 0, 0);
-                for &p in &component.pixels {
-                    let (y, x) = (p / width, p % width);
-                    x0 = x0.min(x);
-                    y0 = y0.min(y);
-                    x1 = x1.max(x + 1);
-                    y1 = y1.max(y + 1);
-                }
-                let grow = |side: usize| (side as f32 * self.margin).round() as usize;
-                let (gx, gy) = (grow(x1 - x0), grow(y1 - y0));
-                let bbox = PixelBox {
-                    x0: x0.saturating_sub(gx),
-                    y0: y0.saturating_sub(gy),
-                    x1: x1 + gx,
-                    y1: y1 + gy,
-                }
-                .clipped(width, height);
+                let bbox = component_box(&component.pixels, width, height, self.margin);
                 if bbox.area() as f32 > self.max_box_fraction * (width * height) as f32 {
                     continue;
                 }
@@ -112,6 +96,28 @@ impl<'c> ComponentBoxes<'c> {
         regions.truncate(self.max_boxes);
         regions.into_iter().map(|(_, b)| b).collect()
     }
+}
+
+/// The bounding box of `pixels` (row-major indices in a `width x height`
+/// image), grown by `margin` of its side on every edge and clipped to the image.
+pub fn component_box(pixels: &[usize], width: usize, height: usize, margin: f32) -> PixelBox {
+    let (mut x0, mut y0, mut x1, mut y1) = (width, height, 0, 0);
+    for &p in pixels {
+        let (y, x) = (p / width, p % width);
+        x0 = x0.min(x);
+        y0 = y0.min(y);
+        x1 = x1.max(x + 1);
+        y1 = y1.max(y + 1);
+    }
+    let grow = |side: usize| (side as f32 * margin).round() as usize;
+    let (gx, gy) = (grow(x1.saturating_sub(x0)), grow(y1.saturating_sub(y0)));
+    PixelBox {
+        x0: x0.saturating_sub(gx),
+        y0: y0.saturating_sub(gy),
+        x1: x1 + gx,
+        y1: y1 + gy,
+    }
+    .clipped(width, height)
 }
 
 /// The crop of `image` inside `bbox`.

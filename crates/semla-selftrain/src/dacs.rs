@@ -42,7 +42,6 @@ use crate::training::{invalid, pseudo_error};
 /// Random streams of a step (the source batch uses stream 0 of the same seed).
 const TARGET_STREAM: u64 = 0xDAC5;
 const MIX_STREAM: u64 = 0xDAC5_0000;
-const UPDATES_KEY: &str = "teacher.__updates__";
 
 /// Edits the teacher's pseudo-labels of a step before ClassMix sees them
 /// (CSI's relabeling inside detected boxes).
@@ -387,11 +386,7 @@ impl Steps for DacsTraining<'_, '_> {
     }
 
     fn state_tensors(&self) -> semla_train::error::Result<Vec<(String, Tensor)>> {
-        let mut tensors = self.teacher.tensors();
-        tensors.push((
-            UPDATES_KEY.to_string(),
-            Tensor::new(&[self.teacher.updates() as i64], &Device::Cpu)?,
-        ));
+        let mut tensors = self.teacher.checkpoint_tensors().map_err(pseudo_error)?;
         if let Some(editor) = self.editor.as_deref() {
             tensors.extend(editor.state_tensors().map_err(pseudo_error)?);
         }
@@ -403,14 +398,8 @@ impl Steps for DacsTraining<'_, '_> {
         tensors: &HashMap<String, Tensor>,
         path: &std::path::Path,
     ) -> semla_train::error::Result<()> {
-        let updates = tensors
-            .get(UPDATES_KEY)
-            .map(|t| t.to_vec1::<i64>())
-            .transpose()?
-            .and_then(|v| v.first().copied())
-            .ok_or_else(|| TrainError::checkpoint(path, format!("lacks {UPDATES_KEY}")))?;
         self.teacher
-            .load(tensors, updates.max(0) as usize)
+            .restore(tensors)
             .and_then(|()| self.teacher_model.sync(&self.teacher))
             .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
         if let Some(editor) = self.editor.as_deref_mut() {

@@ -13,6 +13,9 @@ use candle_core::{Tensor, Var};
 
 use crate::error::{RefineError, Result};
 
+/// The checkpoint key of the teacher's update count.
+const UPDATES_KEY: &str = "teacher.__updates__";
+
 /// The EMA schedule. Defaults: the official `0.999` every `100` steps.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EmaSettings {
@@ -119,6 +122,28 @@ impl EmaTeacher {
         }
         self.updates += 1;
         Ok(())
+    }
+
+    /// What a checkpoint keeps of the teacher: its weights
+    /// ([`EmaTeacher::tensors`]) and its update count.
+    pub fn checkpoint_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut tensors = self.tensors();
+        tensors.push((
+            UPDATES_KEY.to_string(),
+            Tensor::new(&[self.updates as i64], &candle_core::Device::Cpu)?,
+        ));
+        Ok(tensors)
+    }
+
+    /// Restores what [`EmaTeacher::checkpoint_tensors`] saved.
+    pub fn restore(&mut self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        let updates = tensors
+            .get(UPDATES_KEY)
+            .map(|t| t.to_vec1::<i64>())
+            .transpose()?
+            .and_then(|v| v.first().copied())
+            .ok_or_else(|| RefineError::Invalid(format!("the checkpoint lacks {UPDATES_KEY}")))?;
+        self.load(tensors, updates.max(0) as usize)
     }
 
     /// The teacher's weights under `teacher.`-prefixed names (for checkpoints).

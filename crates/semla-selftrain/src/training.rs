@@ -29,7 +29,6 @@ use crate::student::TeacherModel;
 /// Random streams of a step (the source batch uses stream 0 of the same seed).
 const TARGET_STREAM: u64 = 0x5E1F;
 const REFINE_STREAM: u64 = 0x5E1F_0000;
-const UPDATES_KEY: &str = "teacher.__updates__";
 
 /// Turns a teacher's pseudo-label into the student's target.
 pub trait PseudoLabelRefiner {
@@ -329,12 +328,7 @@ impl Steps for SelfTraining<'_> {
     }
 
     fn state_tensors(&self) -> semla_train::error::Result<Vec<(String, Tensor)>> {
-        let mut tensors = self.teacher.tensors();
-        tensors.push((
-            UPDATES_KEY.to_string(),
-            Tensor::new(&[self.teacher.updates() as i64], &Device::Cpu)?,
-        ));
-        Ok(tensors)
+        self.teacher.checkpoint_tensors().map_err(pseudo_error)
     }
 
     fn load_state(
@@ -342,14 +336,8 @@ impl Steps for SelfTraining<'_> {
         tensors: &std::collections::HashMap<String, Tensor>,
         path: &std::path::Path,
     ) -> semla_train::error::Result<()> {
-        let updates = tensors
-            .get(UPDATES_KEY)
-            .map(|t| t.to_vec1::<i64>())
-            .transpose()?
-            .and_then(|v| v.first().copied())
-            .ok_or_else(|| TrainError::checkpoint(path, format!("lacks {UPDATES_KEY}")))?;
         self.teacher
-            .load(tensors, updates.max(0) as usize)
+            .restore(tensors)
             .and_then(|()| self.teacher_model.sync(&self.teacher))
             .map_err(|e| TrainError::checkpoint(path, e.to_string()))
     }
