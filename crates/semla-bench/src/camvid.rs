@@ -374,13 +374,14 @@ pub(crate) fn camvid_library_plan(
 /// Runs the benchmark into `out_dir`.
 pub fn run_camvid_bench(
     config: &CamVidBenchConfig,
+    device: &Device,
     out_dir: &Path,
     progress: &mut dyn Progress,
 ) -> Result<CamVidBenchOutcome> {
     let started = Instant::now();
     let mut phases = crate::machine::Phases::new();
     let mut reused = Vec::new();
-    let device = Device::Cpu;
+    let device = device.clone();
     check_domains(&config.domains)?;
     std::fs::create_dir_all(out_dir).map_err(|e| BenchError::io(out_dir, e))?;
     let size = config.image_size;

@@ -327,12 +327,13 @@ fn row(prefix: &str, variant: &str) -> String {
 /// Runs the benchmark into `out_dir`.
 pub fn run_clouds_bench(
     config: &CloudsBenchConfig,
+    device: &Device,
     out_dir: &Path,
     progress: &mut dyn Progress,
 ) -> Result<CloudsBenchOutcome> {
     let started = Instant::now();
     let mut phases = crate::machine::Phases::new();
-    let device = Device::Cpu;
+    let device = device.clone();
     check_domains(&config.domains)?;
     let mut seen = std::collections::BTreeSet::new();
     if let Some(twice) = config.refiners.iter().find(|r| !seen.insert(r.name())) {

@@ -279,11 +279,12 @@ fn evaluate(
 /// Runs the benchmark into `out_dir`.
 pub fn run_csi_bench(
     config: &CsiBenchConfig,
+    device: &Device,
     out_dir: &Path,
     progress: &mut dyn Progress,
 ) -> Result<CsiBenchOutcome> {
     let started = Instant::now();
-    let device = Device::Cpu;
+    let device = device.clone();
     std::fs::create_dir_all(out_dir).map_err(|e| BenchError::io(out_dir, e))?;
     let source_domain = resolve_domain(SOURCE_DOMAIN, &config.data_root)?;
     let taxonomy = Taxonomy::camvid();

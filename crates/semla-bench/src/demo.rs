@@ -193,12 +193,13 @@ impl BuildData for DemoData<'_> {
 /// Runs the demo into `out_dir`.
 pub fn run_demo(
     config: &DemoConfig,
+    device: &Device,
     out_dir: &Path,
     progress: &mut dyn Progress,
 ) -> Result<DemoOutcome> {
     let started = Instant::now();
     let mut phases = crate::machine::Phases::new();
-    let device = Device::Cpu;
+    let device = device.clone();
     if config.domains.len() < 2 {
         return Err(BenchError::Invalid(
             "the demo needs at least two domains".into(),
@@ -540,6 +541,7 @@ mod tests {
         std::fs::write(library.join("notes.txt"), "mine").unwrap();
         let err = run_demo(
             &DemoConfig::quick(),
+            &Device::Cpu,
             dir.path(),
             &mut semla_core::NoProgress,
         )

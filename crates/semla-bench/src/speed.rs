@@ -55,6 +55,29 @@ pub struct Timing {
     pub vs_plain: f64,
     /// 1-minute load average when the runs ended.
     pub load_average: Option<f64>,
+    /// The process's peak resident memory during one run of this path alone
+    /// (`VmHWM` reset just before it), bytes: everything loaded for the whole
+    /// benchmark so far stays resident in it, so compare paths of one model.
+    #[serde(default)]
+    pub peak_resident_bytes: Option<u64>,
+    /// Resident memory just before that run, bytes: the peak minus it is the
+    /// path's own working memory.
+    #[serde(default)]
+    pub resident_before_bytes: Option<u64>,
+}
+
+/// The figures [`time_round_robin`] takes of one path.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PathTiming {
+    /// Median seconds of the timed runs.
+    pub median_s: f64,
+    /// Fastest timed run, seconds.
+    pub min_s: f64,
+    /// Peak resident memory of one extra run of the path alone, bytes (`None`
+    /// where `VmHWM` cannot be reset or read).
+    pub peak_resident_bytes: Option<u64>,
+    /// Resident memory just before that run, bytes.
+    pub resident_before_bytes: Option<u64>,
 }
 
 /// The library-scale figures.
@@ -126,6 +149,7 @@ impl Default for SpeedConfig {
 pub fn time_median(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
     time_round_robin(runs, 1, |_| f())?
         .pop()
+        .map(|t| (t.median_s, t.min_s))
         .ok_or_else(|| BenchError::Invalid("no timing was taken".into()))
 }
 
@@ -181,7 +205,8 @@ fn mixture<'a>(
     Ok((picked, rows.pop().unwrap_or_default()))
 }
 
-fn push(out: &mut Vec<Timing>, model: &str, path: &str, (median, min): (f64, f64), runs: usize) {
+fn push(out: &mut Vec<Timing>, model: &str, path: &str, timing: PathTiming, runs: usize) {
+    let median = timing.median_s;
     let plain = out
         .iter()
         .find(|t| t.model == model && t.path == "plain")
@@ -191,16 +216,22 @@ fn push(out: &mut Vec<Timing>, model: &str, path: &str, (median, min): (f64, f64
         model: model.to_string(),
         path: path.to_string(),
         median_s: median,
-        min_s: min,
+        min_s: timing.min_s,
         runs,
         vs_plain: median / plain,
         load_average: load_average(),
+        peak_resident_bytes: timing.peak_resident_bytes,
+        resident_before_bytes: timing.resident_before_bytes,
     });
 }
 
 /// Times CLIP ViT-B/16 at 224 px.
-pub fn time_clip(config: &SpeedConfig, progress: &mut dyn Progress) -> Result<Vec<Timing>> {
-    let device = Device::Cpu;
+pub fn time_clip(
+    config: &SpeedConfig,
+    device: &Device,
+    progress: &mut dyn Progress,
+) -> Result<Vec<Timing>> {
+    let device = device.clone();
     let cfg = ClipConfig::vit_b16();
     let tensors = semla_models::clip::random_vision_weights(&cfg, &device)?;
     let model = ClipModel::new(
@@ -281,8 +312,12 @@ pub fn time_clip(config: &SpeedConfig, progress: &mut dyn Progress) -> Result<Ve
 }
 
 /// Times the EfficientNet-Lite0 + LR-ASPP segmenter (11 classes) at `config.segmenter_size`.
-pub fn time_segmenter(config: &SpeedConfig, progress: &mut dyn Progress) -> Result<Vec<Timing>> {
-    let device = Device::Cpu;
+pub fn time_segmenter(
+    config: &SpeedConfig,
+    device: &Device,
+    progress: &mut dyn Progress,
+) -> Result<Vec<Timing>> {
+    let device = device.clone();
     let mut seg_config = EfficientLiteSegConfig::new(11);
     seg_config.class_names = Vec::new();
     let mut model = random_segmenter(&SegmenterConfig::EfficientLite0(seg_config), &device)?;
@@ -412,9 +447,10 @@ pub const CATSEG_RECORD: (usize, usize) = (512, 1024);
 pub fn time_catseg(
     config: &SpeedConfig,
     size: CatSegSize,
+    device: &Device,
     progress: &mut dyn Progress,
 ) -> Result<(Vec<Timing>, Option<u64>)> {
-    let device = Device::Cpu;
+    let device = device.clone();
     let mut model = semla_models::catseg::random::random_catseg(&size.config(), &device)?;
     let classes: Vec<String> = semla_data::domains::classes::CITYSCAPES_19
         .iter()
@@ -476,12 +512,13 @@ pub fn time_catseg(
 
 /// Median and minimum time of each of `paths` paths, run round-robin (`step(0)`,
 /// `step(1)`, ..., then again) for 2 warm-up rounds and `runs` timed ones, so that
-/// a change of machine load touches every path alike.
+/// a change of machine load touches every path alike; then one more run of each
+/// path alone with the peak resident memory reset before it, for its peak.
 pub fn time_round_robin(
     runs: usize,
     paths: usize,
     mut step: impl FnMut(usize) -> Result<()>,
-) -> Result<Vec<(f64, f64)>> {
+) -> Result<Vec<PathTiming>> {
     for _ in 0..2 {
         for path in 0..paths {
             step(path)?;
@@ -495,13 +532,25 @@ pub fn time_round_robin(
             samples.push(t.elapsed().as_secs_f64());
         }
     }
-    Ok(times
-        .into_iter()
-        .map(|mut samples| {
-            samples.sort_by(f64::total_cmp);
-            (samples[samples.len() / 2], samples[0])
-        })
-        .collect())
+    let mut out = Vec::with_capacity(paths);
+    for (path, mut samples) in times.into_iter().enumerate() {
+        let resident_before_bytes = resident_bytes();
+        let reset = crate::machine::reset_peak_resident();
+        step(path)?;
+        let peak_resident_bytes = if reset {
+            crate::machine::peak_resident_bytes()
+        } else {
+            None
+        };
+        samples.sort_by(f64::total_cmp);
+        out.push(PathTiming {
+            median_s: samples[samples.len() / 2],
+            min_s: samples[0],
+            peak_resident_bytes,
+            resident_before_bytes,
+        });
+    }
+    Ok(out)
 }
 
 /// Generates a library of `count` small adapters (one 64x64 rank-4 Linear site each)

@@ -7,10 +7,17 @@ mod commands;
 
 use clap::{Parser, Subcommand};
 
+/// `semla --version`: the version and the optional features compiled in.
+const VERSION: &str = if cfg!(feature = "cuda") {
+    concat!(env!("CARGO_PKG_VERSION"), " (features: cuda)")
+} else {
+    concat!(env!("CARGO_PKG_VERSION"), " (features: none; CPU only)")
+};
+
 #[derive(Parser)]
 #[command(
     name = "semla",
-    version,
+    version = VERSION,
     about = "Semantic library adaptation: LoRA retrieval and fusion for segmentation under domain shift"
 )]
 struct Cli {
@@ -18,6 +25,11 @@ struct Cli {
     /// (errors as JSON on stderr).
     #[arg(long, global = true)]
     json: bool,
+
+    /// Where models run: cpu, cuda, cuda:N, or auto (CUDA GPU 0 when this build
+    /// has the `cuda` feature and a GPU answers, else the CPU).
+    #[arg(long, global = true, value_name = "DEVICE", default_value = "auto")]
+    device: semla_models::device::DeviceSpec,
 
     /// Largest image, label map or resize size accepted, in pixels.
     #[arg(long, global = true, value_name = "N", help_heading = "Limits", default_value_t = semla_core::limits::DEFAULT_MAX_PIXELS)]
@@ -120,7 +132,7 @@ fn main() -> std::process::ExitCode {
     {
         tracing::warn!("cannot watch for interrupts: {e}");
     }
-    let ctx = commands::Context { json: cli.json };
+    let ctx = commands::Context::new(cli.json, cli.device);
     let result: anyhow::Result<()> = match cli.command {
         Command::Adapter(args) => commands::adapter::run(args, &ctx),
         Command::Backbone(args) => commands::backbone::run(args, &ctx),

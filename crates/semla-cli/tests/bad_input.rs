@@ -596,3 +596,32 @@ fn unknown_domains_and_empty_evaluations_are_named_as_such() {
     ]);
     assert!(err.contains("no image to evaluate"), "{err}");
 }
+
+/// `--device`: the CPU runs; CUDA in a build without the `cuda` feature is a
+/// clear error that writes nothing; a device that does not exist is refused by
+/// name; `--version` says which features are compiled in.
+#[test]
+fn devices_are_named_opened_or_refused_clearly() {
+    let f = Fixture::new();
+    let out = f.segment(&[&f.photo], &["--device", "cpu"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::remove_dir_all(f.path("masks")).unwrap();
+    let version = semla(&["--version"]);
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    assert!(version.contains("features:"), "{version}");
+    if version.contains("cuda") {
+        return; // a CUDA build: the refusal below does not apply
+    }
+    let out = f.segment(&[&f.photo], &["--device", "cuda:1"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("cuda:1") && err.contains("--features cuda"),
+        "{err}"
+    );
+    assert!(!f.path("masks").exists(), "a refused device left output");
+    let out = f.segment(&[&f.photo], &["--device", "tpu"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("expected cpu, cuda, cuda:N or auto"), "{err}");
+}

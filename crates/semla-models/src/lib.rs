@@ -18,11 +18,13 @@
 //! - [`checkpoint`]: PyTorch `.pth` and safetensors checkpoints, read with
 //!   bounds checked before anything is allocated.
 //! - [`kernels`]: fused CPU inference kernels (attention, activation).
+//! - [`device`]: `--device cpu|cuda[:N]|auto` (CUDA behind the `cuda` feature).
 
 pub mod catseg;
 pub mod checkpoint;
 pub mod clip;
 pub mod config;
+pub mod device;
 pub mod efficientnet;
 pub mod kernels;
 pub(crate) mod layers;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use clap::{Args, Subcommand};
 use semla_adapters::Adaptation;
 use semla_models::efficientnet::{self, EfficientLiteSegConfig};
@@ -83,7 +83,7 @@ pub fn run(args: BackboneArgs, ctx: &Context) -> anyhow::Result<()> {
 }
 
 fn classify(weights: &std::path::Path, images: &[PathBuf], ctx: &Context) -> anyhow::Result<()> {
-    let device = Device::Cpu;
+    let device = ctx.device()?;
     let model = efficientnet::load_classifier_pth(weights, &device)?;
     let names = efficientnet::imagenet_classes();
     let mut results = Vec::new();
@@ -163,7 +163,7 @@ fn bench(
     iterations: usize,
     ctx: &Context,
 ) -> anyhow::Result<()> {
-    let device = Device::Cpu;
+    let device = ctx.device()?;
     let model: Box<dyn Segmenter> = match &model_dir {
         Some(dir) => load_segmenter(dir, &device)?,
         // Random weights: the speed does not depend on their values.

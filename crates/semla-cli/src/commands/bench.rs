@@ -288,20 +288,21 @@ fn run_speed(args: SpeedArgs, ctx: &Context) -> anyhow::Result<()> {
         segmenter: !args.skip_segmenter,
         ..SpeedConfig::default()
     };
+    let device = ctx.device()?;
     let mut log = LogProgress::default();
     let load_at_start = load_average();
     let mut timings = Vec::new();
     if config.clip {
-        timings.extend(time_clip(&config, &mut log)?);
+        timings.extend(time_clip(&config, &device, &mut log)?);
     }
     if config.segmenter {
-        timings.extend(time_segmenter(&config, &mut log)?);
+        timings.extend(time_segmenter(&config, &device, &mut log)?);
     }
     // L first: the process's peak memory after it is L's own.
     let mut catseg_peak_rss = serde_json::Map::new();
     for (arg, size) in [(CatSegArg::L, CatSegSize::L), (CatSegArg::B, CatSegSize::B)] {
         if args.catseg.contains(&arg) {
-            let (rows, peak) = time_catseg(&config, size, &mut log)?;
+            let (rows, peak) = time_catseg(&config, size, &device, &mut log)?;
             timings.extend(rows);
             catseg_peak_rss.insert(format!("{size:?}").to_lowercase(), serde_json::json!(peak));
         }
@@ -332,6 +333,7 @@ fn run_speed(args: SpeedArgs, ctx: &Context) -> anyhow::Result<()> {
     let threads = std::env::var("RAYON_NUM_THREADS").ok();
     let result = serde_json::json!({
         "config": config,
+        "device": semla_models::device::device_name(&device),
         "rayon_num_threads": threads,
         "available_parallelism": std::thread::available_parallelism().map(|n| n.get()).ok(),
         "load_average_at_start": load_at_start,
@@ -348,12 +350,13 @@ fn run_speed(args: SpeedArgs, ctx: &Context) -> anyhow::Result<()> {
         return ctx.print_json(&result);
     }
     println!(
-        "{:<34} {:<22} {:>10} {:>10} {:>8} {:>6}",
-        "model", "path", "median ms", "min ms", "x plain", "load"
+        "{:<34} {:<22} {:>10} {:>10} {:>8} {:>6} {:>12} {:>12}",
+        "model", "path", "median ms", "min ms", "x plain", "load", "peak MiB", "+ path MiB"
     );
+    let mib = |b: u64| format!("{:.0}", b as f64 / 1048576.0);
     for t in &timings {
         println!(
-            "{:<34} {:<22} {:>10.1} {:>10.1} {:>8.2} {:>6}",
+            "{:<34} {:<22} {:>10.1} {:>10.1} {:>8.2} {:>6} {:>12} {:>12}",
             t.model,
             t.path,
             1e3 * t.median_s,
@@ -361,6 +364,11 @@ fn run_speed(args: SpeedArgs, ctx: &Context) -> anyhow::Result<()> {
             t.vs_plain,
             t.load_average
                 .map(|l| format!("{l:.2}"))
+                .unwrap_or_default(),
+            t.peak_resident_bytes.map(mib).unwrap_or_default(),
+            t.peak_resident_bytes
+                .zip(t.resident_before_bytes)
+                .map(|(peak, before)| mib(peak.saturating_sub(before)))
                 .unwrap_or_default()
         );
     }
@@ -477,7 +485,12 @@ fn run_camvid(args: CamvidArgs, ctx: &Context) -> anyhow::Result<()> {
         config.retrieval.similarity = similarity;
     }
     config.seed = args.seed;
-    let outcome = run_camvid_bench(&config, &args.out, stderr_progress().as_mut())?;
+    let outcome = run_camvid_bench(
+        &config,
+        &ctx.device()?,
+        &args.out,
+        stderr_progress().as_mut(),
+    )?;
     let table = &outcome.table;
     if ctx.json {
         return ctx.print_json(&serde_json::json!({
@@ -682,7 +695,12 @@ fn run_clouds(args: CloudsArgs, ctx: &Context) -> anyhow::Result<()> {
     config.retrieval.top_k = args.top_k;
     config.retrieval.temperature = args.temperature;
     config.seed = args.seed;
-    let outcome = run_clouds_bench(&config, &args.out, stderr_progress().as_mut())?;
+    let outcome = run_clouds_bench(
+        &config,
+        &ctx.device()?,
+        &args.out,
+        stderr_progress().as_mut(),
+    )?;
     if ctx.json {
         return ctx.print_json(&serde_json::json!({
             "out": args.out,
@@ -778,7 +796,12 @@ fn run_csi(args: CsiArgs, ctx: &Context) -> anyhow::Result<()> {
     config.eval_images = (args.eval_images > 0).then_some(args.eval_images);
     config.classifier_px = args.classifier_px;
     config.seed = args.seed;
-    let outcome = run_csi_bench(&config, &args.out, stderr_progress().as_mut())?;
+    let outcome = run_csi_bench(
+        &config,
+        &ctx.device()?,
+        &args.out,
+        stderr_progress().as_mut(),
+    )?;
     if ctx.json {
         return ctx.print_json(&serde_json::json!({
             "out": args.out,

@@ -144,8 +144,8 @@ fn tokenize(texts: &[String], context: &ContextArgs, ctx: &Context) -> anyhow::R
     Ok(())
 }
 
-fn load_model(dir: &Path) -> anyhow::Result<ClipModel> {
-    ClipModel::from_dir(dir, &Device::Cpu)
+fn load_model(dir: &Path, device: &Device) -> anyhow::Result<ClipModel> {
+    ClipModel::from_dir(dir, device)
         .with_context(|| format!("loading CLIP model from {}", dir.display()))
 }
 
@@ -190,7 +190,8 @@ fn image_features(
     normalize: bool,
     ctx: &Context,
 ) -> anyhow::Result<()> {
-    let model = load_model(dir)?;
+    let device = ctx.device()?;
+    let model = load_model(dir, &device)?;
     let processor_config = dir.join("preprocessor_config.json");
     let processor = if processor_config.is_file() {
         ImageProcessor::from_file(&processor_config)?
@@ -200,7 +201,10 @@ fn image_features(
     let none = Adaptation::none();
     let mut records = Vec::with_capacity(images.len());
     for path in images {
-        let pixels = processor.preprocess_file(path)?.unsqueeze(0)?;
+        let pixels = processor
+            .preprocess_file(path)?
+            .unsqueeze(0)?
+            .to_device(&device)?;
         let features = model
             .get_image_features(&pixels, &none)
             .with_context(|| format!("image features of {}", path.display()))?;
@@ -221,7 +225,8 @@ fn text_features(
     ctx: &Context,
 ) -> anyhow::Result<()> {
     check_context(context)?;
-    let model = load_model(dir)?;
+    let device = ctx.device()?;
+    let model = load_model(dir, &device)?;
     anyhow::ensure!(
         model.has_text_model(),
         "{}: the checkpoint has no text model",
@@ -232,7 +237,7 @@ fn text_features(
     let mut records = Vec::with_capacity(texts.len());
     for text in texts {
         let ids = tok.encode_context(text, context.context_length, context.padding.into());
-        let ids = Tensor::from_vec(ids, (1, context.context_length), &Device::Cpu)?;
+        let ids = Tensor::from_vec(ids, (1, context.context_length), &device)?;
         let features = model
             .get_text_features(&ids, &none)
             .with_context(|| format!("text features of {text:?}"))?;

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use candle_core::Device;
 use semla_csi::classify::ClassifierSpec;
 use semla_csi::report::write_report;
 use semla_csi::train::{CsiOutcome, Relabeling};
@@ -147,7 +146,7 @@ fn taxonomy_for(classes: &[String]) -> Taxonomy {
 }
 
 fn run_train(args: CsiTrainArgs, ctx: &Context) -> anyhow::Result<()> {
-    let device = Device::Cpu;
+    let device = ctx.device()?;
     let target_domain = resolve(&args.domain, args.data_root.as_deref())?;
     let source_domain = resolve(&args.source_domain, args.data_root.as_deref())?;
     if source_domain.classes != target_domain.classes {

@@ -36,7 +36,12 @@ pub fn run(args: DemoArgs, ctx: &Context) -> anyhow::Result<()> {
     };
     config.embedder = args.embedder.to_string();
     super::common::check_out_folder(&args.out)?;
-    let outcome = run_demo(&config, &args.out, stderr_progress().as_mut())?;
+    let outcome = run_demo(
+        &config,
+        &ctx.device()?,
+        &args.out,
+        stderr_progress().as_mut(),
+    )?;
     let table = &outcome.table;
     if ctx.json {
         return ctx.print_json(&serde_json::json!({

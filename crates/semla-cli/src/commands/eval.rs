@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use candle_core::Device;
 use semla_adapters::{Adaptation, AdapterLibrary, apply::check_adapters_fit};
 use semla_data::domains::Split;
 use semla_experiments::{EvalReport, evaluate};
@@ -96,8 +95,8 @@ pub fn single_adapter(
 }
 
 /// Evaluates the model, adapter and data these arguments name.
-pub fn evaluate_args(args: &EvalArgs) -> anyhow::Result<EvalReport> {
-    let device = Device::Cpu;
+pub fn evaluate_args(args: &EvalArgs, ctx: &Context) -> anyhow::Result<EvalReport> {
+    let device = ctx.device()?;
     let domain = args
         .domain
         .clone()
@@ -156,7 +155,7 @@ pub fn run(args: EvalArgs, ctx: &Context) -> anyhow::Result<()> {
         };
         return super::experiment::run(&args.experiment, &common, ctx);
     }
-    let report = evaluate_args(&args)?;
+    let report = evaluate_args(&args, ctx)?;
     if ctx.json {
         return ctx.print_json(&serde_json::json!({
             "model": args.model,

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use candle_core::Device;
 use semla_data::DomainSource;
 use semla_data::domains::Split;
 use semla_experiments::shard::PART_FILE;
@@ -106,7 +105,7 @@ pub fn run(
     };
     // Before any work: an --out that cannot be written fails now, not after it.
     super::common::check_out_folder(out)?;
-    let device = Device::Cpu;
+    let device = ctx.device()?;
     let model_arg = ModelArg::new(common.model);
     let loaded = LoadedModel::load(&model_arg, common.catseg, &device)?;
     let sources = name_list(sources)?;

@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use candle_core::Device;
 use semla_models::Segmenter as _;
 
 use super::Context;
@@ -53,7 +52,7 @@ fn convert(args: ConvertArgs, ctx: &Context) -> anyhow::Result<()> {
         .map(PathBuf::from)
         .context("--model must be catseg:PATH (only CAT-Seg checkpoints are converted)")?;
     super::common::check_out_folder(&args.out)?;
-    let model = args.catseg.load_with(&path, &Device::Cpu, false)?;
+    let model = args.catseg.load_with(&path, &ctx.device()?, false)?;
     semla_models::save_segmenter(&model, &args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
     let config = model.catseg_config();

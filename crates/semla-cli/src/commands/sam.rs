@@ -11,7 +11,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use candle_core::Device;
 use clap::{Args, Subcommand};
 use semla_data::labels::{LabelMap, write_label_map};
 use semla_models::sam::{EncoderArgs, Prompt, Sam};
@@ -104,7 +103,7 @@ fn predict(args: &PredictArgs, ctx: &Context) -> anyhow::Result<()> {
         .as_deref()
         .map(encoder_args)
         .transpose()?;
-    let device = Device::Cpu;
+    let device = ctx.device()?;
     let sam = Sam::load(&args.checkpoint, encoder.as_ref(), &device)
         .with_context(|| format!("loading SAM from {}", args.checkpoint.display()))?;
     let staged = semla_core::StagedDir::new(&args.out)?;

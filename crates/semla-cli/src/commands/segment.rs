@@ -55,7 +55,7 @@ pub struct SegmentArgs {
 
 /// Runs `semla segment`.
 pub fn run(args: SegmentArgs, ctx: &Context) -> anyhow::Result<()> {
-    let device = Device::Cpu;
+    let device = ctx.device()?;
     check_out_folder(&args.out)?;
     if let Some(labels) = &args.labels {
         check_out_folder(labels)?;

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use candle_core::Device;
 use semla_pipeline::Request;
 use semla_serve::{LoadSpec, ServeConfig};
 
@@ -18,8 +17,8 @@ use super::common::PipelineOptions;
 
 /// What is served, loaded: the model, and where the rest comes from for
 /// [`semla_serve`] to load (and reload).
-fn load_spec(options: &PipelineOptions) -> anyhow::Result<LoadSpec> {
-    let device = Device::Cpu;
+fn load_spec(options: &PipelineOptions, ctx: &Context) -> anyhow::Result<LoadSpec> {
+    let device = ctx.device()?;
     let model = options.load_model(&device)?;
     let fingerprint = semla_core::hash::model_fingerprint(&options.model_path())?;
     Ok(LoadSpec {
@@ -83,7 +82,7 @@ fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
 }
 
 /// Runs `semla serve`.
-pub fn run(args: ServeArgs, _ctx: &Context) -> anyhow::Result<()> {
+pub fn run(args: ServeArgs, ctx: &Context) -> anyhow::Result<()> {
     let api_key = match &args.api_key_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -107,7 +106,7 @@ pub fn run(args: ServeArgs, _ctx: &Context) -> anyhow::Result<()> {
         ..ServeConfig::default()
     };
     config.validate().map_err(anyhow::Error::msg)?;
-    let spec = load_spec(&args.served)?;
+    let spec = load_spec(&args.served, ctx)?;
     runtime()?.block_on(async move {
         let (listener, addr) = semla_serve::bind(config.bind).await?;
         eprintln!("semla serve: listening on http://{addr} (ready once /health/ready says so)");
@@ -149,7 +148,7 @@ pub struct BenchServeArgs {
 
 /// Runs `semla bench serve`.
 pub fn bench(args: BenchServeArgs, ctx: &Context) -> anyhow::Result<()> {
-    let spec = load_spec(&args.served)?;
+    let spec = load_spec(&args.served, ctx)?;
     let bytes =
         std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
     let photo = semla_data::image_io::read_rgb(&args.image)?;

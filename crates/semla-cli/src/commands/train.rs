@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use semla_data::DomainSource;
 use semla_data::domains::Split;
@@ -209,7 +208,7 @@ fn refuse_existing_model(out: &Path, force: bool, resume: bool) -> anyhow::Resul
 }
 
 fn run_adapt(args: HeadAdaptArgs, ctx: &Context) -> anyhow::Result<()> {
-    let device = Device::Cpu;
+    let device = ctx.device()?;
     refuse_existing_model(&args.out, args.force, args.train.resume)?;
     let same = |a: &Path, b: &Path| {
         a.canonicalize()
@@ -266,7 +265,7 @@ fn run_adapt(args: HeadAdaptArgs, ctx: &Context) -> anyhow::Result<()> {
 }
 
 fn run_base(args: BaseArgs, ctx: &Context) -> anyhow::Result<()> {
-    let device = Device::Cpu;
+    let device = ctx.device()?;
     refuse_existing_model(&args.out, args.force, args.train.resume)?;
     let source = args.data.source()?;
     let domain = source.domain();

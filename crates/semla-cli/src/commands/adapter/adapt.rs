@@ -199,7 +199,7 @@ pub struct AdaptArgs {
 
 /// Runs `semla adapter adapt`.
 pub fn run(args: AdaptArgs, ctx: &Context) -> anyhow::Result<()> {
-    let device = Device::Cpu;
+    let device = ctx.device()?;
     let (library_dir, name) = split_library_path(&args.out)?;
     refuse_existing(&library_dir, &name, args.force)?;
     let inputs = args.selftrain.inputs(&device)?;

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use candle_core::Device;
 use semla_adapters::{Adapter, AdapterLibrary, peft};
 use semla_models::{Segmenter, load_segmenter, save_segmenter};
 use semla_train::soma::{bake, extract};
@@ -74,7 +73,7 @@ struct BakeReport<'a> {
 
 /// Runs `semla adapter bake`.
 pub fn run_bake(args: BakeArgs, ctx: &Context) -> anyhow::Result<()> {
-    let device = Device::Cpu;
+    let device = ctx.device()?;
     let mut model = load_segmenter(&args.model, &device)?;
     let adapter = load_adapter_arg(&args.adapter)?;
     bake(model.as_mut(), &adapter).with_context(|| {
@@ -129,7 +128,7 @@ struct ExtractReport<'a> {
 
 /// Runs `semla adapter extract`.
 pub fn run_extract(args: ExtractArgs, ctx: &Context) -> anyhow::Result<()> {
-    let device = Device::Cpu;
+    let device = ctx.device()?;
     let (library_dir, name) = split_library_path(&args.out)?;
     super::train::refuse_existing(&library_dir, &name, args.force)?;
     let base = load_segmenter(&args.base, &device)?;

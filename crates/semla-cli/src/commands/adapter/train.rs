@@ -90,7 +90,7 @@ pub struct AdapterTrainArgs {
 
 /// Runs `semla adapter train`.
 pub fn run(args: AdapterTrainArgs, ctx: &Context) -> anyhow::Result<()> {
-    let device = Device::Cpu;
+    let device = ctx.device()?;
     let (library_dir, name) = split_library_path(&args.out)?;
     refuse_existing(&library_dir, &name, args.force)?;
     let source = args.data.source()?;

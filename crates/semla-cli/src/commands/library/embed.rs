@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use candle_core::Device;
 use semla_adapters::AdapterLibrary;
 use semla_pipeline::EmbedderSpec;
 use semla_pipeline::embed::BuildContext;
@@ -51,7 +50,7 @@ pub struct EmbedArgs {
 
 /// Runs `semla library embed`.
 pub fn run(args: EmbedArgs, ctx: &Context) -> anyhow::Result<()> {
-    let device = Device::Cpu;
+    let device = ctx.device()?;
     let library = AdapterLibrary::open(&args.library).context("opening the adapter library")?;
     let names: Vec<String> = match &args.sources {
         Some(value) => name_list(value)?,

@@ -20,7 +20,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use candle_core::Device;
 use semla_adapters::AdapterLibrary;
 use semla_pipeline::EmbedderSpec;
 use semla_pipeline::config::{SemlaConfig, read_domain_list};
@@ -99,7 +98,7 @@ pub fn run(args: RetrieveArgs, ctx: &Context) -> anyhow::Result<()> {
     let (query_path, query, embedder_id) = match (&args.embedding, &args.image, &args.embedder) {
         (Some(path), _, _) => (path.clone(), read_query(path)?, None),
         (None, Some(image), Some(spec)) => {
-            let (embedding, id) = embed_image(spec, image)?;
+            let (embedding, id) = embed_image(spec, image, ctx)?;
             (image.clone(), embedding, Some(id))
         }
         _ => bail!("give --embedding FILE, or --image FILE with --embedder KIND:DIR"),
@@ -190,8 +189,12 @@ pub fn read_query(path: &Path) -> anyhow::Result<Vec<f32>> {
 /// The embedding `[D]` of the image at `path` by the embedder `spec` names, and
 /// the embedder's identity (segmenter embedders need their model folder:
 /// `backbone:DIR`, `style:DIR`).
-fn embed_image(spec: &EmbedderSpec, path: &Path) -> anyhow::Result<(Vec<f32>, String)> {
-    let device = Device::Cpu;
+fn embed_image(
+    spec: &EmbedderSpec,
+    path: &Path,
+    ctx: &Context,
+) -> anyhow::Result<(Vec<f32>, String)> {
+    let device = ctx.device()?;
     let embedder = spec
         .build(&BuildContext {
             device: &device,
