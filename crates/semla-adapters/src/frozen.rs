@@ -276,6 +276,9 @@ fn bridged(x: &Tensor, y: Tensor, rule: InputGradient) -> Result<Tensor> {
 /// `[M, in]` -> `[M, out]`. Only `x` receives a gradient.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let forward = |x: &Tensor| -> Result<Tensor> {
+        if let Some(y) = biased_matmul(x, weight, bias)? {
+            return Ok(y);
+        }
         let y = x.matmul(&weight.t()?)?;
         match bias {
             Some(b) => y.broadcast_add(b),
@@ -293,6 +296,102 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
             weight: weight.clone(),
         },
     )
+}
+
+/// `x W^T + b` in one matrix product whose destination starts as the bias
+/// rows (gemm's `dst = dst + x W^T`): no second pass over the output and no
+/// second output buffer. Taken for inference only (nothing tracks a
+/// gradient), on the CPU in f32; `None` otherwise.
+fn biased_matmul(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
+    let inference = !x.track_op() && !weight.track_op() && !bias.is_some_and(Tensor::track_op);
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+    if !(inference && f32_cpu(x) && f32_cpu(weight) && bias.is_none_or(f32_cpu)) {
+        return Ok(None);
+    }
+    let (Ok((_, in_x)), Ok((out, in_w))) = (x.dims2(), weight.dims2()) else {
+        return Ok(None);
+    };
+    if in_x != in_w || bias.is_some_and(|b| b.dims() != [out]) {
+        return Ok(None);
+    }
+    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+    x.contiguous()?
+        .apply_op2_no_bwd(&weight.contiguous()?, &BiasedMatmul { bias })
+        .map(Some)
+}
+
+/// `[M, in] x [out, in] -> [M, out]`, `x W^T (+ bias)`; see [`biased_matmul`].
+struct BiasedMatmul {
+    bias: Option<Vec<f32>>,
+}
+
+impl CustomOp2 for BiasedMatmul {
+    fn name(&self) -> &'static str {
+        "biased-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (x, w) else {
+            candle_core::bail!("biased-matmul: f32 only");
+        };
+        let (Some((x0, x1)), Some((w0, w1))) =
+            (x_layout.contiguous_offsets(), w_layout.contiguous_offsets())
+        else {
+            candle_core::bail!("biased-matmul: contiguous operands only");
+        };
+        let (rows, inner) = x_layout.shape().dims2()?;
+        let (out, w_inner) = w_layout.shape().dims2()?;
+        let (x, w) = (&x[x0..x1], &w[w0..w1]);
+        if inner != w_inner || x.len() != rows * inner || w.len() != out * inner {
+            candle_core::bail!("biased-matmul: [{rows}, {inner}] x [{out}, {w_inner}]^T");
+        }
+        let mut dst = match &self.bias {
+            Some(bias) if bias.len() == out => bias.repeat(rows),
+            Some(bias) => candle_core::bail!("biased-matmul: bias of {} for {out}", bias.len()),
+            None => vec![0f32; rows * out],
+        };
+        if rows > 0 && out > 0 && inner > 0 {
+            let threads = candle_core::utils::get_num_threads();
+            let parallelism = if threads > 1 {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            };
+            // SAFETY: dst is [rows, out] row-major, x [rows, inner] row-major, and
+            // W^T is read from W [out, inner] row-major (element (k, j) at
+            // j * inner + k); the lengths were checked above.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    out,
+                    inner,
+                    dst.as_mut_ptr(),
+                    1,
+                    out as isize,
+                    true,
+                    x.as_ptr(),
+                    1,
+                    inner as isize,
+                    w.as_ptr(),
+                    inner as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        }
+        Ok((CpuStorage::F32(dst), Shape::from((rows, out))))
+    }
 }
 
 /// A 1x1 convolution as a batched matrix product: `weight` `[out, in]`,
@@ -390,6 +489,58 @@ mod tests {
             .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * scale)
             .collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// The inference path's one-product linear equals the composed formula,
+    /// written out by hand, with and without bias, on a transposed (strided)
+    /// weight too; a tracked input never takes it.
+    #[test]
+    fn biased_matmul_is_the_composed_linear() {
+        let x = ramp(&[5, 7], 2.0);
+        let w = ramp(&[3, 7], 1.0);
+        let b = ramp(&[3], 4.0);
+        let xs: Vec<Vec<f32>> = x.to_vec2().unwrap();
+        let ws: Vec<Vec<f32>> = w.to_vec2().unwrap();
+        let bs: Vec<f32> = b.to_vec1().unwrap();
+        for bias in [Some(&b), None] {
+            let got: Vec<Vec<f32>> = biased_matmul(&x, &w, bias)
+                .unwrap()
+                .unwrap()
+                .to_vec2()
+                .unwrap();
+            for (i, row) in got.iter().enumerate() {
+                for (j, v) in row.iter().enumerate() {
+                    let dot: f32 = (0..7).map(|k| xs[i][k] * ws[j][k]).sum();
+                    let want = dot + bias.map_or(0.0, |_| bs[j]);
+                    assert!((v - want).abs() < 1e-5, "({i}, {j}): {v} vs {want}");
+                }
+            }
+        }
+        let strided = ramp(&[7, 3], 1.0).t().unwrap();
+        let fused = biased_matmul(&x, &strided, Some(&b)).unwrap().unwrap();
+        let composed = x
+            .matmul(&strided.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        let diff = (fused - composed)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        let tracked = Var::from_tensor(&x).unwrap();
+        assert!(
+            biased_matmul(tracked.as_tensor(), &w, Some(&b))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            biased_matmul(&x, &w, Some(&ramp(&[4], 1.0)))
+                .unwrap()
+                .is_none()
+        );
     }
 
     use semla_test_support::max_abs_diff as max_diff;
