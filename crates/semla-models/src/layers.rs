@@ -215,7 +215,7 @@ pub(crate) fn bilinear_resize_differentiable(
 /// `quick_gelu(x) = x * sigmoid(1.702 x)`, fused when inference kernels are asked for.
 pub(crate) fn quick_gelu(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
     match kernels {
-        Kernels::Fused if x.dtype() == DType::F32 && x.is_contiguous() => {
+        Kernels::Fused if x.dtype() == DType::F32 && x.is_contiguous() && x.device().is_cpu() => {
             x.apply_op1_no_bwd(&QuickGelu)
         }
         _ => x.mul(&candle_nn::ops::sigmoid(&x.affine(1.702, 0.0)?)?),

@@ -175,19 +175,42 @@ fn size_groups(photos: &[RgbImage]) -> Vec<Vec<usize>> {
 #[pyclass(module = "semla", frozen)]
 pub struct Segmenter {
     pub(crate) inner: Arc<dyn RustSegmenter>,
+    /// Where its weights live and it runs.
+    pub(crate) device: Device,
+}
+
+/// Opens `device` (`cpu`, `cuda`, `cuda:N`, `auto`; see `semla_models::device`).
+fn open_device(device: &str) -> PyResult<Device> {
+    let spec: semla_models::device::DeviceSpec = device
+        .parse()
+        .map_err(|e: semla_models::device::DeviceError| Failure::new(Kind::Semla, e.to_string()))?;
+    Ok(spec
+        .open()
+        .map_err(|e| Failure::new(Kind::Semla, e.to_string()))?)
 }
 
 #[pymethods]
 impl Segmenter {
-    /// Loads the model folder `model_dir`.
+    /// Loads the model folder `model_dir` onto `device` (`auto`: a CUDA GPU
+    /// when this build has the `cuda` feature and one answers, else the CPU).
     #[staticmethod]
-    pub fn from_pretrained(py: Python<'_>, model_dir: PathBuf) -> PyResult<Self> {
+    #[pyo3(signature = (model_dir, device="auto"))]
+    pub fn from_pretrained(py: Python<'_>, model_dir: PathBuf, device: &str) -> PyResult<Self> {
+        let device = open_device(device)?;
+        let on = device.clone();
         let model = run(py, move || {
-            Ok(semla_models::load_segmenter(&model_dir, &Device::Cpu)?)
+            Ok(semla_models::load_segmenter(&model_dir, &on)?)
         })?;
         Ok(Self {
             inner: Arc::from(model),
+            device,
         })
+    }
+
+    /// The device it runs on (`cpu`, `cuda:0`).
+    #[getter]
+    fn device(&self) -> String {
+        semla_models::device::device_name(&self.device)
     }
 
     /// Number of classes `C`.
@@ -228,6 +251,7 @@ impl Segmenter {
             .collect();
         let weights = weights.unwrap_or_else(|| vec![1.0; adapters.len()]);
         let model = Arc::clone(&self.inner);
+        let device = self.device.clone();
         let (prediction, decode_s) = run(py, move || -> Outcome<_> {
             let (photos, decode_s) = load_images(vec![arg])?;
             let samples: Vec<Sample> = photos.iter().map(Sample::from_photo).collect();
@@ -240,7 +264,7 @@ impl Segmenter {
                 &adapter_refs,
                 &weights,
                 return_probs,
-                &Device::Cpu,
+                &device,
             )?;
             let prediction = out
                 .pop()
@@ -372,12 +396,13 @@ fn request(
 #[pyclass(module = "semla", frozen, name = "SemLA")]
 pub struct SemLA {
     semla: Arc<Semla>,
+    device: Device,
 }
 
 #[pymethods]
 impl SemLA {
     #[new]
-    #[pyo3(signature = (model, library, embedder=None, top_k=5, temperature=0.05, similarity="euclidean", combination_type="cat", fusion="weights", sources=None))]
+    #[pyo3(signature = (model, library, embedder=None, top_k=5, temperature=0.05, similarity="euclidean", combination_type="cat", fusion="weights", sources=None, device="auto"))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn new(
         py: Python<'_>,
@@ -390,16 +415,21 @@ impl SemLA {
         combination_type: &str,
         fusion: &str,
         sources: Option<Vec<String>>,
+        device: &str,
     ) -> PyResult<Self> {
-        let model: Arc<dyn RustSegmenter> = match model.cast::<Segmenter>() {
-            Ok(m) => Arc::clone(&m.get().inner),
+        // A loaded Segmenter keeps its own device; `device` places a model
+        // loaded from a path.
+        let (model, device): (Arc<dyn RustSegmenter>, Device) = match model.cast::<Segmenter>() {
+            Ok(m) => (Arc::clone(&m.get().inner), m.get().device.clone()),
             Err(_) => {
                 let dir: PathBuf = model.extract().map_err(|_| {
                     shape_error("model: expected a semla.Segmenter or the path of a model folder")
                 })?;
-                Segmenter::from_pretrained(py, dir)?.inner
+                let loaded = Segmenter::from_pretrained(py, dir, device)?;
+                (loaded.inner, loaded.device)
             }
         };
+        let on = device.clone();
         let library: Arc<semla_adapters::AdapterLibrary> = match library.cast::<AdapterLibrary>() {
             Ok(l) => Arc::clone(&l.get().inner),
             Err(_) => {
@@ -437,11 +467,12 @@ impl SemLA {
                 sources,
                 spec.as_ref(),
                 settings,
-                &Device::Cpu,
+                &on,
             )?)
         })?;
         Ok(Self {
             semla: Arc::new(semla),
+            device,
         })
     }
 
@@ -450,6 +481,7 @@ impl SemLA {
     fn model(&self) -> Segmenter {
         Segmenter {
             inner: Arc::clone(self.semla.model()),
+            device: self.device.clone(),
         }
     }
 

@@ -65,6 +65,20 @@ def test_bad_model_folders(world):
         semla.Segmenter.from_pretrained(world / "nowhere")
 
 
+def test_devices(fixtures):
+    model = semla.Segmenter.from_pretrained(fixtures / "model", device="cpu")
+    assert model.device == "cpu"
+    sl = semla.SemLA(model, fixtures / "library")
+    assert sl.model.device == "cpu"
+    assert semla.SemLA(fixtures / "model", fixtures / "library", device="cpu").model.device == "cpu"
+    with pytest.raises(semla.SemlaError, match="expected cpu, cuda, cuda:N or auto"):
+        semla.Segmenter.from_pretrained(fixtures / "model", device="tpu")
+    if semla.Segmenter.from_pretrained(fixtures / "model").device == "cpu":
+        # Without CUDA compiled in (the default build), asking for it says how to get it.
+        with pytest.raises(semla.SemlaError, match="--features cuda"):
+            semla.Segmenter.from_pretrained(fixtures / "model", device="cuda:0")
+
+
 def test_bad_images(world, fixtures):
     sl = semla.SemLA(fixtures / "model", fixtures / "library")
     png = world / "images" / "fog.png"

@@ -79,10 +79,28 @@ fn depthwise_op(x: &Tensor, kernel: &Tensor, bias: &Tensor, op: DepthwiseConv) -
     if x.dtype() != DType::F32 || kernel.dtype() != DType::F32 || bias.dtype() != DType::F32 {
         candle_core::bail!("depthwise_conv2d: only f32 is supported")
     }
+    if !x.device().is_cpu() {
+        return composed(x, kernel, bias, op);
+    }
     x.contiguous()?
         .apply_op3(&kernel.contiguous()?, &bias.contiguous()?, op)
 }
 
+/// The same layer from candle's ops (a grouped convolution), for devices the
+/// CPU kernel does not run on.
+fn composed(x: &Tensor, kernel: &Tensor, bias: &Tensor, op: DepthwiseConv) -> Result<Tensor> {
+    let [top, bottom, left, right] = op.pad;
+    let padded = x
+        .pad_with_zeros(2, top, bottom)?
+        .pad_with_zeros(3, left, right)?;
+    let channels = x.dim(1)?;
+    let y = padded
+        .conv2d(kernel, 0, op.stride, 1, channels)?
+        .broadcast_add(&bias.reshape((1, channels, 1, 1))?)?;
+    if op.relu6 { y.clamp(0f32, 6f32) } else { Ok(y) }
+}
+
+#[derive(Clone, Copy, Debug)]
 struct DepthwiseConv {
     stride: usize,
     pad: Padding,
@@ -376,6 +394,25 @@ mod tests {
     }
 
     use semla_test_support::max_abs_diff as max_diff;
+
+    /// The other-device fallback is the CPU kernel's layer, ReLU6 included.
+    #[test]
+    fn composed_fallback_equals_the_kernel() {
+        let x = random(&[2, 3, 9, 8], 5);
+        let ker = random(&[3, 1, 3, 3], 6);
+        let bias = random(&[3], 7);
+        for relu6 in [false, true] {
+            let op = DepthwiseConv {
+                stride: 2,
+                pad: [0, 1, 1, 1],
+                relu6,
+            };
+            let kernel = depthwise_op(&(&x * 20.0).unwrap(), &ker, &bias, op).unwrap();
+            let fallback = composed(&(&x * 20.0).unwrap(), &ker, &bias, op).unwrap();
+            assert_eq!(kernel.dims(), fallback.dims());
+            assert!(max_diff(&kernel, &fallback) < 1e-5, "relu6 {relu6}");
+        }
+    }
 
     /// Against candle's grouped convolution on an explicitly padded input
     /// (candle's own backward only handles strided sizes with (H - k) % s == 0).
