@@ -442,8 +442,8 @@ pub const CATSEG_RECORD: (usize, usize) = (512, 1024);
 ///   `config.adapters` rank-`config.rank` adapters over every official site, and
 ///   the adapted forward (its class text embeddings computed under the mixture).
 ///
-/// Also returns the process's peak resident memory (`VmHWM`) after the runs:
-/// time the larger size first for its own peak.
+/// Also returns the largest of the paths' peak resident memories (each
+/// measured on a lone run, everything loaded so far resident).
 pub fn time_catseg(
     config: &SpeedConfig,
     size: CatSegSize,
@@ -507,7 +507,8 @@ pub fn time_catseg(
     }
     progress.set(PATHS.len() as u64);
     progress.end();
-    Ok((out, crate::machine::peak_resident_bytes()))
+    let peak = out.iter().filter_map(|t| t.peak_resident_bytes).max();
+    Ok((out, peak))
 }
 
 /// Median and minimum time of each of `paths` paths, run round-robin (`step(0)`,

@@ -298,7 +298,7 @@ fn run_speed(args: SpeedArgs, ctx: &Context) -> anyhow::Result<()> {
     if config.segmenter {
         timings.extend(time_segmenter(&config, &device, &mut log)?);
     }
-    // L first: the process's peak memory after it is L's own.
+    // L first: what B's peak holds of L is then freed memory glibc kept, not L's weights.
     let mut catseg_peak_rss = serde_json::Map::new();
     for (arg, size) in [(CatSegArg::L, CatSegSize::L), (CatSegArg::B, CatSegSize::B)] {
         if args.catseg.contains(&arg) {
