@@ -19,12 +19,13 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = CLIPConfig(vision_config=dict(patch_size=16))
     model = CLIPModel(cfg).eval()
-    px = torch.randn(1, 3, 224, 224)
+    px = torch.randn(args.batch, 3, 224, 224)
     times, cpu = [], []
     with torch.inference_mode():
         for i in range(args.warmup + args.iters):
@@ -39,7 +40,8 @@ def main():
     # thread_cpu_s: CPU time of the calling thread, which does all the work at
     # --threads 1; unlike wall time it does not grow when other processes load the machine.
     print(json.dumps({"median_s": times[len(times) // 2], "min_s": times[0],
-                      "thread_cpu_s": cpu[len(cpu) // 2], "iters": args.iters, "threads": args.threads}))
+                      "thread_cpu_s": cpu[len(cpu) // 2], "iters": args.iters, "threads": args.threads,
+                      "batch": args.batch}))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-//! CLIP ViT-B/16 image forward at 224 px, batch 1: ours against PyTorch eager.
+//! CLIP ViT-B/16 image forward at 224 px: ours against PyTorch eager.
 //!
 //! `cargo bench -p semla-models --bench clip` runs our model (random weights,
 //! standard ViT-B/16 config) with fused kernels, with composed (training)
@@ -8,7 +8,8 @@
 //!
 //! Environment: `CLIP_BENCH_THREADS` (default 2; sets `RAYON_NUM_THREADS`
 //! unless already set), `CLIP_BENCH_ITERS` (default 10), `CLIP_BENCH_PYTHON`
-//! (default `python3`; set to an empty string to skip PyTorch).
+//! (default `python3`; set to an empty string to skip PyTorch), `CLIP_BENCH_BATCH`
+//! (images per forward, default 1; images per second are printed too).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::Path;
@@ -77,7 +78,8 @@ fn main() -> candle_core::Result<()> {
         &device,
     );
     let mut model = ClipModel::new(&vb, &cfg)?;
-    let pixels = Tensor::randn(0f32, 1.0, (1, 3, 224, 224), &device)?;
+    let batch = env_usize("CLIP_BENCH_BATCH", 1).max(1);
+    let pixels = Tensor::randn(0f32, 1.0, (batch, 3, 224, 224), &device)?;
     let none = Adaptation::none();
 
     // Ours and PyTorch alternate for a few rounds so that both see the same
@@ -95,7 +97,7 @@ fn main() -> candle_core::Result<()> {
         fused = fused.min(median);
         fused_min = fused_min.min(min);
         fused_cpu = fused_cpu.min(cpu);
-        if let Some((median, min, cpu)) = pytorch(&python, threads, iters) {
+        if let Some((median, min, cpu)) = pytorch(&python, threads, iters, batch) {
             println!(
                 "round {round}: PyTorch eager:        median {median:.4} s, min {min:.4} s, thread CPU {cpu:.4} s"
             );
@@ -105,10 +107,14 @@ fn main() -> candle_core::Result<()> {
         }
     }
     println!(
-        "ours (fused kernels):      best median {fused:.4} s, min {fused_min:.4} s ({iters} iters x {rounds} rounds, {threads} threads)"
+        "ours (fused kernels):      best median {fused:.4} s, min {fused_min:.4} s ({iters} iters x {rounds} rounds, {threads} threads, batch {batch}: {:.2} images/s)",
+        batch as f64 / fused
     );
     if torch.is_finite() {
-        println!("PyTorch eager:             best median {torch:.4} s, min {torch_min:.4} s");
+        println!(
+            "PyTorch eager:             best median {torch:.4} s, min {torch_min:.4} s ({:.2} images/s)",
+            batch as f64 / torch
+        );
         println!(
             "ratio ours/PyTorch:        {:.2} (best medians), {:.2} (minimums); below 1 means faster",
             fused / torch,
@@ -167,7 +173,7 @@ fn main() -> candle_core::Result<()> {
 
 /// Runs `tools/reference/clip_bench.py`: `(median, min, thread CPU)` seconds, or `None`
 /// (with a message) when PyTorch is unavailable or `python` is empty.
-fn pytorch(python: &str, threads: usize, iters: usize) -> Option<(f64, f64, f64)> {
+fn pytorch(python: &str, threads: usize, iters: usize, batch: usize) -> Option<(f64, f64, f64)> {
     if python.is_empty() {
         return None;
     }
@@ -179,6 +185,8 @@ fn pytorch(python: &str, threads: usize, iters: usize) -> Option<(f64, f64, f64)
             &threads.to_string(),
             "--iters",
             &iters.to_string(),
+            "--batch",
+            &batch.to_string(),
         ])
         .output()
     {
