@@ -97,6 +97,8 @@ fn parse_cli() -> Result<Cli, clap::Error> {
 }
 
 fn main() -> std::process::ExitCode {
+    // Every command runs models: keep freed tensor buffers instead of re-faulting them.
+    semla_core::alloc::keep_freed_memory();
     let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(e) => {

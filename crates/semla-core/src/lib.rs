@@ -10,10 +10,12 @@
 //! - [`hash`]: FNV-1a fingerprints (embedder and model identities).
 //! - [`limits`]: bounds on what user input may make semla allocate.
 //! - [`progress`]: the progress-reporting trait long operations report to.
+//! - [`alloc`]: the C allocator's tuning for tensor workloads (freed buffers kept).
 //!
 //! It depends on nothing but `thiserror`, so the lowest crates (`semla-data`,
 //! `semla-adapters`) can use it.
 
+pub mod alloc;
 pub mod fs;
 pub mod hash;
 pub mod limits;

@@ -9,7 +9,9 @@
 //! Environment: `CLIP_BENCH_THREADS` (default 2; sets `RAYON_NUM_THREADS`
 //! unless already set), `CLIP_BENCH_ITERS` (default 10), `CLIP_BENCH_PYTHON`
 //! (default `python3`; set to an empty string to skip PyTorch), `CLIP_BENCH_BATCH`
-//! (images per forward, default 1; images per second are printed too).
+//! (images per forward, default 1; images per second are printed too),
+//! `CLIP_BENCH_GLIBC_DEFAULTS=1` (leaves glibc's allocator untuned, see
+//! `semla_core::alloc`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::path::Path;
@@ -68,6 +70,10 @@ fn main() -> candle_core::Result<()> {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         // SAFETY: no other thread exists yet; rayon reads this when its pool starts.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    }
+    // As the CLI does: freed buffers stay in the heap (`CLIP_BENCH_GLIBC_DEFAULTS=1` keeps glibc's defaults).
+    if std::env::var_os("CLIP_BENCH_GLIBC_DEFAULTS").is_none() {
+        semla_core::alloc::keep_freed_memory();
     }
     let iters = env_usize("CLIP_BENCH_ITERS", 10).max(1);
     let device = Device::Cpu;

@@ -1,0 +1,186 @@
+//! One LoRA training step on CLIP ViT-B/16's vision tower: ours against
+//! PyTorch + peft in one run.
+//!
+//! `cargo bench -p semla-train --bench clip_lora_step` times forward, loss,
+//! backward and AdamW for rank-8 LoRA (alpha 16) on `q_proj`, `v_proj`, `fc1`,
+//! `fc2` of all 12 vision layers (1,032,192 trainable values) on a frozen CLIP
+//! (random weights, standard config, 224 px). The loss is the cross-entropy of
+//! 100 x the cosine similarity between image features and fixed random class
+//! embeddings, as in CLIP fine-tuning. Then it runs
+//! `tools/reference/clip_train_bench.py` (transformers `CLIPModel` + peft, the
+//! same targets, loss and AdamW) and prints the ratio; ours and PyTorch alternate
+//! round by round so that both see the same machine load.
+//!
+//! Environment: `CLIP_TRAIN_THREADS` (default 2; sets `RAYON_NUM_THREADS` unless
+//! already set), `CLIP_TRAIN_BATCH` (default 4), `CLIP_TRAIN_STEPS` (timed steps
+//! per round after one warm-up, default 5), `CLIP_TRAIN_ROUNDS` (default 2),
+//! `CLIP_BENCH_PYTHON` (default `python3`; an empty string skips PyTorch),
+//! `CLIP_BENCH_GLIBC_DEFAULTS=1` (leaves glibc's allocator untuned, see
+//! `semla_core::alloc`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use semla_models::clip::{ClipConfig, ClipModel, Kernels};
+use semla_train::lora::{LoraSettings, LoraTrainee};
+use semla_train::optim::{AdamW, AdamWConfig};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `x / max(|x|, 1e-12)` along the last dimension (PyTorch's `F.normalize`).
+fn normalize(x: &Tensor) -> candle_core::Result<Tensor> {
+    let norm = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
+    x.broadcast_div(&norm)
+}
+
+fn main() -> candle_core::Result<()> {
+    let threads = env_usize("CLIP_TRAIN_THREADS", 2);
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // SAFETY: no other thread exists yet; rayon reads this when its pool starts.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    }
+    // As the CLI does: freed buffers stay in the heap (`CLIP_BENCH_GLIBC_DEFAULTS=1` keeps glibc's defaults).
+    if std::env::var_os("CLIP_BENCH_GLIBC_DEFAULTS").is_none() {
+        semla_core::alloc::keep_freed_memory();
+    }
+    let batch = env_usize("CLIP_TRAIN_BATCH", 4).max(1);
+    let steps = env_usize("CLIP_TRAIN_STEPS", 5).max(1);
+    let rounds = env_usize("CLIP_TRAIN_ROUNDS", 2).max(1);
+    let python = std::env::var("CLIP_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let device = Device::Cpu;
+    let cfg = ClipConfig::vit_b16();
+    let vb = VarBuilder::from_tensors(
+        semla_models::clip::random_vision_weights(&cfg, &device)?,
+        DType::F32,
+        &device,
+    );
+    let mut model = ClipModel::new(&vb, &cfg)?;
+    model.set_kernels(Kernels::Composed);
+
+    let vision_sites: Vec<_> = model
+        .sites()
+        .into_iter()
+        .filter(|s| s.path.starts_with("vision_model.encoder"))
+        .collect();
+    let settings = LoraSettings {
+        targets: ["q_proj", "v_proj", "fc1", "fc2"]
+            .map(String::from)
+            .to_vec(),
+        ..LoraSettings::default()
+    };
+    let lora = LoraTrainee::new(&vision_sites, &settings, 0, &device).unwrap();
+    let params = lora.params();
+    let trainable: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
+    let mut opt = AdamW::new(&params, AdamWConfig::default()).unwrap();
+
+    let pixels = Tensor::randn(0f32, 1.0, (batch, 3, 224, 224), &device)?;
+    let classes = 10usize;
+    let class_embeddings = normalize(&Tensor::randn(
+        0f32,
+        1.0,
+        (classes, cfg.projection_dim),
+        &device,
+    )?)?;
+    let labels: Vec<u32> = (0..batch).map(|i| (i % classes) as u32).collect();
+    let labels = Tensor::from_vec(labels, batch, &device)?;
+
+    let mut step = || -> candle_core::Result<f64> {
+        let start = Instant::now();
+        let features = normalize(&model.get_image_features(&pixels, lora.adaptation())?)?;
+        let logits = (features.matmul(&class_embeddings.t()?)? * 100.0)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        let grads = loss.backward()?;
+        opt.step(&grads, 1e-3, 1.0).unwrap();
+        Ok(start.elapsed().as_secs_f64())
+    };
+    println!(
+        "LoRA training step, CLIP ViT-B/16 vision at 224 px, batch {batch}, r=8 on q, v, fc1, fc2 \
+         ({trainable} trainable values), {threads} threads, {steps} steps x {rounds} rounds"
+    );
+    let (mut ours, mut ours_min) = (f64::INFINITY, f64::INFINITY);
+    let (mut torch, mut torch_min) = (f64::INFINITY, f64::INFINITY);
+    for round in 0..rounds {
+        step()?; // warm-up
+        let mut times: Vec<f64> = (0..steps)
+            .map(|_| step())
+            .collect::<candle_core::Result<_>>()?;
+        times.sort_by(f64::total_cmp);
+        let (median, min) = (times[times.len() / 2], times[0]);
+        println!("round {round}: ours:           median {median:.3} s, min {min:.3} s");
+        ours = ours.min(median);
+        ours_min = ours_min.min(min);
+        if let Some((median, min)) = pytorch(&python, threads, steps, batch) {
+            println!("round {round}: PyTorch + peft: median {median:.3} s, min {min:.3} s");
+            torch = torch.min(median);
+            torch_min = torch_min.min(min);
+        }
+    }
+    println!(
+        "ours:           best median {ours:.3} s per step, min {ours_min:.3} s ({:.2} images/s)",
+        batch as f64 / ours
+    );
+    if torch.is_finite() {
+        println!(
+            "PyTorch + peft: best median {torch:.3} s per step, min {torch_min:.3} s ({:.2} images/s)",
+            batch as f64 / torch
+        );
+        println!(
+            "ratio ours/PyTorch: {:.2} (best medians), {:.2} (minimums); below 1 means faster",
+            ours / torch,
+            ours_min / torch_min
+        );
+    }
+    Ok(())
+}
+
+/// Runs `tools/reference/clip_train_bench.py`: `(median, min)` seconds per step,
+/// or `None` (with a message) when PyTorch is unavailable or `python` is empty.
+fn pytorch(python: &str, threads: usize, steps: usize, batch: usize) -> Option<(f64, f64)> {
+    if python.is_empty() {
+        return None;
+    }
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/reference/clip_train_bench.py");
+    let out = match Command::new(python)
+        .arg(&script)
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "--steps",
+            &steps.to_string(),
+            "--batch",
+            &batch.to_string(),
+        ])
+        .output()
+    {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => {
+            println!(
+                "PyTorch baseline failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return None;
+        }
+        Err(e) => {
+            println!("PyTorch baseline not run ({python}: {e})");
+            return None;
+        }
+    };
+    let line = String::from_utf8_lossy(&out.stdout);
+    let value: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+    let get = |key: &str| value.get(key).and_then(serde_json::Value::as_f64);
+    Some((get("median_s")?, get("min_s")?))
+}
