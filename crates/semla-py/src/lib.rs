@@ -27,7 +27,7 @@ pub mod segment;
 #[pymodule]
 fn _semla(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Process-wide: glibc keeps freed tensor buffers for reuse instead of
-    // returning and re-faulting them (semla_core::alloc; README, Python section).
+    // returning and re-faulting them (semla_core::alloc; the README says so).
     semla_core::alloc::keep_freed_memory();
     // candle's element-wise pool is made now, while `__init__.py` holds
     // CANDLE_NUM_THREADS (see `runtime`).
