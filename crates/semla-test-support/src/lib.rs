@@ -12,7 +12,9 @@
 //! - [`png`]: PNG chunk checksums, for files damaged on purpose;
 //! - [`fuzz`]: byte mutations of valid files for property-based tests of the
 //!   parsers of untrusted files, and [`fuzz::LargestAllocation`], a global
-//!   allocator that tells the largest single allocation a parser asked for.
+//!   allocator that tells the largest single allocation a parser asked for;
+//! - [`reference_json`]: running a `tools/reference` script that prints one JSON
+//!   line (the benchmarks' PyTorch baselines).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers fail loudly
 
 use std::path::PathBuf;
@@ -481,4 +483,40 @@ pub fn tensors_from_keys(path: &std::path::Path) -> std::collections::HashMap<St
         out.insert(name.to_string(), tensor);
     }
     out
+}
+
+/// Runs `python tools/reference/<script> <args>` and parses the one JSON line it
+/// prints, or `None` (with a message saying why) when `python` is empty (the
+/// caller's way to skip the baseline), the script fails, or it prints no JSON.
+pub fn reference_json(python: &str, script: &str, args: &[String]) -> Option<serde_json::Value> {
+    if python.is_empty() {
+        return None;
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tools/reference")
+        .join(script);
+    let out = match std::process::Command::new(python)
+        .arg(&path)
+        .args(args)
+        .output()
+    {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => {
+            println!(
+                "PyTorch baseline failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return None;
+        }
+        Err(e) => {
+            println!("PyTorch baseline not run ({python}: {e})");
+            return None;
+        }
+    };
+    let line = String::from_utf8_lossy(&out.stdout);
+    let parsed = serde_json::from_str(line.trim());
+    if parsed.is_err() {
+        println!("PyTorch baseline printed no JSON line: {line}");
+    }
+    parsed.ok()
 }

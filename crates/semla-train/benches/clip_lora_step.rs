@@ -19,8 +19,6 @@
 //! `semla_core::alloc`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{D, DType, Device, Tensor};
@@ -149,38 +147,16 @@ fn main() -> candle_core::Result<()> {
 /// Runs `tools/reference/clip_train_bench.py`: `(median, min)` seconds per step,
 /// or `None` (with a message) when PyTorch is unavailable or `python` is empty.
 fn pytorch(python: &str, threads: usize, steps: usize, batch: usize) -> Option<(f64, f64)> {
-    if python.is_empty() {
-        return None;
-    }
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/reference/clip_train_bench.py");
-    let out = match Command::new(python)
-        .arg(&script)
-        .args([
-            "--threads",
-            &threads.to_string(),
-            "--steps",
-            &steps.to_string(),
-            "--batch",
-            &batch.to_string(),
-        ])
-        .output()
-    {
-        Ok(out) if out.status.success() => out,
-        Ok(out) => {
-            println!(
-                "PyTorch baseline failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return None;
-        }
-        Err(e) => {
-            println!("PyTorch baseline not run ({python}: {e})");
-            return None;
-        }
-    };
-    let line = String::from_utf8_lossy(&out.stdout);
-    let value: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+    let args = [
+        "--threads",
+        &threads.to_string(),
+        "--steps",
+        &steps.to_string(),
+        "--batch",
+        &batch.to_string(),
+    ]
+    .map(String::from);
+    let value = semla_test_support::reference_json(python, "clip_train_bench.py", &args)?;
     let get = |key: &str| value.get(key).and_then(serde_json::Value::as_f64);
     Some((get("median_s")?, get("min_s")?))
 }
