@@ -1,6 +1,6 @@
-//! `semla sam predict` on the tiny random SAM whose outputs the official
-//! `segment_anything` predictor wrote (`crates/semla-models/tests/fixtures/sam/`,
-//! see `tools/reference/sam_reference.py`).
+//! `semla sam predict` on the tiny random SAM and MobileSAM whose outputs the
+//! official predictors wrote (`crates/semla-models/tests/fixtures/sam/` and
+//! `.../mobile_sam/`, see `tools/reference/sam_reference.py`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
@@ -205,4 +205,75 @@ fn a_box_alone_with_one_mask_and_bad_prompts_or_checkpoints_are_clear_errors() {
     ]);
     assert!(!ok);
     assert!(stderr.contains("not a SAM model"), "{stderr}");
+}
+
+#[test]
+fn a_mobile_sam_checkpoint_is_recognised_and_predicts_the_official_logits() {
+    let mobile =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../semla-models/tests/fixtures/mobile_sam");
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = semla_test_support::tensors_from_keys(&mobile.join("keys_mobile_sam_tiny.json"));
+    let checkpoint = dir.path().join("mobile_sam_tiny.safetensors");
+    candle_core::safetensors::save(&tensors, &checkpoint).unwrap();
+    let outputs = candle_core::safetensors::load(
+        mobile.join("outputs_mobile_sam_tiny.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let want = |key: &str| -> Vec<f32> { outputs[key].flatten_all().unwrap().to_vec1().unwrap() };
+    let image = mobile.join("image.png").display().to_string();
+    let encoder = mobile.join("encoder.json").display().to_string();
+    // With its encoder config and without one (TinyViT is recognised from the keys).
+    for extra in [vec!["--encoder-config", encoder.as_str()], vec![]] {
+        let out = dir.path().join(format!("out{}", extra.len()));
+        let mut args = vec![
+            "sam",
+            "predict",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+        ];
+        args.extend(extra.iter().copied());
+        args.extend([
+            "--points",
+            "20,15;60.5,40",
+            "--labels",
+            "1,0",
+            "--out",
+            out.to_str().unwrap(),
+            &image,
+        ]);
+        let (ok, _, stderr) = cli::semla_text(&args);
+        assert!(ok, "{stderr}");
+        let bytes = std::fs::read(out.join("image_logits.npy")).unwrap();
+        let logits = semla_adapters::npz::parse_npy(&bytes).unwrap();
+        assert_eq!(logits.shape, vec![3, 57, 83]);
+        let diff = max_abs_diff_slices(&logits.data, &want("two_points.logits"));
+        assert!(diff < 1e-4, "MobileSAM logits differ by {diff}");
+        let bytes = std::fs::read(out.join("image_iou.npy")).unwrap();
+        let iou = semla_adapters::npz::parse_npy(&bytes).unwrap();
+        let diff = max_abs_diff_slices(&iou.data, &want("two_points.iou"));
+        assert!(diff < 1e-4, "MobileSAM IoU differs by {diff}");
+    }
+    // The released MobileSAM's arguments do not fit the tiny checkpoint; SAM's do not either.
+    for (config, says) in [
+        ("vit_t", "does not fit the checkpoint"),
+        ("vit_b", "the checkpoint is MobileSAM's TinyViT"),
+    ] {
+        let out = dir.path().join("refused");
+        let (ok, _, stderr) = cli::semla_text(&[
+            "sam",
+            "predict",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--encoder-config",
+            config,
+            "--points",
+            "1,2",
+            "--out",
+            out.to_str().unwrap(),
+            &image,
+        ]);
+        assert!(!ok && stderr.contains(says), "{config}: {stderr}");
+        assert!(!out.exists());
+    }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use semla_data::labels::{LabelMap, write_label_map};
-use semla_models::sam::{EncoderArgs, Prompt, Sam};
+use semla_models::sam::{EncoderSpec, Prompt, Sam};
 use serde::Serialize;
 
 use super::Context;
@@ -35,14 +35,16 @@ enum SamCommand {
 #[derive(Args, Debug)]
 struct PredictArgs {
     /// A SAM checkpoint: the released `.pth` state dict (`sam_vit_b_01ec64.pth`,
-    /// ...) or a `.safetensors` file of the same keys. Every dimension is read
-    /// from its shapes.
+    /// ..., or MobileSAM's `mobile_sam.pt`) or a `.safetensors` file of the same
+    /// keys. Every dimension is read from its shapes.
     #[arg(long, value_name = "FILE")]
     checkpoint: PathBuf,
     /// The encoder `_build_sam` was called with, checked against the
-    /// checkpoint: `vit_b`, `vit_l`, `vit_h`, or a JSON file with
-    /// `encoder_embed_dim`, `encoder_depth`, `encoder_num_heads` and
-    /// `encoder_global_attn_indexes`.
+    /// checkpoint: `vit_b`, `vit_l`, `vit_h`, `vit_t` (MobileSAM), or a JSON
+    /// file with `encoder_embed_dim`, `encoder_depth`, `encoder_num_heads` and
+    /// `encoder_global_attn_indexes` (SAM's ViT) or with TinyViT's `embed_dims`,
+    /// `depths`, `num_heads`, `window_sizes` and optionally `mlp_ratio`,
+    /// `mbconv_expand_ratio`, `local_conv_size` (MobileSAM).
     #[arg(long, value_name = "NAME|JSON")]
     encoder_config: Option<String>,
     /// Point prompts as `x,y;x,y;...` (pixels of the original image).
@@ -184,13 +186,11 @@ fn stem(path: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("{}: not a file name", path.display()))
 }
 
-fn encoder_args(value: &str) -> anyhow::Result<EncoderArgs> {
-    Ok(match value {
-        "vit_b" => EncoderArgs::vit_b(),
-        "vit_l" => EncoderArgs::vit_l(),
-        "vit_h" => EncoderArgs::vit_h(),
-        file => EncoderArgs::from_file(Path::new(file))?,
-    })
+fn encoder_args(value: &str) -> anyhow::Result<EncoderSpec> {
+    match EncoderSpec::released(value) {
+        Some(spec) => Ok(spec),
+        None => Ok(EncoderSpec::from_file(Path::new(value))?),
+    }
 }
 
 /// The prompt the flags describe.

@@ -1,7 +1,8 @@
-//! The small parts every SAM module uses (`segment_anything/modeling/common.py`):
-//! a plain linear layer, `MLPBlock` and `LayerNorm2d`.
+//! The small parts several SAM modules use (`segment_anything/modeling/common.py`
+//! and what both image encoders share): a plain linear layer, `MLPBlock`,
+//! `LayerNorm2d`, the convolutional neck and the window partition.
 
-use candle_core::Tensor;
+use candle_core::{D, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::layers::{Kernels, LayerNorm};
@@ -148,4 +149,72 @@ impl Conv2d {
     pub(crate) fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }
+}
+
+/// The image encoders' `neck` (`neck.0`..`neck.3`): a 1x1 convolution, `LayerNorm2d`,
+/// a 3x3 convolution, `LayerNorm2d`, all without bias; the same in SAM's ViT and
+/// MobileSAM's TinyViT.
+#[derive(Clone, Debug)]
+pub(crate) struct Neck {
+    conv1: Conv2d,
+    norm1: LayerNorm2d,
+    conv2: Conv2d,
+    norm2: LayerNorm2d,
+}
+
+impl Neck {
+    pub(crate) fn load(vb: &VarBuilder, dim: usize, out: usize) -> Result<Self> {
+        Ok(Self {
+            conv1: Conv2d::load(vb, "0", dim, out, 1, 1, 0, false)?,
+            norm1: LayerNorm2d::load(vb, "1", out)?,
+            conv2: Conv2d::load(vb, "2", out, out, 3, 1, 1, false)?,
+            norm2: LayerNorm2d::load(vb, "3", out)?,
+        })
+    }
+
+    /// Channels-last features `[B, H, W, dim]` -> the image embedding `[B, out, H, W]`.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // The 1x1 convolution on channels-last, then the norm over channels.
+        let x = crate::layers::linear(x, &self.conv1.weight_matrix()?, None)?;
+        let x = self.norm1.forward_channels_last(&x)?;
+        let x = x.permute((0, 3, 1, 2))?.contiguous()?;
+        let x = self.conv2.forward(&x)?;
+        self.norm2.forward(&x)
+    }
+}
+
+/// `[B, H, W, C]` -> windows `[B * nh * nw, ws, ws, C]`, zero-padding H and W up
+/// to multiples of `ws` (the padded tokens stay keys of the attention, as in both
+/// official encoders: SAM's ViT pads after its norm, TinyViT before), and the
+/// padded size.
+pub(crate) fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
+    let (b, h, w, c) = x.dims4()?;
+    let (pad_h, pad_w) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
+    let x = x.pad_with_zeros(1, 0, pad_h)?.pad_with_zeros(2, 0, pad_w)?;
+    let (hp, wp) = (h + pad_h, w + pad_w);
+    let windows = x
+        .reshape((b, hp / ws, ws, wp / ws, ws, c))?
+        .permute((0, 1, 3, 2, 4, 5))?
+        .contiguous()?
+        .reshape((b * (hp / ws) * (wp / ws), ws, ws, c))?;
+    Ok((windows, (hp, wp)))
+}
+
+/// The inverse of [`window_partition`], cropping the padding.
+pub(crate) fn window_unpartition(
+    windows: &Tensor,
+    ws: usize,
+    (hp, wp): (usize, usize),
+    (h, w): (usize, usize),
+) -> Result<Tensor> {
+    let c = windows.dim(D::Minus1)?;
+    let b = windows.dim(0)? / ((hp / ws) * (wp / ws));
+    windows
+        .reshape((b, hp / ws, wp / ws, ws, ws, c))?
+        .permute((0, 1, 3, 2, 4, 5))?
+        .contiguous()?
+        .reshape((b, hp, wp, c))?
+        .narrow(1, 0, h)?
+        .narrow(2, 0, w)?
+        .contiguous()
 }

@@ -6,7 +6,9 @@
 use candle_core::{D, Tensor};
 use candle_nn::VarBuilder;
 
-use super::common::{Activation, Conv2d, LayerNorm2d, Linear, MlpBlock};
+use super::common::{
+    Activation, Conv2d, Linear, MlpBlock, Neck, window_partition, window_unpartition,
+};
 use super::config::ImageEncoderConfig;
 use crate::layers::{Kernels, LayerNorm, softmax_last_dim};
 
@@ -23,10 +25,7 @@ pub struct ImageEncoder {
     /// `[1, 64, 64, D]`.
     pos_embed: Tensor,
     blocks: Vec<Block>,
-    neck_conv1: Conv2d,
-    neck_norm1: LayerNorm2d,
-    neck_conv2: Conv2d,
-    neck_norm2: LayerNorm2d,
+    neck: Neck,
     patch_size: usize,
 }
 
@@ -49,15 +48,11 @@ impl ImageEncoder {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        let out = config.out_chans;
         Ok(Self {
             patch_embed: Conv2d::load(vb, "patch_embed.proj", 3, dim, p, p, 0, true)?,
             pos_embed: vb.get((1, grid, grid, dim), "pos_embed")?,
             blocks,
-            neck_conv1: Conv2d::load(vb, "neck.0", dim, out, 1, 1, 0, false)?,
-            neck_norm1: LayerNorm2d::load(vb, "neck.1", out)?,
-            neck_conv2: Conv2d::load(vb, "neck.2", out, out, 3, 1, 1, false)?,
-            neck_norm2: LayerNorm2d::load(vb, "neck.3", out)?,
+            neck: Neck::load(&vb.pp("neck"), dim, config.out_chans)?,
             patch_size: p,
         })
     }
@@ -84,12 +79,7 @@ impl ImageEncoder {
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
-        // The 1x1 convolution on channels-last, then the norm over channels.
-        let x = crate::layers::linear(&x, &self.neck_conv1.weight_matrix()?, None)?;
-        let x = self.neck_norm1.forward_channels_last(&x)?;
-        let x = x.permute((0, 3, 1, 2))?.contiguous()?;
-        let x = self.neck_conv2.forward(&x)?;
-        self.neck_norm2.forward(&x)
+        self.neck.forward(&x)
     }
 }
 
@@ -235,39 +225,4 @@ fn relative_table(table: &Tensor, side: usize) -> Result<Tensor> {
     table
         .index_select(&index, 0)?
         .reshape((side, side, table.dim(D::Minus1)?))
-}
-
-/// `[B, H, W, C]` -> windows `[B * nh * nw, ws, ws, C]`, zero-padding H and W up
-/// to multiples of `ws` (after the norm, as the official code: padded tokens are
-/// bias-only keys), and the padded size.
-fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
-    let (b, h, w, c) = x.dims4()?;
-    let (pad_h, pad_w) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
-    let x = x.pad_with_zeros(1, 0, pad_h)?.pad_with_zeros(2, 0, pad_w)?;
-    let (hp, wp) = (h + pad_h, w + pad_w);
-    let windows = x
-        .reshape((b, hp / ws, ws, wp / ws, ws, c))?
-        .permute((0, 1, 3, 2, 4, 5))?
-        .contiguous()?
-        .reshape((b * (hp / ws) * (wp / ws), ws, ws, c))?;
-    Ok((windows, (hp, wp)))
-}
-
-/// The inverse of [`window_partition`], cropping the padding.
-fn window_unpartition(
-    windows: &Tensor,
-    ws: usize,
-    (hp, wp): (usize, usize),
-    (h, w): (usize, usize),
-) -> Result<Tensor> {
-    let c = windows.dim(D::Minus1)?;
-    let b = windows.dim(0)? / ((hp / ws) * (wp / ws));
-    windows
-        .reshape((b, hp / ws, wp / ws, ws, ws, c))?
-        .permute((0, 1, 3, 2, 4, 5))?
-        .contiguous()?
-        .reshape((b, hp, wp, c))?
-        .narrow(1, 0, h)?
-        .narrow(2, 0, w)?
-        .contiguous()
 }

@@ -2,9 +2,11 @@
 //! `segment_anything` code: the model CLOUDS prompts to sharpen pseudo-labels.
 //!
 //! Module paths equal the official checkpoints' keys (`sam_vit_b_01ec64.pth`,
-//! a plain state dict):
+//! a plain state dict; MobileSAM's `mobile_sam.pt` alike):
 //! - [`image_encoder`]: `image_encoder.*` (ViT with windowed and global
 //!   attention, relative positions, neck),
+//! - [`tiny_vit`]: MobileSAM's `image_encoder.*` (TinyViT: MBConv and windowed
+//!   attention stages, the same neck), which CLOUDS uses by default,
 //! - [`prompt_encoder`]: `prompt_encoder.*` (points, boxes, mask input),
 //! - [`mask_decoder`]: `mask_decoder.*` (two-way transformer in `transformer`,
 //!   3 masks + IoU predictions),
@@ -19,6 +21,7 @@ pub mod config;
 pub mod image_encoder;
 pub mod mask_decoder;
 pub mod prompt_encoder;
+pub mod tiny_vit;
 pub(crate) mod transformer;
 pub mod transforms;
 
@@ -28,10 +31,11 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-pub use config::{EncoderArgs, IMAGE_SIZE, SamConfig};
+pub use config::{EncoderArgs, EncoderConfig, EncoderSpec, IMAGE_SIZE, SamConfig, TinyVitArgs};
 pub use image_encoder::ImageEncoder;
 pub use mask_decoder::MaskDecoder;
 pub use prompt_encoder::{EncodedPrompts, PromptEncoder};
+pub use tiny_vit::TinyVit;
 
 use crate::checkpoint::{self, CheckpointError};
 
@@ -174,11 +178,27 @@ impl Prediction {
     }
 }
 
-/// SAM: image encoder, prompt encoder and mask decoder.
+/// SAM's ViT or MobileSAM's TinyViT.
+#[derive(Clone, Debug)]
+enum Encoder {
+    Vit(ImageEncoder),
+    TinyVit(TinyVit),
+}
+
+impl Encoder {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Vit(encoder) => encoder.forward(x),
+            Self::TinyVit(encoder) => encoder.forward(x),
+        }
+    }
+}
+
+/// SAM (or MobileSAM): image encoder, prompt encoder and mask decoder.
 #[derive(Clone, Debug)]
 pub struct Sam {
     config: SamConfig,
-    image_encoder: ImageEncoder,
+    image_encoder: Encoder,
     prompt_encoder: PromptEncoder,
     mask_decoder: MaskDecoder,
     /// `[1, 256, 64, 64]`: the prompt encoder's dense positions, computed once.
@@ -188,11 +208,12 @@ pub struct Sam {
 
 impl Sam {
     /// Loads a checkpoint (`.pth` state dict as released, or `.safetensors` of
-    /// the same keys). The dimensions come from its shapes; `encoder` (the
-    /// `--encoder-config` of `_build_sam`'s four arguments) must agree with them.
+    /// the same keys; SAM or MobileSAM). The dimensions come from its shapes;
+    /// `encoder` (an `--encoder-config`: `_build_sam`'s four arguments or
+    /// TinyViT's) must agree with them.
     pub fn load(
         path: &Path,
-        encoder: Option<&EncoderArgs>,
+        encoder: Option<&EncoderSpec>,
         device: &Device,
     ) -> Result<Self, SamError> {
         let shapes = checkpoint::read_shapes(path)?;
@@ -215,7 +236,13 @@ impl Sam {
         device: &Device,
     ) -> candle_core::Result<Self> {
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        let image_encoder = ImageEncoder::load(&vb.pp("image_encoder"), &config.encoder)?;
+        let vb_encoder = vb.pp("image_encoder");
+        let image_encoder = match &config.encoder {
+            EncoderConfig::Vit(encoder) => Encoder::Vit(ImageEncoder::load(&vb_encoder, encoder)?),
+            EncoderConfig::TinyVit(encoder) => {
+                Encoder::TinyVit(TinyVit::load(&vb_encoder, encoder)?)
+            }
+        };
         let prompt_encoder = PromptEncoder::load(&vb.pp("prompt_encoder"), &config)?;
         let mask_decoder = MaskDecoder::load(&vb.pp("mask_decoder"), &config.decoder)?;
         let dense_positions = prompt_encoder.dense_positions(device)?;

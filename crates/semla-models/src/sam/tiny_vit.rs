@@ -1,0 +1,385 @@
+//! MobileSAM's image encoder, `TinyViT` (`mobile_sam/modeling/tiny_vit_sam.py`;
+//! `image_encoder.*` in `mobile_sam.pt`): a two-convolution patch embedding to
+//! a 256x256 grid, a stage of MBConv blocks, three stages of windowed attention
+//! blocks (attention with learned per-offset biases, a depthwise convolution,
+//! an MLP) joined by `PatchMerging` convolutions, and SAM's neck.
+//!
+//! Every `Conv2d_BN` (a convolution without bias followed by a `BatchNorm2d`)
+//! is folded into one convolution with bias at load, as the official `fuse()`
+//! does; the statistics are the checkpoint's running ones (eval mode).
+
+use std::collections::HashMap;
+
+use candle_core::{D, Tensor};
+use candle_nn::VarBuilder;
+
+use super::common::{Linear, Neck, window_partition, window_unpartition};
+use super::config::TinyVitConfig;
+use crate::efficientnet::depthwise_conv2d;
+use crate::layers::{Kernels, LayerNorm, softmax_last_dim};
+
+type Result<T> = candle_core::Result<T>;
+
+/// `nn.BatchNorm2d`'s default epsilon, which TinyViT keeps.
+const BN_EPS: f64 = 1e-5;
+/// `nn.LayerNorm`'s default epsilon, which TinyViT's attention and MLP norms keep.
+const LN_EPS: f64 = 1e-5;
+
+/// The TinyViT encoder.
+#[derive(Clone, Debug)]
+pub struct TinyVit {
+    patch_embed: [ConvBn; 2],
+    mbconv: Vec<MbConv>,
+    /// `layers.{i}.downsample` after stages 0, 1 and 2.
+    merges: Vec<PatchMerging>,
+    /// The attention blocks of stages 1, 2 and 3.
+    stages: Vec<Vec<Block>>,
+    neck: Neck,
+}
+
+impl TinyVit {
+    pub(crate) fn load(vb: &VarBuilder, config: &TinyVitConfig) -> Result<Self> {
+        let args = &config.args;
+        let dims = &args.embed_dims;
+        let (d0, half) = (dims[0], dims[0] / 2);
+        let seq = vb.pp("patch_embed.seq");
+        let patch_embed = [
+            ConvBn::load(&seq.pp("0"), 3, half, 3, 2, false)?,
+            ConvBn::load(&seq.pp("2"), half, d0, 3, 2, false)?,
+        ];
+        let hidden = config.hidden_widths[0];
+        let mbconv = (0..args.depths[0])
+            .map(|i| MbConv::load(&vb.pp(format!("layers.0.blocks.{i}")), d0, hidden))
+            .collect::<Result<Vec<_>>>()?;
+        let merges = (0..dims.len() - 1)
+            .map(|stage| {
+                PatchMerging::load(
+                    &vb.pp(format!("layers.{stage}.downsample")),
+                    dims[stage],
+                    dims[stage + 1],
+                    args.merge_stride(stage),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let stages = (1..dims.len())
+            .map(|stage| {
+                (0..args.depths[stage])
+                    .map(|i| {
+                        Block::load(
+                            &vb.pp(format!("layers.{stage}.blocks.{i}")),
+                            dims[stage],
+                            args.num_heads[stage],
+                            args.window_sizes[stage],
+                            config.hidden_widths[stage],
+                            args.local_conv_size,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            patch_embed,
+            mbconv,
+            merges,
+            stages,
+            neck: Neck::load(&vb.pp("neck"), dims[dims.len() - 1], config.out_chans)?,
+        })
+    }
+
+    /// `x` `[B, 3, 1024, 1024]` (normalised, padded) -> the image embedding
+    /// `[B, 256, 64, 64]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let [first, second] = &self.patch_embed;
+        let mut x = second.conv(&first.conv(x)?.gelu_erf()?)?; // [B, d0, 256, 256]
+        for block in &self.mbconv {
+            x = block.forward(&x)?;
+        }
+        // From here on channels-last `[B, H, W, C]`, as TinyViT's `[B, H * W, C]` tokens.
+        let mut x = self.merges[0].forward_nchw(&x)?;
+        for (stage, blocks) in self.stages.iter().enumerate() {
+            for block in blocks {
+                x = block.forward(&x)?;
+            }
+            if let Some(merge) = self.merges.get(stage + 1) {
+                x = merge.forward_channels_last(&x)?;
+            }
+        }
+        self.neck.forward(&x)
+    }
+}
+
+/// `Conv2d_BN` folded: the convolution's weight scaled by `gamma / sqrt(var + eps)`
+/// per output channel, the bias `beta - mean * gamma / sqrt(var + eps)`.
+#[derive(Clone, Debug)]
+struct ConvBn {
+    /// `[out, in / groups, k, k]`.
+    weight: Tensor,
+    /// `[out]`.
+    bias: Tensor,
+    stride: usize,
+    kernel: usize,
+}
+
+impl ConvBn {
+    /// `depthwise`: one group per channel (`cin == cout`); padding is `k / 2`.
+    fn load(
+        vb: &VarBuilder,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        depthwise: bool,
+    ) -> Result<Self> {
+        let per_group = if depthwise { 1 } else { cin };
+        let weight = vb.get((cout, per_group, kernel, kernel), "c.weight")?;
+        let bn = vb.pp("bn");
+        let gamma = bn.get(cout, "weight")?;
+        let beta = bn.get(cout, "bias")?;
+        let mean = bn.get(cout, "running_mean")?;
+        let var = bn.get(cout, "running_var")?;
+        let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
+        Ok(Self {
+            weight: weight.broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?,
+            bias: (beta - (mean * &scale)?)?,
+            stride,
+            kernel,
+        })
+    }
+
+    /// A dense convolution `[B, in, H, W]` -> `[B, out, H', W']`.
+    fn conv(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.kernel / 2, self.stride, 1, 1)?;
+        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+    }
+
+    /// A depthwise convolution `[B, C, H, W]` -> `[B, C, H', W']`.
+    fn depthwise(&self, x: &Tensor) -> Result<Tensor> {
+        let pad = self.kernel / 2;
+        depthwise_conv2d(x, &self.weight, &self.bias, self.stride, [pad; 4])
+    }
+
+    /// A 1x1 convolution on `[B, in, H, W]`: the weight matrix times each image's
+    /// `[in, H * W]`.
+    fn pointwise_nchw(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let matrix = self.weight.flatten_from(1)?;
+        matrix
+            .broadcast_matmul(&x.reshape((b, c, h * w))?)?
+            .broadcast_add(&self.bias.unsqueeze(1)?)?
+            .reshape((b, (), h, w))
+    }
+
+    /// A 1x1 convolution on channels-last `[..., in]` -> `[..., out]`.
+    fn pointwise_channels_last(&self, x: &Tensor) -> Result<Tensor> {
+        crate::layers::linear(x, &self.weight.flatten_from(1)?, Some(&self.bias))
+    }
+}
+
+/// `MBConv` (stage 0, `[B, C, H, W]`): 1x1 expansion, GELU, 3x3 depthwise,
+/// GELU, 1x1 projection, the shortcut added, GELU.
+#[derive(Clone, Debug)]
+struct MbConv {
+    conv1: ConvBn,
+    conv2: ConvBn,
+    conv3: ConvBn,
+}
+
+impl MbConv {
+    fn load(vb: &VarBuilder, dim: usize, hidden: usize) -> Result<Self> {
+        Ok(Self {
+            conv1: ConvBn::load(&vb.pp("conv1"), dim, hidden, 1, 1, false)?,
+            conv2: ConvBn::load(&vb.pp("conv2"), hidden, hidden, 3, 1, true)?,
+            conv3: ConvBn::load(&vb.pp("conv3"), hidden, dim, 1, 1, false)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.conv1.pointwise_nchw(x)?.gelu_erf()?;
+        let h = self.conv2.depthwise(&h)?.gelu_erf()?;
+        let h = self.conv3.pointwise_nchw(&h)?;
+        (h + x)?.gelu_erf()
+    }
+}
+
+/// `PatchMerging`: 1x1 convolution, GELU, 3x3 depthwise convolution (stride 2,
+/// or 1 into widths 320/448/576), GELU, 1x1 convolution; out channels-last.
+#[derive(Clone, Debug)]
+struct PatchMerging {
+    conv1: ConvBn,
+    conv2: ConvBn,
+    conv3: ConvBn,
+}
+
+impl PatchMerging {
+    fn load(vb: &VarBuilder, dim: usize, out: usize, stride: usize) -> Result<Self> {
+        Ok(Self {
+            conv1: ConvBn::load(&vb.pp("conv1"), dim, out, 1, 1, false)?,
+            conv2: ConvBn::load(&vb.pp("conv2"), out, out, 3, stride, true)?,
+            conv3: ConvBn::load(&vb.pp("conv3"), out, out, 1, 1, false)?,
+        })
+    }
+
+    /// `[B, C, H, W]` (after the MBConv stage) -> `[B, H', W', out]`.
+    fn forward_nchw(&self, x: &Tensor) -> Result<Tensor> {
+        self.finish(&self.conv1.pointwise_nchw(x)?.gelu_erf()?)
+    }
+
+    /// `[B, H, W, C]` -> `[B, H', W', out]`.
+    fn forward_channels_last(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.conv1.pointwise_channels_last(x)?.gelu_erf()?;
+        self.finish(&h.permute((0, 3, 1, 2))?.contiguous()?)
+    }
+
+    /// The depthwise convolution and the last 1x1 on `[B, out, H, W]`.
+    fn finish(&self, h: &Tensor) -> Result<Tensor> {
+        let h = self.conv2.depthwise(h)?.gelu_erf()?;
+        let h = h.permute((0, 2, 3, 1))?.contiguous()?;
+        self.conv3.pointwise_channels_last(&h)
+    }
+}
+
+/// `TinyViTBlock` on `[B, H, W, C]`: windowed attention (its norm inside, the
+/// windows zero-padded before it), the residual, a depthwise convolution, then
+/// the MLP (its norm inside) with its residual.
+#[derive(Clone, Debug)]
+struct Block {
+    attn: Attention,
+    local_conv: ConvBn,
+    mlp_norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    window: usize,
+}
+
+impl Block {
+    fn load(
+        vb: &VarBuilder,
+        dim: usize,
+        heads: usize,
+        window: usize,
+        hidden: usize,
+        local_conv: usize,
+    ) -> Result<Self> {
+        let mlp = vb.pp("mlp");
+        Ok(Self {
+            attn: Attention::load(&vb.pp("attn"), dim, heads, window)?,
+            local_conv: ConvBn::load(&vb.pp("local_conv"), dim, dim, local_conv, 1, true)?,
+            mlp_norm: LayerNorm::load(&mlp, "norm", dim, LN_EPS)?,
+            fc1: Linear::load(&mlp, "fc1", dim, hidden)?,
+            fc2: Linear::load(&mlp, "fc2", hidden, dim)?,
+            window,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c) = x.dims4()?;
+        let ws = self.window;
+        let attended = if h == ws && w == ws {
+            self.attn.forward(&x.reshape((b, h * w, c))?)?
+        } else {
+            let (windows, padded) = window_partition(x, ws)?;
+            let n = windows.dim(0)?;
+            let out = self.attn.forward(&windows.reshape((n, ws * ws, c))?)?;
+            window_unpartition(&out.reshape((n, ws, ws, c))?, ws, padded, (h, w))?
+        };
+        let x = (x + attended.reshape((b, h, w, c))?)?;
+        let conv = self
+            .local_conv
+            .depthwise(&x.permute((0, 3, 1, 2))?.contiguous()?)?;
+        let x = conv.permute((0, 2, 3, 1))?.contiguous()?;
+        let m = self.mlp_norm.forward(&x, Kernels::Fused)?;
+        let m = self.fc2.forward(&self.fc1.forward(&m)?.gelu_erf()?)?;
+        x + m
+    }
+}
+
+/// TinyViT's `Attention`: layer norm, one qkv projection whose output holds
+/// each head's q, k and v side by side, softmax of `q k^T / sqrt(d)` plus a
+/// learned bias per head and (|dy|, |dx|) offset, the output projection.
+#[derive(Clone, Debug)]
+struct Attention {
+    norm: LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    heads: usize,
+    /// `attention_biases[:, attention_bias_idxs]`, `[heads, N, N]` for the window's N tokens.
+    bias: Tensor,
+}
+
+impl Attention {
+    fn load(vb: &VarBuilder, dim: usize, heads: usize, window: usize) -> Result<Self> {
+        let (index, offsets) = offset_index(window);
+        let biases = vb.get((heads, offsets), "attention_biases")?;
+        let n = window * window;
+        let index = Tensor::from_vec(index, n * n, biases.device())?;
+        Ok(Self {
+            norm: LayerNorm::load(vb, "norm", dim, LN_EPS)?,
+            qkv: Linear::load(vb, "qkv", dim, 3 * dim)?,
+            proj: Linear::load(vb, "proj", dim, dim)?,
+            heads,
+            bias: biases.index_select(&index, 1)?.reshape((heads, n, n))?,
+        })
+    }
+
+    /// `[B, N, C]` -> `[B, N, C]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        let heads = self.heads;
+        let hd = c / heads;
+        let qkv = self
+            .qkv
+            .forward(&self.norm.forward(x, Kernels::Fused)?)?
+            .reshape((b, n, heads, 3, hd))?
+            .permute((3, 0, 2, 1, 4))?
+            .contiguous()?; // [3, B, heads, N, hd]
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let scale = (hd as f64).powf(-0.5);
+        let scores = q
+            .affine(scale, 0.0)?
+            .matmul(&k.transpose(D::Minus2, D::Minus1)?)?
+            .broadcast_add(&self.bias)?;
+        let out = softmax_last_dim(&scores, Kernels::Fused)?
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, n, c))?;
+        self.proj.forward(&out)
+    }
+}
+
+/// The official `attention_bias_idxs` of a `window x window` window: for every
+/// (query, key) pair of positions in row-major order, the index of its offset
+/// `(|dy|, |dx|)` numbered by first appearance; and the number of offsets.
+fn offset_index(window: usize) -> (Vec<u32>, usize) {
+    let points: Vec<(usize, usize)> = (0..window)
+        .flat_map(|y| (0..window).map(move |x| (y, x)))
+        .collect();
+    let mut offsets: HashMap<(usize, usize), u32> = HashMap::new();
+    let mut index = Vec::with_capacity(points.len() * points.len());
+    for p in &points {
+        for q in &points {
+            let offset = (p.0.abs_diff(q.0), p.1.abs_diff(q.1));
+            let next = offsets.len() as u32;
+            index.push(*offsets.entry(offset).or_insert(next));
+        }
+    }
+    (index, offsets.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::offset_index;
+
+    #[test]
+    fn offsets_are_numbered_by_first_appearance() {
+        // A 2x2 window: points (0,0), (0,1), (1,0), (1,1); from (0,0) the offsets
+        // (0,0), (0,1), (1,0), (1,1) appear first, so every later pair reuses them.
+        let (index, count) = offset_index(2);
+        assert_eq!(count, 4);
+        assert_eq!(index, vec![0, 1, 2, 3, 1, 0, 3, 2, 2, 3, 0, 1, 3, 2, 1, 0]);
+        let (index, count) = offset_index(7);
+        assert_eq!(count, 49);
+        // Query (3, 3) against key (0, 6): offset (3, 3), first seen from (0, 0) to (3, 3).
+        assert_eq!(index[(3 * 7 + 3) * 49 + 6], 3 * 7 + 3);
+    }
+}
