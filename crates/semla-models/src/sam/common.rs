@@ -29,6 +29,13 @@ impl Linear {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         crate::layers::linear(x, &self.weight, Some(&self.bias))
     }
+
+    /// `gelu_erf(forward(x))`, the bias and the activation in one pass.
+    pub(crate) fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        let y = crate::layers::linear(x, &self.weight, None)?;
+        let last = y.rank() - 1;
+        crate::layers::bias_gelu_erf_owned(y, &self.bias, last, Kernels::Fused)
+    }
 }
 
 /// The activation between an MLP's two layers.
@@ -65,10 +72,9 @@ impl MlpBlock {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.lin1.forward(x)?;
         let h = match self.activation {
-            Activation::Gelu => h.gelu_erf()?,
-            Activation::Relu => h.relu()?,
+            Activation::Gelu => self.lin1.forward_gelu(x)?,
+            Activation::Relu => self.lin1.forward(x)?.relu()?,
         };
         self.lin2.forward(&h)
     }

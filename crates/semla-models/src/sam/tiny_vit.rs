@@ -16,7 +16,7 @@ use candle_nn::VarBuilder;
 use super::common::{Linear, Neck, window_partition, window_unpartition};
 use super::config::TinyVitConfig;
 use crate::efficientnet::depthwise_conv2d;
-use crate::layers::{Kernels, LayerNorm, softmax_last_dim};
+use crate::layers::{Kernels, LayerNorm, bias_gelu_erf_owned, gelu_erf_owned, softmax_last_dim};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -90,7 +90,7 @@ impl TinyVit {
     /// `[B, 256, 64, 64]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let [first, second] = &self.patch_embed;
-        let mut x = second.conv(&first.conv(x)?.gelu_erf()?)?; // [B, d0, 256, 256]
+        let mut x = second.conv(&first.conv(x, true)?, false)?; // [B, d0, 256, 256]
         for block in &self.mbconv {
             x = block.forward(&x)?;
         }
@@ -146,32 +146,127 @@ impl ConvBn {
         })
     }
 
-    /// A dense convolution `[B, in, H, W]` -> `[B, out, H', W']`.
-    fn conv(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.kernel / 2, self.stride, 1, 1)?;
-        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+    /// The bias added on axis `axis` of `y`, then GELU if `gelu`.
+    /// (`y` is a fresh result: GELU overwrites it in place.)
+    fn bias_then(&self, y: Tensor, axis: usize, gelu: bool) -> Result<Tensor> {
+        if gelu {
+            return bias_gelu_erf_owned(y, &self.bias, axis, Kernels::Fused);
+        }
+        let mut shape = vec![1; y.rank()];
+        shape[axis] = self.bias.elem_count();
+        y.broadcast_add(&self.bias.reshape(shape)?)
     }
 
-    /// A depthwise convolution `[B, C, H, W]` -> `[B, C, H', W']`.
-    fn depthwise(&self, x: &Tensor) -> Result<Tensor> {
-        let pad = self.kernel / 2;
-        depthwise_conv2d(x, &self.weight, &self.bias, self.stride, [pad; 4])
-    }
-
-    /// A 1x1 convolution on `[B, in, H, W]`: the weight matrix times each image's
-    /// `[in, H * W]`.
-    fn pointwise_nchw(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
+    /// A dense convolution `[B, in, H, W]` -> `[B, out, H', W']` (padding `k / 2`),
+    /// GELU after it if `gelu`: per image, the weight matrix `[out, in * k * k]`
+    /// times the image's patch columns `[in * k * k, H' * W']` (im2col), which
+    /// is the NCHW output itself.
+    fn conv(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
+        let (b, _, _, _) = x.dims4()?;
+        let (k, stride) = (self.kernel, self.stride);
         let matrix = self.weight.flatten_from(1)?;
-        matrix
-            .broadcast_matmul(&x.reshape((b, c, h * w))?)?
-            .broadcast_add(&self.bias.unsqueeze(1)?)?
-            .reshape((b, (), h, w))
+        let images = (0..b)
+            .map(|i| {
+                let image = x.get(i)?.contiguous()?;
+                let (_, h, w) = image.dims3()?;
+                let (oh, ow) = (
+                    (h + 2 * (k / 2) - k) / stride + 1,
+                    (w + 2 * (k / 2) - k) / stride + 1,
+                );
+                let columns = image.apply_op1_no_bwd(&Im2Col { kernel: k, stride })?;
+                matrix.matmul(&columns)?.reshape(((), oh, ow))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.bias_then(Tensor::stack(&images, 0)?, 1, gelu)
     }
 
-    /// A 1x1 convolution on channels-last `[..., in]` -> `[..., out]`.
-    fn pointwise_channels_last(&self, x: &Tensor) -> Result<Tensor> {
-        crate::layers::linear(x, &self.weight.flatten_from(1)?, Some(&self.bias))
+    /// A depthwise convolution `[B, C, H, W]` -> `[B, C, H', W']`, GELU after it if `gelu`.
+    fn depthwise(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
+        let pad = self.kernel / 2;
+        let y = depthwise_conv2d(x, &self.weight, &self.bias, self.stride, [pad; 4])?;
+        if gelu {
+            gelu_erf_owned(y, Kernels::Fused)
+        } else {
+            Ok(y)
+        }
+    }
+
+    /// A 1x1 convolution on `[B, in, H, W]` (the weight matrix times each image's
+    /// `[in, H * W]`), GELU after it if `gelu`.
+    fn pointwise_nchw(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let y = self
+            .weight
+            .flatten_from(1)?
+            .broadcast_matmul(&x.reshape((b, c, h * w))?)?;
+        self.bias_then(y, 1, gelu)?.reshape((b, (), h, w))
+    }
+
+    /// A 1x1 convolution on channels-last `[..., in]` -> `[..., out]`, GELU after it if `gelu`.
+    fn pointwise_channels_last(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
+        let y = crate::layers::linear(x, &self.weight.flatten_from(1)?, None)?;
+        let last = y.rank() - 1;
+        self.bias_then(y, last, gelu)
+    }
+}
+
+/// The patch columns of one image for a `k x k` convolution with padding
+/// `k / 2`: `[C, H, W]` -> `[C * k * k, H' * W']`, row `(c, ky, kx)` holding
+/// `x[c, oy * s + ky - k / 2, ox * s + kx - k / 2]` (zero outside the image).
+struct Im2Col {
+    kernel: usize,
+    stride: usize,
+}
+
+impl candle_core::CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            candle_core::bail!("im2col: only f32 is supported")
+        };
+        let (Some((start, end)), [c, h, w]) = (layout.contiguous_offsets(), layout.dims()) else {
+            candle_core::bail!(
+                "im2col: expected a contiguous [C, H, W] image, got {:?}",
+                layout.dims()
+            )
+        };
+        let (c, h, w) = (*c, *h, *w);
+        let (k, s, pad) = (self.kernel, self.stride, self.kernel / 2);
+        if h + 2 * pad < k || w + 2 * pad < k || s == 0 {
+            candle_core::bail!("im2col: a {h}x{w} image does not fit kernel {k} / stride {s}")
+        }
+        let (oh, ow) = ((h + 2 * pad - k) / s + 1, (w + 2 * pad - k) / s + 1);
+        let image = &data[start..end];
+        let mut out = vec![0f32; c * k * k * oh * ow];
+        crate::kernels::parallel_chunks(&mut out, oh * ow, |offset, chunk| {
+            for (r, row) in chunk.chunks_mut(oh * ow).enumerate() {
+                let index = offset / (oh * ow) + r;
+                let (channel, ky, kx) = (index / (k * k), index / k % k, index % k);
+                let plane = &image[channel * h * w..(channel + 1) * h * w];
+                for (oy, out_row) in row.chunks_mut(ow).enumerate() {
+                    let Some(iy) = (oy * s + ky).checked_sub(pad).filter(|&iy| iy < h) else {
+                        continue;
+                    };
+                    let input = &plane[iy * w..(iy + 1) * w];
+                    for (ox, v) in out_row.iter_mut().enumerate() {
+                        if let Some(ix) = (ox * s + kx).checked_sub(pad).filter(|&ix| ix < w) {
+                            *v = input[ix];
+                        }
+                    }
+                }
+            }
+        });
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from((c * k * k, oh * ow)),
+        ))
     }
 }
 
@@ -194,10 +289,10 @@ impl MbConv {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.pointwise_nchw(x)?.gelu_erf()?;
-        let h = self.conv2.depthwise(&h)?.gelu_erf()?;
-        let h = self.conv3.pointwise_nchw(&h)?;
-        (h + x)?.gelu_erf()
+        let h = self.conv1.pointwise_nchw(x, true)?;
+        let h = self.conv2.depthwise(&h, true)?;
+        let h = self.conv3.pointwise_nchw(&h, false)?;
+        gelu_erf_owned((h + x)?, Kernels::Fused)
     }
 }
 
@@ -221,20 +316,20 @@ impl PatchMerging {
 
     /// `[B, C, H, W]` (after the MBConv stage) -> `[B, H', W', out]`.
     fn forward_nchw(&self, x: &Tensor) -> Result<Tensor> {
-        self.finish(&self.conv1.pointwise_nchw(x)?.gelu_erf()?)
+        self.finish(&self.conv1.pointwise_nchw(x, true)?)
     }
 
     /// `[B, H, W, C]` -> `[B, H', W', out]`.
     fn forward_channels_last(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.pointwise_channels_last(x)?.gelu_erf()?;
+        let h = self.conv1.pointwise_channels_last(x, true)?;
         self.finish(&h.permute((0, 3, 1, 2))?.contiguous()?)
     }
 
     /// The depthwise convolution and the last 1x1 on `[B, out, H, W]`.
     fn finish(&self, h: &Tensor) -> Result<Tensor> {
-        let h = self.conv2.depthwise(h)?.gelu_erf()?;
+        let h = self.conv2.depthwise(h, true)?;
         let h = h.permute((0, 2, 3, 1))?.contiguous()?;
-        self.conv3.pointwise_channels_last(&h)
+        self.conv3.pointwise_channels_last(&h, false)
     }
 }
 
@@ -285,10 +380,10 @@ impl Block {
         let x = (x + attended.reshape((b, h, w, c))?)?;
         let conv = self
             .local_conv
-            .depthwise(&x.permute((0, 3, 1, 2))?.contiguous()?)?;
+            .depthwise(&x.permute((0, 3, 1, 2))?.contiguous()?, false)?;
         let x = conv.permute((0, 2, 3, 1))?.contiguous()?;
         let m = self.mlp_norm.forward(&x, Kernels::Fused)?;
-        let m = self.fc2.forward(&self.fc1.forward(&m)?.gelu_erf()?)?;
+        let m = self.fc2.forward(&self.fc1.forward_gelu(&m)?)?;
         x + m
     }
 }
@@ -368,7 +463,53 @@ fn offset_index(window: usize) -> (Vec<u32>, usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::offset_index;
+    #![allow(clippy::unwrap_used)]
+    use candle_core::{Device, Tensor};
+
+    use super::{ConvBn, offset_index};
+
+    #[test]
+    fn the_im2col_convolution_equals_candles_conv2d() {
+        let device = Device::Cpu;
+        for (cin, cout, h, w, stride) in [(3, 4, 9, 7, 2), (2, 5, 6, 8, 1), (4, 3, 1, 5, 2)] {
+            let n = 2 * cin * h * w;
+            let values: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+                .collect();
+            let x = Tensor::from_vec(values, (2, cin, h, w), &device).unwrap();
+            let weight = Tensor::randn(0f32, 0.5, (cout, cin, 3, 3), &device).unwrap();
+            let bias = Tensor::randn(0f32, 0.5, cout, &device).unwrap();
+            let conv = ConvBn {
+                weight: weight.clone(),
+                bias: bias.clone(),
+                stride,
+                kernel: 3,
+            };
+            let want = x
+                .conv2d(&weight, 1, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&bias.reshape((1, cout, 1, 1)).unwrap())
+                .unwrap();
+            for gelu in [false, true] {
+                let got = conv.conv(&x, gelu).unwrap();
+                assert_eq!(got.dims(), want.dims());
+                let want = if gelu {
+                    want.gelu_erf().unwrap()
+                } else {
+                    want.clone()
+                };
+                let diff = (got - want)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(diff < 1e-5, "{cin}->{cout} {h}x{w} stride {stride}: {diff}");
+            }
+        }
+    }
 
     #[test]
     fn offsets_are_numbered_by_first_appearance() {
