@@ -34,21 +34,25 @@ pub fn parallel_chunks(out: &mut [f32], granule: usize, f: impl Fn(usize, &mut [
     });
 }
 
-/// Scaled dot-product attention without mask, fused: for every image `n` and
-/// head `h`, `softmax(q k^T * scale) v`, written straight into the
+/// Scaled dot-product attention, fused: for every image `n` and head `h`,
+/// `softmax(q k^T * scale + bias[h]) v`, written straight into the
 /// `[N, L, H * d]` layout the output projection takes (no transpose copy).
+/// The optional additive `bias` `[H, L, L]` (row-major) is shared by all images
+/// (TinyViT's per-offset attention biases, the same in every window).
 ///
 /// Inputs `q`, `k`, `v`: `[N, H, L, d]` f32 (any strides within a head's rows
 /// are fine as long as each is contiguous overall); output `[N, L, H * d]`.
 /// The (image, head) pairs are spread over the threads, each running its own
 /// single-threaded matrix products: small per-head products parallelise badly
 /// inside one gemm call, well across heads.
-pub struct FusedAttention {
+pub struct FusedAttention<'a> {
     /// Multiplies the scores before the softmax (`d^-1/2`).
     pub scale: f32,
+    /// Added to the scaled scores, `[H, L, L]`; none for plain attention.
+    pub bias: Option<&'a [f32]>,
 }
 
-impl CustomOp3 for FusedAttention {
+impl CustomOp3 for FusedAttention<'_> {
     fn name(&self) -> &'static str {
         "fused-attention"
     }
@@ -90,6 +94,14 @@ impl CustomOp3 for FusedAttention {
             &v[slice(v, v_layout)?],
         );
         let (n, heads, len, head_dim) = dims;
+        if let Some(bias) = self.bias
+            && bias.len() != heads * len * len
+        {
+            candle_core::bail!(
+                "fused-attention: a bias of {} values for {heads} heads of {len} tokens",
+                bias.len()
+            )
+        }
         let width = heads * head_dim;
         let mut out = vec![0f32; n * len * width];
         let tasks = n * heads;
@@ -100,7 +112,7 @@ impl CustomOp3 for FusedAttention {
         // Each task writes the columns `h*d..(h+1)*d` of the rows of image `n`:
         // disjoint regions of `out`, shared through its address.
         let out_addr = out.as_mut_ptr() as usize;
-        let scale = self.scale;
+        let (scale, bias) = (self.scale, self.bias);
         let run = |first_task: usize, last_task: usize| {
             let mut scores = vec![0f32; len * len];
             for task in first_task..last_task {
@@ -137,11 +149,23 @@ impl CustomOp3 for FusedAttention {
                         gemm::Parallelism::None,
                     );
                 }
+                // With a bias the scores are scaled and biased first; without one
+                // the scale goes inside the exponential (the same softmax).
+                let row_scale = match bias {
+                    Some(bias) => {
+                        let bias = &bias[head * len * len..(head + 1) * len * len];
+                        for (s, &b) in scores.iter_mut().zip(bias) {
+                            *s = *s * scale + b;
+                        }
+                        1.0
+                    }
+                    None => scale,
+                };
                 for row in scores.chunks_mut(len) {
                     let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                     let mut sum = 0f32;
                     for s in row.iter_mut() {
-                        *s = ((*s - max) * scale).exp();
+                        *s = ((*s - max) * row_scale).exp();
                         sum += *s;
                     }
                     let inv = 1.0 / sum;
@@ -226,26 +250,38 @@ mod tests {
         let k = Tensor::randn(0f32, 1.0, (n, heads, len, d), &device).unwrap();
         let v = Tensor::randn(0f32, 1.0, (n, heads, len, d), &device).unwrap();
         let scale = 0.25f32;
-        let fused = q
-            .apply_op3_no_bwd(&k, &v, &FusedAttention { scale })
-            .unwrap();
-        let scores = (q.matmul(&k.t().unwrap()).unwrap() * scale as f64).unwrap();
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
-        let want = probs
-            .matmul(&v)
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap()
-            .reshape((n, len, heads * d))
-            .unwrap();
-        let diff = max_abs_diff(&fused, &want);
-        assert!(diff < 1e-5, "{diff}");
+        let bias = Tensor::randn(0f32, 2.0, (heads, len, len), &device).unwrap();
+        let bias_values = bias.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for with_bias in [false, true] {
+            let op = FusedAttention {
+                scale,
+                bias: with_bias.then_some(bias_values.as_slice()),
+            };
+            let fused = q.apply_op3_no_bwd(&k, &v, &op).unwrap();
+            let mut scores = (q.matmul(&k.t().unwrap()).unwrap() * scale as f64).unwrap();
+            if with_bias {
+                scores = scores.broadcast_add(&bias).unwrap();
+            }
+            let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
+            let want = probs
+                .matmul(&v)
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((n, len, heads * d))
+                .unwrap();
+            let diff = max_abs_diff(&fused, &want);
+            assert!(diff < 1e-5, "bias {with_bias}: {diff}");
+        }
+        let op = FusedAttention { scale, bias: None };
         // Mismatched shapes are an error, not a panic.
         let short =
             Tensor::zeros((n, heads, len - 1, d), candle_core::DType::F32, &device).unwrap();
-        assert!(
-            q.apply_op3_no_bwd(&short, &v, &FusedAttention { scale })
-                .is_err()
-        );
+        assert!(q.apply_op3_no_bwd(&short, &v, &op).is_err());
+        let wrong = FusedAttention {
+            scale,
+            bias: Some(&bias_values[1..]),
+        };
+        assert!(q.apply_op3_no_bwd(&k, &v, &wrong).is_err());
     }
 }

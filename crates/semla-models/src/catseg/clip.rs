@@ -127,6 +127,7 @@ impl Attention {
                 &v,
                 &crate::kernels::FusedAttention {
                     scale: scale as f32,
+                    bias: None,
                 },
             )?; // [N, L, D]
             return self.out_proj(&out);

@@ -142,6 +142,7 @@ impl Attention {
                 &v.contiguous()?,
                 &crate::kernels::FusedAttention {
                     scale: scale as f32,
+                    bias: None,
                 },
             )?; // [N, L, D]
             return self.out_proj.forward(&out, adaptation);

@@ -10,12 +10,13 @@
 
 use std::collections::HashMap;
 
-use candle_core::{D, Tensor};
+use candle_core::{D, DType, Tensor};
 use candle_nn::VarBuilder;
 
 use super::common::{Linear, Neck, window_partition, window_unpartition};
 use super::config::TinyVitConfig;
 use crate::efficientnet::depthwise_conv2d;
+use crate::kernels::FusedAttention;
 use crate::layers::{Kernels, LayerNorm, bias_gelu_erf_owned, gelu_erf_owned, softmax_last_dim};
 
 type Result<T> = candle_core::Result<T>;
@@ -399,6 +400,8 @@ struct Attention {
     heads: usize,
     /// `attention_biases[:, attention_bias_idxs]`, `[heads, N, N]` for the window's N tokens.
     bias: Tensor,
+    /// The same values, row-major, for the fused attention kernel.
+    bias_values: Vec<f32>,
 }
 
 impl Attention {
@@ -407,12 +410,14 @@ impl Attention {
         let biases = vb.get((heads, offsets), "attention_biases")?;
         let n = window * window;
         let index = Tensor::from_vec(index, n * n, biases.device())?;
+        let bias = biases.index_select(&index, 1)?.reshape((heads, n, n))?;
         Ok(Self {
             norm: LayerNorm::load(vb, "norm", dim, LN_EPS)?,
             qkv: Linear::load(vb, "qkv", dim, 3 * dim)?,
             proj: Linear::load(vb, "proj", dim, dim)?,
             heads,
-            bias: biases.index_select(&index, 1)?.reshape((heads, n, n))?,
+            bias_values: bias.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
+            bias,
         })
     }
 
@@ -429,6 +434,17 @@ impl Attention {
             .contiguous()?; // [3, B, heads, N, hd]
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
         let scale = (hd as f64).powf(-0.5);
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            let out = q.apply_op3_no_bwd(
+                &k,
+                &v,
+                &FusedAttention {
+                    scale: scale as f32,
+                    bias: Some(&self.bias_values),
+                },
+            )?; // [B, N, C]
+            return self.proj.forward(&out);
+        }
         let scores = q
             .affine(scale, 0.0)?
             .matmul(&k.transpose(D::Minus2, D::Minus1)?)?
