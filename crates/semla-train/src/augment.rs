@@ -74,42 +74,94 @@ pub fn augment(
     )
 }
 
-/// The photometric distortion a self-training student sees (after
-/// Mask2Former's `ColorAugSSDTransform`, which CLOUDS applies to the student's
-/// view): each with probability 1/2, a brightness shift in `[-32, 32] / 255`,
-/// a contrast factor in `[0.5, 1.5]` and a saturation factor in `[0.5, 1.5]`
-/// (a blend with the pixel's luma, where the original scales HSV saturation),
-/// values clamped to `[0, 1]`. The hue shift of the original is not applied.
-/// Labels and geometry are untouched.
+/// The photometric distortion a self-training student sees: detectron2's
+/// `ColorAugSSDTransform` (SSD's colour augmentation), which CLOUDS applies to
+/// the student's view. Each step with probability 1/2: a brightness shift in
+/// `[-32, 32] / 255`; then, in one of the two official orders (chosen with
+/// probability 1/2), contrast, saturation, hue or saturation, hue, contrast:
+/// a contrast factor in `[0.5, 1.5]`, an HSV saturation factor in `[0.5, 1.5]`,
+/// a hue shift of a whole number in `[-18, 18]` of OpenCV's 2-degree hue units
+/// (up to 36 degrees), values clamped to `[0, 1]` after each step. The original
+/// rounds to `uint8` and runs OpenCV's 8-bit HSV conversion between steps; this
+/// computes in floating point. Labels and geometry are untouched.
 pub fn photometric(sample: &Sample, rng: &mut SplitMix64) -> Sample {
-    let brightness = (rng.next_f64() < 0.5).then(|| rng.uniform(-32.0, 32.0) / 255.0);
-    let contrast = (rng.next_f64() < 0.5).then(|| rng.uniform(0.5, 1.5));
-    let saturation = (rng.next_f64() < 0.5).then(|| rng.uniform(0.5, 1.5));
+    let distortion = ColorDistortion::draw(rng);
     let pixels = sample.height * sample.width;
     let mut out = sample.clone();
     for p in 0..pixels {
-        let mut rgb = [0f64; 3];
-        for (c, v) in rgb.iter_mut().enumerate() {
-            *v = f64::from(sample.image[c * pixels + p]);
-            if let Some(delta) = brightness {
-                *v += delta;
-            }
-            if let Some(alpha) = contrast {
-                *v *= alpha;
-            }
-            *v = v.clamp(0.0, 1.0);
-        }
-        if let Some(alpha) = saturation {
-            let luma = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2];
-            for v in &mut rgb {
-                *v = (luma + alpha * (*v - luma)).clamp(0.0, 1.0);
-            }
-        }
-        for (c, v) in rgb.iter().enumerate() {
+        let rgb = [0, 1, 2].map(|c| f64::from(sample.image[c * pixels + p]));
+        for (c, v) in distortion.apply(rgb).iter().enumerate() {
             out.image[c * pixels + p] = *v as f32;
         }
     }
     out
+}
+
+/// One draw of [`photometric`]'s parameters (`None`: the step is skipped).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct ColorDistortion {
+    /// Added to every channel.
+    brightness: Option<f64>,
+    /// Contrast before saturation and hue (else after).
+    contrast_first: bool,
+    /// Multiplies every channel.
+    contrast: Option<f64>,
+    /// Multiplies the HSV saturation.
+    saturation: Option<f64>,
+    /// Added to the hue, in turns.
+    hue_turns: Option<f64>,
+}
+
+impl ColorDistortion {
+    fn draw(rng: &mut SplitMix64) -> Self {
+        let coin = |rng: &mut SplitMix64| rng.next_f64() < 0.5;
+        let brightness = coin(rng).then(|| rng.uniform(-32.0, 32.0) / 255.0);
+        let contrast_first = coin(rng);
+        let contrast = coin(rng).then(|| rng.uniform(0.5, 1.5));
+        let saturation = coin(rng).then(|| rng.uniform(0.5, 1.5));
+        // OpenCV's 8-bit hue runs over 0..180, two degrees a unit.
+        let hue_turns = coin(rng).then(|| (rng.below(37) as f64 - 18.0) * 2.0 / 360.0);
+        Self {
+            brightness,
+            contrast_first,
+            contrast,
+            saturation,
+            hue_turns,
+        }
+    }
+
+    /// The distortion of one RGB pixel in `[0, 1]`.
+    fn apply(&self, mut rgb: [f64; 3]) -> [f64; 3] {
+        let scale = |rgb: &mut [f64; 3], alpha: f64| {
+            for v in rgb.iter_mut() {
+                *v = (*v * alpha).clamp(0.0, 1.0);
+            }
+        };
+        if let Some(delta) = self.brightness {
+            for v in &mut rgb {
+                *v = (*v + delta).clamp(0.0, 1.0);
+            }
+        }
+        if let (true, Some(alpha)) = (self.contrast_first, self.contrast) {
+            scale(&mut rgb, alpha);
+        }
+        if self.saturation.is_some() || self.hue_turns.is_some() {
+            // In floating point the saturation step leaves hue and value as they
+            // are, so both steps share one HSV round trip.
+            let (h, sat, val) = rgb_to_hsv(rgb);
+            let sat = self
+                .saturation
+                .map_or(sat, |alpha| (sat * alpha).clamp(0.0, 1.0));
+            let h = self
+                .hue_turns
+                .map_or(h, |turns| (h + turns).rem_euclid(1.0));
+            rgb = hsv_to_rgb(h, sat, val).map(|v| v.clamp(0.0, 1.0));
+        }
+        if let (false, Some(alpha)) = (self.contrast_first, self.contrast) {
+            scale(&mut rgb, alpha);
+        }
+        rgb
+    }
 }
 
 /// DACS' strong augmentation of a mixed image (`strong_transform`, after the
@@ -281,6 +333,74 @@ fn gaussian_blur(sample: &mut Sample, sigma: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_colour_distortion_follows_the_ssd_steps_by_hand() {
+        let none = ColorDistortion {
+            brightness: None,
+            contrast_first: false,
+            contrast: None,
+            saturation: None,
+            hue_turns: None,
+        };
+        let close = |a: [f64; 3], b: [f64; 3]| a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-12);
+        assert_eq!(none.apply([0.2, 0.4, 0.6]), [0.2, 0.4, 0.6]);
+        // Red turned by 36 degrees (18 OpenCV units): hue 0.1, so (1, 0.6, 0).
+        let hue = ColorDistortion {
+            hue_turns: Some(0.1),
+            ..none
+        };
+        assert!(close(hue.apply([1.0, 0.0, 0.0]), [1.0, 0.6, 0.0]));
+        // Then half the saturation: (1, 1 - 0.5 * 0.4, 0.5).
+        let both = ColorDistortion {
+            saturation: Some(0.5),
+            ..hue
+        };
+        assert!(close(both.apply([1.0, 0.0, 0.0]), [1.0, 0.8, 0.5]));
+        // Brightness clamps.
+        let bright = ColorDistortion {
+            brightness: Some(0.2),
+            ..none
+        };
+        assert!(close(bright.apply([0.9, 0.1, 0.0]), [1.0, 0.3, 0.2]));
+        // The order matters once contrast clips: first, (0.8, 0.2, 0.2) x 1.5 ->
+        // (1, 0.3, 0.3) (S 0.7), half saturation -> (1, 0.65, 0.65); last, half
+        // saturation of (0.8, 0.2, 0.2) (S 0.75) -> (0.8, 0.5, 0.5), x 1.5 -> (1, 0.75, 0.75).
+        let first = ColorDistortion {
+            contrast_first: true,
+            contrast: Some(1.5),
+            saturation: Some(0.5),
+            ..none
+        };
+        assert!(close(first.apply([0.8, 0.2, 0.2]), [1.0, 0.65, 0.65]));
+        let last = ColorDistortion {
+            contrast_first: false,
+            ..first
+        };
+        assert!(close(last.apply([0.8, 0.2, 0.2]), [1.0, 0.75, 0.75]));
+        // Every step is drawn now and then, hue shifts in whole 2-degree units.
+        let mut rng = SplitMix64::new(3);
+        let draws: Vec<ColorDistortion> =
+            (0..400).map(|_| ColorDistortion::draw(&mut rng)).collect();
+        for d in &draws {
+            if let Some(turns) = d.hue_turns {
+                let units = turns * 180.0;
+                assert!((units - units.round()).abs() < 1e-9 && units.abs() <= 18.0 + 1e-9);
+            }
+        }
+        let share = |f: &dyn Fn(&ColorDistortion) -> bool| {
+            draws.iter().filter(|d| f(d)).count() as f64 / draws.len() as f64
+        };
+        for s in [
+            share(&|d| d.brightness.is_some()),
+            share(&|d| d.contrast_first),
+            share(&|d| d.contrast.is_some()),
+            share(&|d| d.saturation.is_some()),
+            share(&|d| d.hue_turns.is_some()),
+        ] {
+            assert!((0.4..0.6).contains(&s), "{s}");
+        }
+    }
 
     #[test]
     fn photometric_keeps_labels_and_range_and_is_seeded() {
