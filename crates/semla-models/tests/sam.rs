@@ -458,6 +458,19 @@ fn mobile_sam_is_recognised_and_its_tiny_vit_read_from_the_shapes() {
         vec![256, 128, 64, 64]
     );
 
+    // A corrupt BatchNorm (negative variance) is refused at load, naming the tensor.
+    let mut corrupt = tensors.clone();
+    let key = "image_encoder.layers.1.blocks.0.local_conv.bn.running_var";
+    corrupt.insert(key.into(), corrupt[key].affine(-1.0, 0.0).unwrap());
+    let config = SamConfig::from_shapes(&shapes(&corrupt), None).unwrap();
+    let message = Sam::from_tensors(corrupt, config, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains(key) && message.contains("negative variance"),
+        "{message}"
+    );
+
     // A config file with a misspelt TinyViT argument says what it expected.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("encoder.json");

@@ -159,10 +159,9 @@ impl TinyVitArgs {
     /// stage `stage`: the official code keeps 1 for output widths 320, 448 and
     /// 576 (the last stage of its released models) and 2 otherwise.
     pub fn merge_stride(&self, stage: usize) -> usize {
-        if matches!(self.embed_dims[stage + 1], 320 | 448 | 576) {
-            1
-        } else {
-            2
+        match self.embed_dims.get(stage + 1) {
+            Some(320 | 448 | 576) => 1,
+            _ => 2,
         }
     }
 
@@ -179,7 +178,8 @@ impl TinyVitArgs {
             ] != [n; 3]
         {
             return Err(format!(
-                "TinyViT: {n} embed_dims, {} depths, {} num_heads, {} window_sizes;                  the official forward takes {TINY_VIT_STAGES} stages",
+                "TinyViT: {n} embed_dims, {} depths, {} num_heads, {} window_sizes; \
+                 the official forward takes {TINY_VIT_STAGES} stages",
                 self.depths.len(),
                 self.num_heads.len(),
                 self.window_sizes.len()

@@ -96,7 +96,10 @@ impl TinyVit {
             x = block.forward(&x)?;
         }
         // From here on channels-last `[B, H, W, C]`, as TinyViT's `[B, H * W, C]` tokens.
-        let mut x = self.merges[0].forward_nchw(&x)?;
+        let Some(first_merge) = self.merges.first() else {
+            candle_core::bail!("TinyViT: no PatchMerging after stage 0")
+        };
+        let mut x = first_merge.forward_nchw(&x)?;
         for (stage, blocks) in self.stages.iter().enumerate() {
             for block in blocks {
                 x = block.forward(&x)?;
@@ -138,6 +141,10 @@ impl ConvBn {
         let beta = bn.get(cout, "bias")?;
         let mean = bn.get(cout, "running_mean")?;
         let var = bn.get(cout, "running_var")?;
+        // A negative variance would turn every later value into NaN without a word.
+        if var.min_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()? < 0.0 {
+            candle_core::bail!("{}.running_var: a negative variance", bn.prefix())
+        }
         let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
         Ok(Self {
             weight: weight.broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?,

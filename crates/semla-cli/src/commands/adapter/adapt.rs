@@ -75,7 +75,8 @@ pub struct SelfTrainOptions {
     /// Refinement of the pseudo-labels.
     #[arg(long, value_enum, default_value = "none")]
     pub refine: RefineChoice,
-    /// SAM checkpoint for `--refine sam` (`sam_vit_b_01ec64.pth`-style, `.pth` or `.safetensors`).
+    /// SAM checkpoint for `--refine sam`: `sam_vit_b_01ec64.pth`-style or MobileSAM's
+    /// `mobile_sam.pt` (CLOUDS' default), `.pth` or `.safetensors`.
     #[arg(long, value_name = "PTH")]
     pub sam_checkpoint: Option<PathBuf>,
     /// A component becomes a prompt when its area is above this (official `SAM.SIZE_THRESHOLD`).
