@@ -140,7 +140,18 @@ fn contiguous_f32_mut<'a>(
 struct ActivationOp(Pointwise);
 
 impl ActivationOp {
-    fn run(&self, values: &mut [f32]) {
+    /// `out[i] = activation(input[i])`.
+    fn map(&self, input: &[f32], out: &mut [f32]) {
+        let activation = self.0;
+        crate::kernels::parallel_chunks(out, 1024, |offset, chunk| {
+            for (o, &v) in chunk.iter_mut().zip(&input[offset..]) {
+                *o = activation.apply(v);
+            }
+        });
+    }
+
+    /// `values[i] = activation(values[i])`.
+    fn map_in_place(&self, values: &mut [f32]) {
         let activation = self.0;
         crate::kernels::parallel_chunks(values, 1024, |_, chunk| {
             for v in chunk.iter_mut() {
@@ -160,8 +171,9 @@ impl candle_core::CustomOp1 for ActivationOp {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let mut out = contiguous_f32(self.0.name(), storage, layout)?.to_vec();
-        self.run(&mut out);
+        let input = contiguous_f32(self.0.name(), storage, layout)?;
+        let mut out = vec![0f32; input.len()];
+        self.map(input, &mut out);
         Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
     }
 }
@@ -176,7 +188,7 @@ impl candle_core::InplaceOp1 for ActivationOp {
         storage: &mut candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<()> {
-        self.run(contiguous_f32_mut(self.0.name(), storage, layout)?);
+        self.map_in_place(contiguous_f32_mut(self.0.name(), storage, layout)?);
         Ok(())
     }
 }
