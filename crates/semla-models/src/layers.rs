@@ -496,14 +496,7 @@ mod tests {
         let x = Tensor::from_vec(values, (3, 5, 70, 67), &device).unwrap();
         let exact = x.gelu_erf().unwrap();
         let fused = gelu_erf_owned(x.copy().unwrap(), Kernels::Fused).unwrap();
-        let diff = (fused - &exact)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = semla_test_support::max_abs_diff(&fused, &exact);
         assert!(diff < 1e-5, "fused GELU differs from erf GELU by {diff}");
         for axis in [1, 3] {
             let c = x.dim(axis).unwrap();
@@ -520,14 +513,7 @@ mod tests {
                 .unwrap();
             for kernels in [Kernels::Fused, Kernels::Composed] {
                 let got = bias_gelu_erf_owned(x.copy().unwrap(), &bias, axis, kernels).unwrap();
-                let diff = (got - &want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = semla_test_support::max_abs_diff(&got, &want);
                 assert!(diff < 1e-5, "axis {axis}, {kernels:?}: differs by {diff}");
             }
         }

@@ -521,14 +521,7 @@ mod tests {
                 } else {
                     want.clone()
                 };
-                let diff = (got - want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = semla_test_support::max_abs_diff(&got, &want);
                 assert!(diff < 1e-5, "{cin}->{cout} {h}x{w} stride {stride}: {diff}");
             }
         }
