@@ -20,13 +20,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use semla_adapters::{Adaptation, FactoredSite};
 use semla_models::clip::{ClipConfig, ClipModel, Kernels};
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use semla_test_support::env_usize;
 
 /// CPU time of the calling thread in seconds (Linux `/proc/thread-self/schedstat`),
 /// if available. At one thread all the work runs on the calling thread, so

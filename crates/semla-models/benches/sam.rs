@@ -19,13 +19,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use semla_models::sam::Sam;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use semla_test_support::env_usize;
 
 /// The 1-minute load average (Linux), for the record next to each round.
 fn load_average() -> String {

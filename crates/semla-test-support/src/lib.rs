@@ -485,6 +485,14 @@ pub fn tensors_from_keys(path: &std::path::Path) -> std::collections::HashMap<St
     out
 }
 
+/// A bench setting from the environment: `name` parsed as a number, else `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Runs `python tools/reference/<script> <args>` and parses the one JSON line it
 /// prints, or `None` (with a message saying why) when `python` is empty (the
 /// caller's way to skip the baseline), the script fails, or it prints no JSON.

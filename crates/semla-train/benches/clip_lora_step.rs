@@ -24,15 +24,9 @@ use std::time::Instant;
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use semla_models::clip::{ClipConfig, ClipModel, Kernels};
+use semla_test_support::env_usize;
 use semla_train::lora::{LoraSettings, LoraTrainee};
 use semla_train::optim::{AdamW, AdamWConfig};
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// `x / max(|x|, 1e-12)` along the last dimension (PyTorch's `F.normalize`).
 fn normalize(x: &Tensor) -> candle_core::Result<Tensor> {
