@@ -20,7 +20,9 @@
 use candle_core::backend::BackendStorage;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+
+use crate::host::{self, Strided};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -274,21 +276,28 @@ fn bridged(x: &Tensor, y: Tensor, rule: InputGradient) -> Result<Tensor> {
 
 /// `x W^T + b` for a frozen `weight` `[out, in]` and `bias` `[out]`, with `x`
 /// `[M, in]` -> `[M, out]`. Only `x` receives a gradient.
+///
+/// On the CPU in f32 this is one [`LinearKernel`] node (inference and
+/// training alike); elsewhere candle's ops, bridged to an input-only backward.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let forward = |x: &Tensor| -> Result<Tensor> {
-        if let Some(y) = biased_matmul(x, weight, bias)? {
-            return Ok(y);
-        }
+    let plain = |x: &Tensor| -> Result<Tensor> {
         let y = x.matmul(&weight.t()?)?;
         match bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
     };
-    if !use_frozen_path(x, weight, bias) {
-        return forward(x);
+    let frozen = !weight.track_op() && !bias.is_some_and(Tensor::track_op);
+    if !frozen || !is_enabled() {
+        return plain(x);
     }
-    let y = forward(&x.detach())?;
+    if let Some(kernel) = LinearKernel::new(x, weight, bias, None)? {
+        return x.contiguous()?.apply_op1(kernel);
+    }
+    if !use_frozen_path(x, weight, bias) {
+        return plain(x);
+    }
+    let y = plain(&x.detach())?;
     bridged(
         x,
         y,
@@ -298,99 +307,336 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     )
 }
 
-/// `x W^T + b` in one matrix product whose destination starts as the bias
-/// rows (gemm's `dst = dst + x W^T`): no second pass over the output and no
-/// second output buffer. Taken for inference only (nothing tracks a
-/// gradient), on the CPU in f32; `None` otherwise.
-fn biased_matmul(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
-    let inference = !x.track_op() && !weight.track_op() && !bias.is_some_and(Tensor::track_op);
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
-    if !(inference && f32_cpu(x) && f32_cpu(weight) && bias.is_none_or(f32_cpu)) {
+/// `x W^T + b + sum_j coeff[n, j] B[:, j] (A[j, :] x)` for a frozen `weight`
+/// `[out, in]` and `bias` `[out]`, `x` `[M, in]` (the rows of `images` images,
+/// `M / images` each, in order) and the factored update of `site` (`A` `[R, in]`,
+/// `B` `[out, R]`, `coeff` `[images | 1, R]`), as one [`LinearKernel`] node:
+/// the gradients of `x`, `A` and `B` (those that are tracked), never of the
+/// weight. `None` when the kernel cannot take it (not f32 on the CPU, a
+/// tracked weight, bias or coefficient, a strided operand, shapes that do not
+/// chain); the caller then composes candle's ops.
+pub fn adapted_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    site: &crate::FactoredSite,
+) -> Result<Option<Tensor>> {
+    let frozen = !weight.track_op() && !bias.is_some_and(Tensor::track_op);
+    if !frozen || !is_enabled() || site.coeff.track_op() {
         return Ok(None);
     }
-    let (Ok((_, in_x)), Ok((out, in_w))) = (x.dims2(), weight.dims2()) else {
+    let (Ok((rows, inner)), Ok((rank, a_inner)), Ok((out, b_rank)), Ok((images, c_rank))) = (
+        x.dims2(),
+        site.a.dims2(),
+        site.b.dims2(),
+        site.coeff.dims2(),
+    ) else {
         return Ok(None);
     };
-    if in_x != in_w || bias.is_some_and(|b| b.dims() != [out]) {
+    let chains = a_inner == inner
+        && b_rank == rank
+        && c_rank == rank
+        && out == weight.dim(0)?
+        && images > 0
+        && rows % images == 0;
+    if !chains || !host::is_cpu_f32(&site.a) || !host::is_cpu_f32(&site.b) {
         return Ok(None);
     }
-    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+    let coeff = RankCoefficients {
+        values: site
+            .coeff
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?,
+        images,
+        rank,
+    };
+    let Some(kernel) = LinearKernel::new(x, weight, bias, Some(coeff))? else {
+        return Ok(None);
+    };
     x.contiguous()?
-        .apply_op2_no_bwd(&weight.contiguous()?, &BiasedMatmul { bias })
+        .apply_op3(&site.a.contiguous()?, &site.b.contiguous()?, kernel)
         .map(Some)
 }
 
-/// `[M, in] x [out, in] -> [M, out]`, `x W^T (+ bias)`; see [`biased_matmul`].
-struct BiasedMatmul {
-    bias: Option<Vec<f32>>,
+/// The per-row coefficients of the rank rows of a [`LinearKernel`]'s update.
+#[derive(Clone, Debug)]
+struct RankCoefficients {
+    /// `[images, rank]` row-major.
+    values: Vec<f32>,
+    /// 1: one row shared by every input row; otherwise the input rows are
+    /// `images` equal runs, run `n` taking row `n`.
+    images: usize,
+    rank: usize,
 }
 
-impl CustomOp2 for BiasedMatmul {
+impl RankCoefficients {
+    /// The coefficients of input row `row` out of `rows`.
+    fn of_row(&self, row: usize, rows: usize) -> &[f32] {
+        let image = if self.images <= 1 {
+            0
+        } else {
+            row / (rows / self.images).max(1)
+        };
+        &self.values[image * self.rank..(image + 1) * self.rank]
+    }
+
+    /// Multiplies every row of `h` (`[rows, rank]`) by its coefficients.
+    fn scale_rows(&self, h: &mut [f32]) {
+        let rows = h.len() / self.rank.max(1);
+        for (i, row) in h.chunks_mut(self.rank.max(1)).enumerate() {
+            for (v, &c) in row.iter_mut().zip(self.of_row(i, rows)) {
+                *v *= c;
+            }
+        }
+    }
+}
+
+const LINEAR_OP: &str = "frozen-linear";
+
+/// A frozen linear layer, optionally with a factored LoRA update, as one
+/// graph node on the CPU in f32 (see [`linear`] and [`adapted_linear`]).
+///
+/// Forward: the output starts as the bias rows and gemm accumulates `x W^T`
+/// into it, then `(c * (x A^T)) B^T`: one output buffer, no element-wise pass.
+/// Backward: `grad_x = g W + (c * (g B)) A`, `grad_A = (c * (g B))^T x`,
+/// `grad_B = g^T (c * (x A^T))`, each only when tracked; the weight never
+/// gets one. As a `CustomOp1` (of `x`) it is the plain linear, as a
+/// `CustomOp3` (of `x`, `A`, `B`) the adapted one.
+struct LinearKernel {
+    /// `[out, in]`, contiguous.
+    weight: Tensor,
+    /// `[out]`, contiguous.
+    bias: Option<Tensor>,
+    coeff: Option<RankCoefficients>,
+}
+
+impl LinearKernel {
+    /// The kernel for these operands, or `None` when it cannot take them.
+    fn new(
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        coeff: Option<RankCoefficients>,
+    ) -> Result<Option<Self>> {
+        let f32_cpu =
+            host::is_cpu_f32(x) && host::is_cpu_f32(weight) && bias.is_none_or(host::is_cpu_f32);
+        let (Ok((_, inner)), Ok((out, w_inner))) = (x.dims2(), weight.dims2()) else {
+            return Ok(None);
+        };
+        let fits = inner == w_inner && bias.is_none_or(|b| b.dims() == [out]);
+        // A strided weight would be copied on every call: leave it to candle.
+        if !f32_cpu || !fits || !weight.is_contiguous() || !bias.is_none_or(Tensor::is_contiguous) {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            weight: weight.clone(),
+            bias: bias.cloned(),
+            coeff,
+        }))
+    }
+
+    /// `c * (x A^T)`: `[rows, rank]`.
+    fn scaled_hidden(
+        coeff: &RankCoefficients,
+        x: &[f32],
+        rows: usize,
+        inner: usize,
+        a: &[f32],
+    ) -> Result<Vec<f32>> {
+        let mut h = vec![0f32; rows * coeff.rank];
+        host::gemm_into(
+            LINEAR_OP,
+            &mut h,
+            Strided::dense(x, rows, inner),
+            Strided::dense(a, coeff.rank, inner).t(),
+            false,
+            1.0,
+            host::gemm_parallelism(),
+        )?;
+        coeff.scale_rows(&mut h);
+        Ok(h)
+    }
+
+    fn forward(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        factors: Option<(&[f32], &[f32])>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = host::contiguous_f32(LINEAR_OP, x, x_layout)?;
+        let (rows, inner) = x_layout.shape().dims2()?;
+        let out = self.weight.dim(0)?;
+        let weight = host::read_f32(LINEAR_OP, &self.weight)?;
+        let mut y = match &self.bias {
+            Some(bias) => host::read_f32(LINEAR_OP, bias)?.repeat(rows),
+            None => vec![0f32; rows * out],
+        };
+        let parallelism = host::gemm_parallelism();
+        host::gemm_into(
+            LINEAR_OP,
+            &mut y,
+            Strided::dense(x, rows, inner),
+            Strided::dense(&weight, out, inner).t(),
+            self.bias.is_some(),
+            1.0,
+            parallelism,
+        )?;
+        if let (Some(coeff), Some((a, b))) = (&self.coeff, factors) {
+            let h = Self::scaled_hidden(coeff, x, rows, inner, a)?;
+            host::gemm_into(
+                LINEAR_OP,
+                &mut y,
+                Strided::dense(&h, rows, coeff.rank),
+                Strided::dense(b, out, coeff.rank).t(),
+                true,
+                1.0,
+                parallelism,
+            )?;
+        }
+        Ok((CpuStorage::F32(y), Shape::from((rows, out))))
+    }
+
+    /// The gradients of `x`, `A` and `B` (each when `want`ed) for output gradient `grad`.
+    fn backward(
+        &self,
+        x: &Tensor,
+        factors: Option<(&Tensor, &Tensor)>,
+        grad: &Tensor,
+        want: [bool; 3],
+    ) -> Result<[Option<Tensor>; 3]> {
+        let (rows, inner) = x.dims2()?;
+        let out = self.weight.dim(0)?;
+        let device = x.device();
+        let parallelism = host::gemm_parallelism();
+        let grad = grad.contiguous()?;
+        let g = host::read_f32(LINEAR_OP, &grad)?;
+        let weight = host::read_f32(LINEAR_OP, &self.weight)?;
+        let mut grad_x = want[0].then(|| vec![0f32; rows * inner]);
+        if let Some(grad_x) = grad_x.as_mut() {
+            host::gemm_into(
+                LINEAR_OP,
+                grad_x,
+                Strided::dense(&g, rows, out),
+                Strided::dense(&weight, out, inner),
+                false,
+                1.0,
+                parallelism,
+            )?;
+        }
+        let (mut grad_a, mut grad_b) = (None, None);
+        if let (Some(coeff), Some((a, b))) = (&self.coeff, factors) {
+            let rank = coeff.rank;
+            let (a, b) = (a.contiguous()?, b.contiguous()?);
+            let (a, b) = (
+                host::read_f32(LINEAR_OP, &a)?,
+                host::read_f32(LINEAR_OP, &b)?,
+            );
+            // c * (g B): the gradient of the scaled hidden rows, [rows, rank].
+            let mut grad_h = vec![0f32; rows * rank];
+            host::gemm_into(
+                LINEAR_OP,
+                &mut grad_h,
+                Strided::dense(&g, rows, out),
+                Strided::dense(&b, out, rank),
+                false,
+                1.0,
+                parallelism,
+            )?;
+            coeff.scale_rows(&mut grad_h);
+            if let Some(grad_x) = grad_x.as_mut() {
+                host::gemm_into(
+                    LINEAR_OP,
+                    grad_x,
+                    Strided::dense(&grad_h, rows, rank),
+                    Strided::dense(&a, rank, inner),
+                    true,
+                    1.0,
+                    parallelism,
+                )?;
+            }
+            let x = x.contiguous()?;
+            let xv = host::read_f32(LINEAR_OP, &x)?;
+            if want[1] {
+                let mut ga = vec![0f32; rank * inner];
+                host::gemm_into(
+                    LINEAR_OP,
+                    &mut ga,
+                    Strided::dense(&grad_h, rows, rank).t(),
+                    Strided::dense(&xv, rows, inner),
+                    false,
+                    1.0,
+                    parallelism,
+                )?;
+                grad_a = Some(Tensor::from_vec(ga, (rank, inner), device)?);
+            }
+            if want[2] {
+                let h = Self::scaled_hidden(coeff, &xv, rows, inner, &a)?;
+                let mut gb = vec![0f32; out * rank];
+                host::gemm_into(
+                    LINEAR_OP,
+                    &mut gb,
+                    Strided::dense(&g, rows, out).t(),
+                    Strided::dense(&h, rows, rank),
+                    false,
+                    1.0,
+                    parallelism,
+                )?;
+                grad_b = Some(Tensor::from_vec(gb, (out, rank), device)?);
+            }
+        }
+        let grad_x = grad_x
+            .map(|v| Tensor::from_vec(v, (rows, inner), device))
+            .transpose()?;
+        Ok([grad_x, grad_a, grad_b])
+    }
+}
+
+impl CustomOp1 for LinearKernel {
     fn name(&self) -> &'static str {
-        "biased-matmul"
+        LINEAR_OP
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, x_layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.forward(x, x_layout, None)
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let [grad_x, _, _] = self.backward(x, None, grad, [true, false, false])?;
+        Ok(grad_x)
+    }
+}
+
+impl candle_core::CustomOp3 for LinearKernel {
+    fn name(&self) -> &'static str {
+        "frozen-linear-lora"
     }
 
     fn cpu_fwd(
         &self,
         x: &CpuStorage,
         x_layout: &Layout,
-        w: &CpuStorage,
-        w_layout: &Layout,
+        a: &CpuStorage,
+        a_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (x, w) else {
-            candle_core::bail!("biased-matmul: f32 only");
-        };
-        let (Some((x0, x1)), Some((w0, w1))) =
-            (x_layout.contiguous_offsets(), w_layout.contiguous_offsets())
-        else {
-            candle_core::bail!("biased-matmul: contiguous operands only");
-        };
-        let (rows, inner) = x_layout.shape().dims2()?;
-        let (out, w_inner) = w_layout.shape().dims2()?;
-        let (x, w) = (&x[x0..x1], &w[w0..w1]);
-        if inner != w_inner || x.len() != rows * inner || w.len() != out * inner {
-            candle_core::bail!("biased-matmul: [{rows}, {inner}] x [{out}, {w_inner}]^T");
-        }
-        let mut dst = match &self.bias {
-            Some(bias) if bias.len() == out => bias.repeat(rows),
-            Some(bias) => candle_core::bail!("biased-matmul: bias of {} for {out}", bias.len()),
-            None => vec![0f32; rows * out],
-        };
-        if rows > 0 && out > 0 && inner > 0 {
-            let threads = candle_core::utils::get_num_threads();
-            let parallelism = if threads > 1 {
-                gemm::Parallelism::Rayon(threads)
-            } else {
-                gemm::Parallelism::None
-            };
-            // SAFETY: dst is [rows, out] row-major, x [rows, inner] row-major, and
-            // W^T is read from W [out, inner] row-major (element (k, j) at
-            // j * inner + k); the lengths were checked above.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    out,
-                    inner,
-                    dst.as_mut_ptr(),
-                    1,
-                    out as isize,
-                    true,
-                    x.as_ptr(),
-                    1,
-                    inner as isize,
-                    w.as_ptr(),
-                    inner as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
-            }
-        }
-        Ok((CpuStorage::F32(dst), Shape::from((rows, out))))
+        let a = host::contiguous_f32(LINEAR_OP, a, a_layout)?;
+        let b = host::contiguous_f32(LINEAR_OP, b, b_layout)?;
+        self.forward(x, x_layout, Some((a, b)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let want = [x.track_op(), a.track_op(), b.track_op()];
+        let [gx, ga, gb] = self.backward(x, Some((a, b)), grad, want)?;
+        Ok((gx, ga, gb))
     }
 }
 
@@ -491,11 +737,11 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    /// The inference path's one-product linear equals the composed formula,
-    /// written out by hand, with and without bias, on a transposed (strided)
-    /// weight too; a tracked input never takes it.
+    /// The one-node linear equals the composed formula, written out by hand,
+    /// with and without bias; a transposed (strided) weight takes candle's ops
+    /// and gives the same; a bias that does not fit is an error, not a panic.
     #[test]
-    fn biased_matmul_is_the_composed_linear() {
+    fn the_linear_kernel_is_the_composed_linear() {
         let x = ramp(&[5, 7], 2.0);
         let w = ramp(&[3, 7], 1.0);
         let b = ramp(&[3], 4.0);
@@ -503,11 +749,7 @@ mod tests {
         let ws: Vec<Vec<f32>> = w.to_vec2().unwrap();
         let bs: Vec<f32> = b.to_vec1().unwrap();
         for bias in [Some(&b), None] {
-            let got: Vec<Vec<f32>> = biased_matmul(&x, &w, bias)
-                .unwrap()
-                .unwrap()
-                .to_vec2()
-                .unwrap();
+            let got: Vec<Vec<f32>> = linear(&x, &w, bias).unwrap().to_vec2().unwrap();
             for (i, row) in got.iter().enumerate() {
                 for (j, v) in row.iter().enumerate() {
                     let dot: f32 = (0..7).map(|k| xs[i][k] * ws[j][k]).sum();
@@ -517,30 +759,99 @@ mod tests {
             }
         }
         let strided = ramp(&[7, 3], 1.0).t().unwrap();
-        let fused = biased_matmul(&x, &strided, Some(&b)).unwrap().unwrap();
+        let fused = linear(&x, &strided, Some(&b)).unwrap();
         let composed = x
             .matmul(&strided.t().unwrap())
             .unwrap()
             .broadcast_add(&b)
             .unwrap();
-        let diff = (fused - composed)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
+        assert!(max_diff(&fused, &composed) < 1e-5);
+        assert!(linear(&x, &w, Some(&ramp(&[4], 1.0))).is_err());
+    }
+
+    /// The adapted one-node linear against candle's composed ops, value and
+    /// the gradients of `x`, `A` and `B`, with one mixture for the batch and
+    /// with one per image; the frozen weight gets no gradient entry.
+    #[test]
+    fn the_adapted_linear_kernel_has_the_composed_value_and_gradients() {
+        let (images, rows_per_image, inner, out, rank) = (3, 4, 7, 5, 2);
+        let rows = images * rows_per_image;
+        let w = ramp(&[out, inner], 1.0);
+        let bias = ramp(&[out], 2.0);
+        for per_image in [false, true] {
+            let x = Var::from_tensor(&ramp(&[rows, inner], 2.0)).unwrap();
+            let a = Var::from_tensor(&ramp(&[rank, inner], 0.7)).unwrap();
+            let b = Var::from_tensor(&(ramp(&[out, rank], 1.3) + 0.1).unwrap()).unwrap();
+            let coeff = if per_image {
+                Tensor::new(&[[0.5f32, -1.0], [2.0, 0.25], [1.5, 3.0]], &Device::Cpu).unwrap()
+            } else {
+                Tensor::new(&[[2.0f32, -0.5]], &Device::Cpu).unwrap()
+            };
+            let site = crate::FactoredSite {
+                a: a.as_tensor().clone(),
+                b: b.as_tensor().clone(),
+                coeff: coeff.clone(),
+            };
+            let fused = adapted_linear(x.as_tensor(), &w, Some(&bias), &site)
+                .unwrap()
+                .expect("the kernel takes f32 CPU operands");
+            // Composed: every image's rows with its own coefficients.
+            let coeff_rows = if per_image {
+                coeff
+                    .unsqueeze(1)
+                    .unwrap()
+                    .broadcast_as((images, rows_per_image, rank))
+                    .unwrap()
+                    .reshape((rows, rank))
+                    .unwrap()
+            } else {
+                coeff.broadcast_as((rows, rank)).unwrap()
+            };
+            let hidden = x
+                .as_tensor()
+                .matmul(&a.as_tensor().t().unwrap())
+                .unwrap()
+                .mul(&coeff_rows)
+                .unwrap();
+            let composed = (x
+                .as_tensor()
+                .matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&bias)
+                .unwrap()
+                + hidden.matmul(&b.as_tensor().t().unwrap()).unwrap())
             .unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
-        let tracked = Var::from_tensor(&x).unwrap();
-        assert!(
-            biased_matmul(tracked.as_tensor(), &w, Some(&b))
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            biased_matmul(&x, &w, Some(&ramp(&[4], 1.0)))
-                .unwrap()
-                .is_none()
-        );
+            assert!(max_diff(&fused, &composed) < 1e-5, "per image {per_image}");
+            let target = ramp(&[rows, out], 3.0);
+            let loss = |y: &Tensor| {
+                (y * &target)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap()
+            };
+            let (gf, gc) = (loss(&fused), loss(&composed));
+            for (name, t) in [("x", &x), ("A", &a), ("B", &b)] {
+                let d = max_diff(
+                    gf.get(t.as_tensor()).unwrap(),
+                    gc.get(t.as_tensor()).unwrap(),
+                );
+                assert!(
+                    d < 1e-4,
+                    "per image {per_image}: grad {name} differs by {d}"
+                );
+            }
+            assert!(gf.get(&w).is_none());
+        }
+        // Shapes that do not chain leave it to the caller (None), not a panic.
+        let x = ramp(&[rows, inner], 1.0);
+        let bad = crate::FactoredSite {
+            a: ramp(&[rank, inner + 1], 1.0),
+            b: ramp(&[out, rank], 1.0),
+            coeff: Tensor::new(&[[1f32, 1.0]], &Device::Cpu).unwrap(),
+        };
+        assert!(adapted_linear(&x, &w, None, &bad).unwrap().is_none());
     }
 
     use semla_test_support::max_abs_diff as max_diff;

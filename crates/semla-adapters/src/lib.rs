@@ -14,6 +14,9 @@
 //! - [`fusion`]: PEFT's `cat`, `linear` and `svd` merges ([`fusion::merge`]).
 //! - [`apply`]: a mixture applied factored per image ([`Adaptation::from_adapters`]) or
 //!   merged into base weights ([`apply::merge_into`]).
+//! - [`frozen`]: frozen base layers whose backward passes only their input gradient, and the
+//!   one-node LoRA linear of training and inference on the CPU.
+//! - [`host`]: reading CPU tensors in place and strided matrix products for hand-written kernels.
 //! - [`linalg`]: the small f64 QR / SVD behind `svd` fusion.
 //!
 //! Tensor shapes follow PEFT: Linear `A [r, in]`, `B [out, r]`; Conv2d
@@ -25,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod frozen;
 pub mod fusion;
+pub mod host;
 pub mod library;
 pub mod linalg;
 pub mod npz;

@@ -159,6 +159,52 @@ impl FactoredSite {
         Ok(merge < factored)
     }
 
+    /// The updates of several Linear sites whose outputs are consecutive blocks
+    /// of one wider layer (q, k, v projections computed by one stacked weight) as
+    /// one update of that layer: `parts[i] = (first_output_row, site)` inside
+    /// `out_features` outputs. `A`s stack by rows; each `B` fills its block of
+    /// rows of a zero `[out_features, R_total]`; coefficients stack by columns
+    /// (one shared row if every part has one, else one row per image).
+    /// Gradients flow back to every part's factors.
+    pub fn stack_outputs(parts: &[(usize, &FactoredSite)], out_features: usize) -> Result<Self> {
+        if parts.is_empty() {
+            candle_core::bail!("FactoredSite::stack_outputs: no site given")
+        }
+        let images = parts
+            .iter()
+            .map(|(_, site)| site.coeff.dim(0))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .max()
+            .unwrap_or(1);
+        let (mut a, mut b, mut coeff) = (Vec::new(), Vec::new(), Vec::new());
+        for &(start, site) in parts {
+            let (out, rank) = site.b.dims2()?;
+            if start + out > out_features {
+                candle_core::bail!(
+                    "FactoredSite::stack_outputs: rows {start}..{} of {out_features}",
+                    start + out
+                )
+            }
+            let zeros = |rows| Tensor::zeros((rows, rank), site.b.dtype(), site.b.device());
+            a.push(site.a.clone());
+            b.push(Tensor::cat(
+                &[
+                    zeros(start)?,
+                    site.b.clone(),
+                    zeros(out_features - start - out)?,
+                ],
+                0,
+            )?);
+            coeff.push(site.coeff.broadcast_as((images, rank))?);
+        }
+        Ok(Self {
+            a: Tensor::cat(&a, 0)?,
+            b: Tensor::cat(&b, 1)?,
+            coeff: Tensor::cat(&coeff, 1)?.contiguous()?,
+        })
+    }
+
     /// `base + ΔW` for the batch's one mixture, shaped and typed like `base`.
     pub fn merged_weight(&self, base: &Tensor) -> Result<Tensor> {
         let delta = self
@@ -353,6 +399,17 @@ impl AdaptedLinear {
             }
             _ => None,
         };
+        // One node for the base and the update where the kernel takes them.
+        if let (Some(site), None) = (site, &merged)
+            && let Some(y) =
+                crate::frozen::adapted_linear(&x2, &self.weight, self.bias.as_ref(), site)?
+        {
+            let mut out_dims = dims;
+            if let Some(last) = out_dims.last_mut() {
+                *last = y.dim(1)?;
+            }
+            return y.reshape(out_dims.as_slice());
+        }
         // Frozen path: during adapter training only `x` gets a gradient (see `frozen`).
         let y = crate::frozen::linear(
             &x2,

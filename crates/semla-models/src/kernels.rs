@@ -2,10 +2,11 @@
 //! efficiency on few cores: multi-head attention with one task per (image, head),
 //! and an element-wise map split across threads.
 //!
-//! Forward only: these are for inference (`Kernels::Fused` in CLIP); training
-//! uses candle's composed ops, which backpropagate.
+//! [`FusedAttention`] is forward only (inference); [`PackedAttention`] has
+//! its own backward pass and serves training too.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use semla_adapters::host::{self, Strided};
 
 /// Runs `f(first_index, chunk)` over `out` split into one contiguous chunk per
 /// thread (chunk lengths are multiples of `granule`); serially when one thread
@@ -34,6 +35,112 @@ pub fn parallel_chunks(out: &mut [f32], granule: usize, f: impl Fn(usize, &mut [
     });
 }
 
+/// Runs `run(task, scratch)` for every task in `0..tasks`, split into one
+/// contiguous range per configured thread (the calling thread takes the
+/// first), each thread with its own `scratch()`; the first error wins.
+fn for_each_task<S>(
+    tasks: usize,
+    scratch: impl Fn() -> S + Sync,
+    run: impl Fn(usize, &mut S) -> Result<()> + Sync,
+) -> Result<()> {
+    let threads = candle_core::utils::get_num_threads()
+        .max(1)
+        .min(tasks.max(1));
+    let range = |first: usize, last: usize| -> Result<()> {
+        let mut scratch = scratch();
+        (first..last).try_for_each(|task| run(task, &mut scratch))
+    };
+    if threads <= 1 {
+        return range(0, tasks);
+    }
+    let per_thread = tasks.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads)
+            .map(|t| (t * per_thread, ((t + 1) * per_thread).min(tasks)))
+            .filter(|(first, last)| first < last)
+            .map(|(first, last)| {
+                let range = &range;
+                scope.spawn(move || range(first, last))
+            })
+            .collect();
+        let mine = range(0, per_thread.min(tasks));
+        others.into_iter().fold(mine, |result, handle| {
+            let theirs = handle.join().unwrap_or_else(|_| {
+                Err(candle_core::Error::Msg(
+                    "attention: a worker panicked".into(),
+                ))
+            });
+            result.and(theirs)
+        })
+    })
+}
+
+/// A destination shared by the tasks of one kernel, each writing its own
+/// disjoint elements (its address only, so that it can cross threads).
+#[derive(Clone, Copy)]
+struct SharedOut(usize);
+
+impl SharedOut {
+    fn new(out: &mut [f32]) -> Self {
+        Self(out.as_mut_ptr() as usize)
+    }
+
+    /// The address of element `at`.
+    ///
+    /// # Safety
+    /// `at` must lie inside the buffer this was made from, and the elements
+    /// written from there must belong to the calling task alone.
+    unsafe fn at(self, at: usize) -> *mut f32 {
+        // SAFETY: the caller keeps `at` inside the buffer.
+        unsafe { (self.0 as *mut f32).add(at) }
+    }
+}
+
+/// `probs = softmax(scale * q k^T + bias)` row by row for one head: `q`, `k`
+/// `[L, d]`, `probs` `[L, L]` (dense), `bias` `[L, L]` or none.
+fn head_probs(
+    q: Strided<'_>,
+    k: Strided<'_>,
+    scale: f32,
+    bias: Option<&[f32]>,
+    probs: &mut [f32],
+) -> Result<()> {
+    let len = q.rows;
+    host::gemm_into(
+        ATTENTION_OP,
+        probs,
+        q,
+        k.t(),
+        false,
+        1.0,
+        gemm::Parallelism::None,
+    )?;
+    // With a bias the scores are scaled and biased first; without one the
+    // scale goes inside the exponential (the same softmax).
+    let row_scale = match bias {
+        Some(bias) => {
+            for (s, &b) in probs.iter_mut().zip(bias) {
+                *s = *s * scale + b;
+            }
+            1.0
+        }
+        None => scale,
+    };
+    for row in probs.chunks_mut(len.max(1)) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let mut sum = 0f32;
+        for s in row.iter_mut() {
+            *s = ((*s - max) * row_scale).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|s| *s *= inv);
+    }
+    Ok(())
+}
+
+const ATTENTION_OP: &str = "fused-attention";
+
 /// Scaled dot-product attention, fused: for every image `n` and head `h`,
 /// `softmax(q k^T * scale + bias[h]) v`, written straight into the
 /// `[N, L, H * d]` layout the output projection takes (no transpose copy).
@@ -44,7 +151,8 @@ pub fn parallel_chunks(out: &mut [f32], granule: usize, f: impl Fn(usize, &mut [
 /// are fine as long as each is contiguous overall); output `[N, L, H * d]`.
 /// The (image, head) pairs are spread over the threads, each running its own
 /// single-threaded matrix products: small per-head products parallelise badly
-/// inside one gemm call, well across heads.
+/// inside one gemm call, well across heads. Inference only (no backward; see
+/// [`PackedAttention`] for training).
 pub struct FusedAttention<'a> {
     /// Multiplies the scores before the softmax (`d^-1/2`).
     pub scale: f32,
@@ -54,7 +162,7 @@ pub struct FusedAttention<'a> {
 
 impl CustomOp3 for FusedAttention<'_> {
     fn name(&self) -> &'static str {
-        "fused-attention"
+        ATTENTION_OP
     }
 
     fn cpu_fwd(
@@ -66,33 +174,13 @@ impl CustomOp3 for FusedAttention<'_> {
         v: &CpuStorage,
         v_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) = (q, k, v) else {
-            candle_core::bail!("fused-attention: only f32 is supported")
-        };
         let dims = q_layout.shape().dims4()?;
         if k_layout.shape().dims4()? != dims || v_layout.shape().dims4()? != dims {
             candle_core::bail!("fused-attention: q, k and v must have one shape")
         }
-        let slice = |data: &'_ [f32], layout: &Layout| -> Result<std::ops::Range<usize>> {
-            layout
-                .contiguous_offsets()
-                .map(|(start, end)| start..end)
-                .ok_or_else(|| {
-                    candle_core::Error::Msg("fused-attention: inputs must be contiguous".into())
-                })
-                .and_then(|r| {
-                    if r.end <= data.len() {
-                        Ok(r)
-                    } else {
-                        candle_core::bail!("fused-attention: storage shorter than its layout")
-                    }
-                })
-        };
-        let (q, k, v) = (
-            &q[slice(q, q_layout)?],
-            &k[slice(k, k_layout)?],
-            &v[slice(v, v_layout)?],
-        );
+        let q = host::contiguous_f32(ATTENTION_OP, q, q_layout)?;
+        let k = host::contiguous_f32(ATTENTION_OP, k, k_layout)?;
+        let v = host::contiguous_f32(ATTENTION_OP, v, v_layout)?;
         let (n, heads, len, head_dim) = dims;
         if let Some(bias) = self.bias
             && bias.len() != heads * len * len
@@ -104,118 +192,197 @@ impl CustomOp3 for FusedAttention<'_> {
         }
         let width = heads * head_dim;
         let mut out = vec![0f32; n * len * width];
-        let tasks = n * heads;
-        let threads = candle_core::utils::get_num_threads()
-            .max(1)
-            .min(tasks.max(1));
-        let per_thread = tasks.div_ceil(threads.max(1));
         // Each task writes the columns `h*d..(h+1)*d` of the rows of image `n`:
-        // disjoint regions of `out`, shared through its address.
-        let out_addr = out.as_mut_ptr() as usize;
-        let (scale, bias) = (self.scale, self.bias);
-        let run = |first_task: usize, last_task: usize| {
-            let mut scores = vec![0f32; len * len];
-            for task in first_task..last_task {
+        // disjoint regions of `out`.
+        let shared = SharedOut::new(&mut out);
+        for_each_task(
+            n * heads,
+            || vec![0f32; len * len],
+            |task, probs| {
                 let (image, head) = (task / heads, task % heads);
                 let at = (image * heads + head) * len * head_dim;
-                let (qh, kh, vh) = (
-                    &q[at..at + len * head_dim],
-                    &k[at..at + len * head_dim],
-                    &v[at..at + len * head_dim],
-                );
-                // scores[i, j] = sum_c q[i, c] k[j, c]
-                // SAFETY: all pointers address buffers of the sizes the strides imply
-                // (`scores` L x L, `qh` and `kh` L x d), and nothing else writes `scores`.
+                let view = |data| Strided::rows(data, at, len, head_dim, head_dim);
+                let bias = self
+                    .bias
+                    .map(|b| &b[head * len * len..(head + 1) * len * len]);
+                head_probs(view(q), view(k), self.scale, bias, probs)?;
+                // SAFETY: rows of image `image`, columns of head `head`: inside
+                // `out` and this task's alone.
                 unsafe {
-                    gemm::gemm(
-                        len,
-                        len,
-                        head_dim,
-                        scores.as_mut_ptr(),
-                        1,
-                        len as isize,
+                    host::gemm_raw(
+                        ATTENTION_OP,
+                        shared.at(image * len * width + head * head_dim),
+                        width,
+                        Strided::dense(probs, len, len),
+                        view(v),
                         false,
-                        qh.as_ptr(),
-                        1,
-                        head_dim as isize,
-                        kh.as_ptr(),
-                        head_dim as isize,
-                        1,
-                        0.0,
                         1.0,
-                        false,
-                        false,
-                        false,
                         gemm::Parallelism::None,
-                    );
+                    )
                 }
-                // With a bias the scores are scaled and biased first; without one
-                // the scale goes inside the exponential (the same softmax).
-                let row_scale = match bias {
-                    Some(bias) => {
-                        let bias = &bias[head * len * len..(head + 1) * len * len];
-                        for (s, &b) in scores.iter_mut().zip(bias) {
-                            *s = *s * scale + b;
-                        }
-                        1.0
-                    }
-                    None => scale,
-                };
-                for row in scores.chunks_mut(len) {
-                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                    let mut sum = 0f32;
-                    for s in row.iter_mut() {
-                        *s = ((*s - max) * row_scale).exp();
-                        sum += *s;
-                    }
-                    let inv = 1.0 / sum;
-                    row.iter_mut().for_each(|s| *s *= inv);
-                }
-                // out[image, i, head*d + c] = sum_j p[i, j] v[j, c]
-                // SAFETY: the destination block (rows of image `image`, columns of
-                // head `head`) lies inside `out` and belongs to this task alone.
-                unsafe {
-                    let dst = (out_addr as *mut f32).add(image * len * width + head * head_dim);
-                    gemm::gemm(
-                        len,
-                        head_dim,
-                        len,
-                        dst,
-                        1,
-                        width as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        len as isize,
-                        vh.as_ptr(),
-                        1,
-                        head_dim as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-            }
-        };
-        if threads <= 1 {
-            run(0, tasks);
-        } else {
-            std::thread::scope(|scope| {
-                for t in 1..threads {
-                    let run = &run;
-                    let first = t * per_thread;
-                    let last = ((t + 1) * per_thread).min(tasks);
-                    if first < last {
-                        scope.spawn(move || run(first, last));
-                    }
-                }
-                run(0, per_thread.min(tasks));
-            });
-        }
+            },
+        )?;
         Ok((CpuStorage::F32(out), Shape::from((n, len, width))))
+    }
+}
+
+/// Multi-head attention straight from a packed q/k/v projection, forward and
+/// backward: `qkv` `[N, L, 3 * H * d]` (per token q, then k, then v, each head
+/// by head: the output of one linear layer with the q, k and v weights
+/// stacked) -> `softmax(q k^T * scale) v` as `[N, L, H * d]`.
+///
+/// No permute or split copy on either pass. The backward recomputes each
+/// head's probabilities `P` (cheaper than keeping them) and writes the
+/// gradient of `qkv` in the same packed layout:
+/// `dV = P^T dO`, `dP = dO V^T`, `dS = P * (dP - rowsum(P * dP))`,
+/// `dQ = scale dS K`, `dK = scale dS^T Q`.
+pub struct PackedAttention {
+    /// Heads `H`.
+    pub heads: usize,
+    /// Multiplies the scores before the softmax (`d^-1/2`).
+    pub scale: f32,
+}
+
+const PACKED_OP: &str = "packed-attention";
+
+impl PackedAttention {
+    /// `(N, L, H, d)` of a packed `[N, L, 3 H d]` input.
+    fn dims(&self, shape: &Shape) -> Result<(usize, usize, usize, usize)> {
+        let (n, len, packed) = shape.dims3()?;
+        let heads = self.heads.max(1);
+        if packed % (3 * heads) != 0 {
+            candle_core::bail!("{PACKED_OP}: {packed} packed features for {heads} heads")
+        }
+        Ok((n, len, heads, packed / (3 * heads)))
+    }
+}
+
+impl candle_core::CustomOp1 for PackedAttention {
+    fn name(&self) -> &'static str {
+        PACKED_OP
+    }
+
+    fn cpu_fwd(&self, qkv: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, len, heads, head_dim) = self.dims(layout.shape())?;
+        let qkv = host::contiguous_f32(PACKED_OP, qkv, layout)?;
+        let width = heads * head_dim;
+        let mut out = vec![0f32; n * len * width];
+        let shared = SharedOut::new(&mut out);
+        for_each_task(
+            n * heads,
+            || vec![0f32; len * len],
+            |task, probs| {
+                let (image, head) = (task / heads, task % heads);
+                // Part `part` (0 q, 1 k, 2 v) of head `head` for the image's tokens.
+                let view = |part: usize| {
+                    let at = image * len * 3 * width + part * width + head * head_dim;
+                    Strided::rows(qkv, at, len, head_dim, 3 * width)
+                };
+                head_probs(view(0), view(1), self.scale, None, probs)?;
+                // SAFETY: rows of image `image`, columns of head `head`: inside
+                // `out` and this task's alone.
+                unsafe {
+                    host::gemm_raw(
+                        PACKED_OP,
+                        shared.at(image * len * width + head * head_dim),
+                        width,
+                        Strided::dense(probs, len, len),
+                        view(2),
+                        false,
+                        1.0,
+                        gemm::Parallelism::None,
+                    )
+                }
+            },
+        )?;
+        Ok((CpuStorage::F32(out), Shape::from((n, len, width))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (n, len, heads, head_dim) = self.dims(qkv.shape())?;
+        let width = heads * head_dim;
+        let (qkv_c, grad_c) = (qkv.contiguous()?, grad.contiguous()?);
+        let values = host::read_f32(PACKED_OP, &qkv_c)?;
+        let grad_out = host::read_f32(PACKED_OP, &grad_c)?;
+        if grad_out.len() != n * len * width {
+            candle_core::bail!("{PACKED_OP}: an output gradient of {:?}", grad.dims())
+        }
+        let (qkv_v, grad_v): (&[f32], &[f32]) = (&values, &grad_out);
+        let mut grad_qkv = vec![0f32; n * len * 3 * width];
+        let shared = SharedOut::new(&mut grad_qkv);
+        let scale = self.scale;
+        let serial = gemm::Parallelism::None;
+        for_each_task(
+            n * heads,
+            || (vec![0f32; len * len], vec![0f32; len * len]),
+            |task, (probs, grad_probs)| {
+                let (image, head) = (task / heads, task % heads);
+                let packed_at =
+                    |part: usize| image * len * 3 * width + part * width + head * head_dim;
+                let view =
+                    |part: usize| Strided::rows(qkv_v, packed_at(part), len, head_dim, 3 * width);
+                let grad_o = Strided::rows(
+                    grad_v,
+                    image * len * width + head * head_dim,
+                    len,
+                    head_dim,
+                    width,
+                );
+                head_probs(view(0), view(1), scale, None, probs)?;
+                host::gemm_into(
+                    PACKED_OP,
+                    grad_probs,
+                    grad_o,
+                    view(2).t(),
+                    false,
+                    1.0,
+                    serial,
+                )?;
+                // dS = P * (dP - rowsum(P * dP)), in place of dP.
+                for (p_row, g_row) in probs.chunks(len).zip(grad_probs.chunks_mut(len)) {
+                    let dot: f32 = p_row.iter().zip(g_row.iter()).map(|(p, g)| p * g).sum();
+                    for (g, &p) in g_row.iter_mut().zip(p_row) {
+                        *g = p * (*g - dot);
+                    }
+                }
+                let (probs, scores_grad) = (
+                    Strided::dense(probs, len, len),
+                    Strided::dense(grad_probs, len, len),
+                );
+                let stride = 3 * width;
+                // SAFETY: each destination is this head's columns of q, k or v in
+                // the image's rows of `grad_qkv`: inside it and this task's alone.
+                unsafe {
+                    let (dq, dk, dv) = (
+                        shared.at(packed_at(0)),
+                        shared.at(packed_at(1)),
+                        shared.at(packed_at(2)),
+                    );
+                    host::gemm_raw(PACKED_OP, dv, stride, probs.t(), grad_o, false, 1.0, serial)?;
+                    host::gemm_raw(
+                        PACKED_OP,
+                        dq,
+                        stride,
+                        scores_grad,
+                        view(1),
+                        false,
+                        scale,
+                        serial,
+                    )?;
+                    host::gemm_raw(
+                        PACKED_OP,
+                        dk,
+                        stride,
+                        scores_grad.t(),
+                        view(0),
+                        false,
+                        scale,
+                        serial,
+                    )
+                }
+            },
+        )?;
+        Tensor::from_vec(grad_qkv, qkv.shape(), qkv.device()).map(Some)
     }
 }
 
@@ -283,5 +450,60 @@ mod tests {
             bias: Some(&bias_values[1..]),
         };
         assert!(q.apply_op3_no_bwd(&k, &v, &wrong).is_err());
+    }
+
+    /// The packed op against candle's composed attention on the same packed
+    /// projection: the output, and the gradient of the projection through
+    /// candle's autograd of the composed formula.
+    #[test]
+    fn packed_attention_has_the_composed_value_and_gradient() {
+        let device = Device::Cpu;
+        let (n, heads, len, d) = (2, 3, 29, 8);
+        let width = heads * d;
+        let qkv = candle_core::Var::from_tensor(
+            &Tensor::randn(0f32, 1.0, (n, len, 3 * width), &device).unwrap(),
+        )
+        .unwrap();
+        let scale = 0.3f32;
+        let op = PackedAttention { heads, scale };
+        let fused = qkv.as_tensor().apply_op1(op).unwrap();
+        let parts = qkv
+            .as_tensor()
+            .reshape((n, len, 3, heads, d))
+            .unwrap()
+            .permute((2, 0, 3, 1, 4))
+            .unwrap();
+        let (q, k, v) = (
+            parts.get(0).unwrap(),
+            parts.get(1).unwrap(),
+            parts.get(2).unwrap(),
+        );
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() * scale as f64).unwrap();
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
+        let composed = probs
+            .matmul(&v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((n, len, width))
+            .unwrap();
+        assert!(max_abs_diff(&fused, &composed) < 1e-5);
+        let target = Tensor::randn(0f32, 1.0, (n, len, width), &device).unwrap();
+        let grad = |y: &Tensor| {
+            let grads = (y * &target)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            grads.get(qkv.as_tensor()).unwrap().clone()
+        };
+        let (gf, gc) = (grad(&fused), grad(&composed));
+        assert_eq!(gf.dims(), qkv.dims());
+        let diff = max_abs_diff(&gf, &gc);
+        assert!(diff < 1e-5, "packed gradient differs by {diff}");
+        // A packed width that is not 3 x heads x d is an error, not a panic.
+        let odd = Tensor::zeros((1, 4, 10), candle_core::DType::F32, &device).unwrap();
+        assert!(odd.apply_op1(PackedAttention { heads: 3, scale }).is_err());
     }
 }

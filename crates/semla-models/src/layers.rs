@@ -1,12 +1,14 @@
 //! Layers shared by the transformer models (CLIP in both layouts, CAT-Seg,
-//! SAM): layer norm, softmax and QuickGELU in a fused (inference) and a
-//! composed (differentiable) form, the factored LoRA update of several sites that
+//! SAM): layer norm, softmax and QuickGELU in an inference and a
+//! differentiable form (one-node CPU kernels with their own backward, or
+//! candle's composed ops), the factored LoRA update of several sites that
 //! share one matmul, the causal mask, the bicubic grid resize of position
 //! embeddings and the non-overlapping transposed convolution.
 
 use candle_core::{D, DType, Tensor};
 use candle_nn::VarBuilder;
 use semla_adapters::FactoredSite;
+use semla_adapters::host::{contiguous_f32, contiguous_f32_mut};
 
 type Result<T> = candle_core::Result<T>;
 
@@ -16,7 +18,10 @@ pub enum Kernels {
     /// Fused single-pass kernels without a backward pass: inference only.
     #[default]
     Fused,
-    /// Composed tensor ops that backpropagate: use when training adapters.
+    /// Ops that backpropagate: use when training adapters. On the CPU in f32
+    /// these are hand-written kernels with their own backward pass (layer
+    /// norm, activations, CLIP's packed attention, the frozen and LoRA
+    /// linears); elsewhere candle's composed ops.
     Composed,
 }
 
@@ -51,10 +56,157 @@ impl LayerNorm {
             Kernels::Fused => {
                 candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
             }
+            // One node with its own backward where the kernel takes it.
+            Kernels::Composed
+                if [x, &self.weight, &self.bias]
+                    .into_iter()
+                    .all(semla_adapters::host::is_cpu_f32) =>
+            {
+                x.contiguous()?.apply_op3(
+                    &self.weight.contiguous()?,
+                    &self.bias.contiguous()?,
+                    LayerNormKernel {
+                        eps: self.eps as f32,
+                    },
+                )
+            }
             Kernels::Composed => {
                 candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
             }
         }
+    }
+}
+
+const LAYER_NORM_OP: &str = "layer-norm";
+
+/// Layer norm over the last dimension as one graph node, forward and backward
+/// (`Kernels::Composed` on the CPU in f32): arguments `x` `[..., D]`,
+/// `weight` and `bias` `[D]`. The backward recomputes each row's mean and
+/// inverse deviation (cheaper than keeping them): with `x^ = (x - mean) rstd`
+/// and `gw = grad * weight`, `grad_x = rstd (gw - mean(gw) - x^ mean(gw x^))`,
+/// `grad_weight = sum_rows grad x^`, `grad_bias = sum_rows grad` (each when tracked).
+struct LayerNormKernel {
+    eps: f32,
+}
+
+/// `(mean, 1 / sqrt(var + eps))` of one row (two passes, as PyTorch).
+#[inline]
+fn row_moments(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len().max(1) as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl candle_core::CustomOp3 for LayerNormKernel {
+    fn name(&self) -> &'static str {
+        LAYER_NORM_OP
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &candle_core::CpuStorage,
+        x_layout: &candle_core::Layout,
+        w: &candle_core::CpuStorage,
+        w_layout: &candle_core::Layout,
+        b: &candle_core::CpuStorage,
+        b_layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let x = contiguous_f32(LAYER_NORM_OP, x, x_layout)?;
+        let w = contiguous_f32(LAYER_NORM_OP, w, w_layout)?;
+        let b = contiguous_f32(LAYER_NORM_OP, b, b_layout)?;
+        let width = x_layout.shape().dims().last().copied().unwrap_or(0);
+        if width == 0 || w.len() != width || b.len() != width {
+            candle_core::bail!(
+                "{LAYER_NORM_OP}: weight {} and bias {} for rows of {width}",
+                w.len(),
+                b.len()
+            )
+        }
+        let mut out = vec![0f32; x.len()];
+        let eps = self.eps;
+        crate::kernels::parallel_chunks(&mut out, width, |offset, chunk| {
+            let rows = x[offset..offset + chunk.len()].chunks(width);
+            for (o_row, x_row) in chunk.chunks_mut(width).zip(rows) {
+                let (mean, rstd) = row_moments(x_row, eps);
+                for (((o, &v), &wi), &bi) in o_row.iter_mut().zip(x_row).zip(w).zip(b) {
+                    *o = (v - mean) * rstd * wi + bi;
+                }
+            }
+        });
+        Ok((candle_core::CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        use semla_adapters::host::read_f32;
+        let (x_c, w_c, g_c) = (x.contiguous()?, weight.contiguous()?, grad.contiguous()?);
+        let (xv, w, g) = (
+            read_f32(LAYER_NORM_OP, &x_c)?,
+            read_f32(LAYER_NORM_OP, &w_c)?,
+            read_f32(LAYER_NORM_OP, &g_c)?,
+        );
+        let width = w.len().max(1);
+        if xv.len() != g.len() || xv.len() % width != 0 {
+            candle_core::bail!(
+                "{LAYER_NORM_OP}: gradient {:?} for {:?}",
+                grad.dims(),
+                x.dims()
+            )
+        }
+        let eps = self.eps;
+        let grad_x = if x.track_op() {
+            let mut gx = vec![0f32; xv.len()];
+            crate::kernels::parallel_chunks(&mut gx, width, |offset, chunk| {
+                let x_rows = xv[offset..offset + chunk.len()].chunks(width);
+                let g_rows = g[offset..offset + chunk.len()].chunks(width);
+                for ((gx_row, x_row), g_row) in chunk.chunks_mut(width).zip(x_rows).zip(g_rows) {
+                    let (mean, rstd) = row_moments(x_row, eps);
+                    let (mut sum_gw, mut sum_gw_xhat) = (0f32, 0f32);
+                    for ((&v, &gi), &wi) in x_row.iter().zip(g_row).zip(w.iter()) {
+                        let gw = gi * wi;
+                        sum_gw += gw;
+                        sum_gw_xhat += gw * (v - mean) * rstd;
+                    }
+                    let (mean_gw, mean_gw_xhat) =
+                        (sum_gw / width as f32, sum_gw_xhat / width as f32);
+                    for (((o, &v), &gi), &wi) in
+                        gx_row.iter_mut().zip(x_row).zip(g_row).zip(w.iter())
+                    {
+                        let xhat = (v - mean) * rstd;
+                        *o = rstd * (gi * wi - mean_gw - xhat * mean_gw_xhat);
+                    }
+                }
+            });
+            Some(Tensor::from_vec(gx, x.shape(), x.device())?)
+        } else {
+            None
+        };
+        // Parameter gradients (training a norm itself): one serial pass.
+        let (want_w, want_b) = (weight.track_op(), bias.track_op());
+        let (mut gw, mut gb) = (vec![0f32; width], vec![0f32; width]);
+        if want_w || want_b {
+            for (x_row, g_row) in xv.chunks(width).zip(g.chunks(width)) {
+                let (mean, rstd) = row_moments(x_row, eps);
+                for (((a, b), &v), &gi) in gw.iter_mut().zip(gb.iter_mut()).zip(x_row).zip(g_row) {
+                    *a += gi * (v - mean) * rstd;
+                    *b += gi;
+                }
+            }
+        }
+        let grad_w = want_w
+            .then(|| Tensor::from_vec(gw, weight.shape(), weight.device()))
+            .transpose()?;
+        let grad_b = want_b
+            .then(|| Tensor::from_vec(gb, bias.shape(), bias.device()))
+            .transpose()?;
+        Ok((grad_x, grad_w, grad_b))
     }
 }
 
@@ -89,6 +241,24 @@ impl Pointwise {
             Self::GeluErf => 0.5 * v * (1.0 + erf_fast(v * std::f32::consts::FRAC_1_SQRT_2)),
         }
     }
+
+    /// The derivative at `v`.
+    #[inline]
+    fn derivative(self, v: f32) -> f32 {
+        match self {
+            Self::QuickGelu => {
+                let s = 1.0 / (1.0 + (-1.702 * v).exp());
+                s + 1.702 * v * s * (1.0 - s)
+            }
+            // Phi(v) + v phi(v).
+            Self::GeluErf => {
+                let cdf = 0.5 * (1.0 + erf_fast(v * std::f32::consts::FRAC_1_SQRT_2));
+                let pdf = (-0.5 * v * v).exp()
+                    * (0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
+                cdf + v * pdf
+            }
+        }
+    }
 }
 
 /// erf by Abramowitz and Stegun 7.1.26 (the formula of PyTorch's vectorised
@@ -105,38 +275,8 @@ fn erf_fast(x: f32) -> f32 {
     (1.0 - poly * (-a * a).exp()).copysign(x)
 }
 
-/// The contiguous f32 data of a CPU storage, or an error naming the op.
-fn contiguous_f32<'a>(
-    name: &str,
-    storage: &'a candle_core::CpuStorage,
-    layout: &candle_core::Layout,
-) -> Result<&'a [f32]> {
-    let candle_core::CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{name}: only f32 is supported")
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("{name}: input must be contiguous")
-    };
-    Ok(&data[start..end])
-}
-
-/// The same, writable.
-fn contiguous_f32_mut<'a>(
-    name: &str,
-    storage: &'a mut candle_core::CpuStorage,
-    layout: &candle_core::Layout,
-) -> Result<&'a mut [f32]> {
-    let candle_core::CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{name}: only f32 is supported")
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("{name}: input must be contiguous")
-    };
-    Ok(&mut data[start..end])
-}
-
-/// An activation in one parallel pass (inference only): into a new buffer
-/// (`CustomOp1`) or over its input (`InplaceOp1`).
+/// An activation in one parallel pass: into a new buffer (`CustomOp1`, with
+/// its backward) or over its input (`InplaceOp1`, inference only).
 struct ActivationOp(Pointwise);
 
 impl ActivationOp {
@@ -175,6 +315,28 @@ impl candle_core::CustomOp1 for ActivationOp {
         let mut out = vec![0f32; input.len()];
         self.map(input, &mut out);
         Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    /// `grad * activation'(x)` in one parallel pass.
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let name = self.0.name();
+        let (x_c, g_c) = (x.contiguous()?, grad.contiguous()?);
+        let (xv, g) = (
+            semla_adapters::host::read_f32(name, &x_c)?,
+            semla_adapters::host::read_f32(name, &g_c)?,
+        );
+        if xv.len() != g.len() {
+            candle_core::bail!("{name}: gradient {:?} for {:?}", grad.dims(), x.dims())
+        }
+        let activation = self.0;
+        let mut out = vec![0f32; xv.len()];
+        crate::kernels::parallel_chunks(&mut out, 1024, |offset, chunk| {
+            let values = xv[offset..].iter().zip(&g[offset..]);
+            for (o, (&v, &gi)) in chunk.iter_mut().zip(values) {
+                *o = gi * activation.derivative(v);
+            }
+        });
+        Tensor::from_vec(out, x.shape(), x.device()).map(Some)
     }
 }
 
@@ -256,7 +418,7 @@ pub(crate) fn gelu_erf_owned(x: Tensor, kernels: Kernels) -> Result<Tensor> {
         x.inplace_op1(&ActivationOp(Pointwise::GeluErf))?;
         Ok(x)
     } else {
-        x.gelu_erf()
+        differentiable(&x, Pointwise::GeluErf)
     }
 }
 
@@ -290,7 +452,19 @@ pub(crate) fn bias_gelu_erf_owned(
     }
     let mut shape = vec![1; dims.len()];
     shape[axis] = dims[axis];
-    x.broadcast_add(&bias.reshape(shape)?)?.gelu_erf()
+    differentiable(&x.broadcast_add(&bias.reshape(shape)?)?, Pointwise::GeluErf)
+}
+
+/// An activation that backpropagates: one node with its own backward on the
+/// CPU in f32 ([`ActivationOp`]), candle's composed ops elsewhere.
+fn differentiable(x: &Tensor, activation: Pointwise) -> Result<Tensor> {
+    if semla_adapters::host::is_cpu_f32(x) {
+        return x.contiguous()?.apply_op1(ActivationOp(activation));
+    }
+    match activation {
+        Pointwise::GeluErf => x.gelu_erf(),
+        Pointwise::QuickGelu => x.mul(&candle_nn::ops::sigmoid(&x.affine(1.702, 0.0)?)?),
+    }
 }
 
 /// The factored LoRA update of a Linear site (the contract of
@@ -412,10 +586,10 @@ pub(crate) fn bilinear_resize_differentiable(
 
 /// `quick_gelu(x) = x * sigmoid(1.702 x)`, fused when inference kernels are asked for.
 pub(crate) fn quick_gelu(x: &Tensor, kernels: Kernels) -> Result<Tensor> {
-    match kernels {
-        _ if fusable(x, kernels) => x.apply_op1_no_bwd(&ActivationOp(Pointwise::QuickGelu)),
-        _ => x.mul(&candle_nn::ops::sigmoid(&x.affine(1.702, 0.0)?)?),
+    if fusable(x, kernels) {
+        return x.apply_op1_no_bwd(&ActivationOp(Pointwise::QuickGelu));
     }
+    differentiable(x, Pointwise::QuickGelu)
 }
 
 /// The additive causal mask `[L, L]` of a text transformer: 0 on and below the
@@ -550,5 +724,82 @@ mod tests {
             .to_scalar()
             .unwrap();
         assert!((total - (2 * 3 * 14 * 10) as f32).abs() < 1e-3, "{total}");
+    }
+
+    /// The gradients of `sum(y * target)` for the given variables.
+    fn grads_of(y: &Tensor, target: &Tensor, vars: &[&candle_core::Var]) -> Vec<Tensor> {
+        let grads = (y * target).unwrap().sum_all().unwrap().backward().unwrap();
+        vars.iter()
+            .map(|v| grads.get(v.as_tensor()).unwrap().clone())
+            .collect()
+    }
+
+    /// The layer-norm kernel against candle's composed `layer_norm_slow`:
+    /// value and the gradients of input, weight and bias, on rows long enough
+    /// to be split across threads.
+    #[test]
+    fn layer_norm_kernel_has_the_composed_value_and_gradients() {
+        let device = candle_core::Device::Cpu;
+        let var = |t: Tensor| candle_core::Var::from_tensor(&t).unwrap();
+        let x = var((Tensor::randn(0f32, 2.0, (3, 70, 96), &device).unwrap() + 0.5).unwrap());
+        let w = var(Tensor::randn(1f32, 0.3, 96, &device).unwrap());
+        let b = var(Tensor::randn(0f32, 0.3, 96, &device).unwrap());
+        let norm = LayerNorm {
+            weight: w.as_tensor().clone(),
+            bias: b.as_tensor().clone(),
+            eps: 1e-5,
+        };
+        let ours = norm.forward(x.as_tensor(), Kernels::Composed).unwrap();
+        let composed =
+            candle_nn::ops::layer_norm_slow(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)
+                .unwrap();
+        assert!(semla_test_support::max_abs_diff(&ours, &composed) < 1e-5);
+        let target = Tensor::randn(0f32, 1.0, (3, 70, 96), &device).unwrap();
+        let got = grads_of(&ours, &target, &[&x, &w, &b]);
+        let want = grads_of(&composed, &target, &[&x, &w, &b]);
+        for (name, (g, c)) in ["x", "weight", "bias"].iter().zip(got.iter().zip(&want)) {
+            let diff = semla_test_support::max_abs_diff(g, c);
+            assert!(diff < 1e-3, "grad {name} differs by {diff}");
+        }
+    }
+
+    /// The activations' backward against candle's autograd of the composed
+    /// formulas (QuickGELU `x sigmoid(1.702 x)`, erf GELU).
+    #[test]
+    fn activation_kernels_backpropagate_the_composed_gradient() {
+        let device = candle_core::Device::Cpu;
+        let n = 3 * 70 * 400; // parallel above 65536 values
+        let values: Vec<f32> = (0..n).map(|i| (i as f32 / n as f32) * 16.0 - 8.0).collect();
+        let x = candle_core::Var::from_tensor(
+            &Tensor::from_vec(values, (3, 70, 400), &device).unwrap(),
+        )
+        .unwrap();
+        let target = Tensor::randn(0f32, 1.0, (3, 70, 400), &device).unwrap();
+        let t = x.as_tensor();
+        let quick_composed = t
+            .mul(&candle_nn::ops::sigmoid(&t.affine(1.702, 0.0).unwrap()).unwrap())
+            .unwrap();
+        let cases = [
+            (
+                "quick-gelu",
+                quick_gelu(t, Kernels::Composed).unwrap(),
+                quick_composed,
+            ),
+            (
+                "gelu-erf",
+                gelu_erf_owned(t.clone(), Kernels::Composed).unwrap(),
+                t.gelu_erf().unwrap(),
+            ),
+        ];
+        for (name, ours, composed) in cases {
+            assert!(
+                semla_test_support::max_abs_diff(&ours, &composed) < 1e-5,
+                "{name}"
+            );
+            let g = &grads_of(&ours, &target, &[&x])[0];
+            let c = &grads_of(&composed, &target, &[&x])[0];
+            let diff = semla_test_support::max_abs_diff(g, c);
+            assert!(diff < 1e-5, "{name}: gradient differs by {diff}");
+        }
     }
 }

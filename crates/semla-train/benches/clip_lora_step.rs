@@ -89,14 +89,23 @@ fn main() -> candle_core::Result<()> {
     let labels: Vec<u32> = (0..batch).map(|i| (i % classes) as u32).collect();
     let labels = Tensor::from_vec(labels, batch, &device)?;
 
-    let mut step = || -> candle_core::Result<f64> {
+    // Seconds spent in forward (with the loss), backward and AdamW, summed over the timed steps.
+    let mut phases = [0f64; 3];
+    let mut step = |phases: &mut [f64; 3]| -> candle_core::Result<f64> {
         let start = Instant::now();
         let features = normalize(&model.get_image_features(&pixels, lora.adaptation())?)?;
         let logits = (features.matmul(&class_embeddings.t()?)? * 100.0)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        let forward = start.elapsed().as_secs_f64();
         let grads = loss.backward()?;
+        let backward = start.elapsed().as_secs_f64();
+        drop(loss);
         opt.step(&grads, 1e-3, 1.0).unwrap();
-        Ok(start.elapsed().as_secs_f64())
+        let total = start.elapsed().as_secs_f64();
+        phases[0] += forward;
+        phases[1] += backward - forward;
+        phases[2] += total - backward;
+        Ok(total)
     };
     println!(
         "LoRA training step, CLIP ViT-B/16 vision at 224 px, batch {batch}, r=8 on q, v, fc1, fc2 \
@@ -105,9 +114,9 @@ fn main() -> candle_core::Result<()> {
     let (mut ours, mut ours_min) = (f64::INFINITY, f64::INFINITY);
     let (mut torch, mut torch_min) = (f64::INFINITY, f64::INFINITY);
     for round in 0..rounds {
-        step()?; // warm-up
+        step(&mut [0f64; 3])?; // warm-up
         let mut times: Vec<f64> = (0..steps)
-            .map(|_| step())
+            .map(|_| step(&mut phases))
             .collect::<candle_core::Result<_>>()?;
         times.sort_by(f64::total_cmp);
         let (median, min) = (times[times.len() / 2], times[0]);
@@ -123,6 +132,13 @@ fn main() -> candle_core::Result<()> {
     println!(
         "ours:           best median {ours:.3} s per step, min {ours_min:.3} s ({:.2} images/s)",
         batch as f64 / ours
+    );
+    let timed = (steps * rounds) as f64;
+    println!(
+        "ours, mean per step: forward + loss {:.3} s, backward {:.3} s, AdamW {:.3} s",
+        phases[0] / timed,
+        phases[1] / timed,
+        phases[2] / timed
     );
     if torch.is_finite() {
         println!(

@@ -8,7 +8,9 @@
 //!
 //! Two kernel sets ([`Kernels`]): fused layer norm, softmax and activation for
 //! inference (no backward pass: candle's fused ops silently cut gradients),
-//! and composed ops that backpropagate, for adapter training.
+//! and ops that backpropagate, for adapter training. On the CPU in f32 both
+//! run the attention as two nodes (the packed q/k/v projection with every
+//! LoRA update, then `kernels::PackedAttention`), each with its own backward.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -85,14 +87,36 @@ impl Attention {
         })
     }
 
+    /// The packed projection `[N*L, 3D]` (per token q, k, v) with every adapted
+    /// site's update, as one node when the CPU kernel takes it: `None` otherwise
+    /// (then [`Self::project_qkv`] composes candle's ops).
+    fn packed_qkv(&self, x2: &Tensor, adaptation: &Adaptation) -> Result<Option<Tensor>> {
+        let hidden = self.num_heads * self.head_dim;
+        let parts: Vec<(usize, &semla_adapters::FactoredSite)> =
+            [&self.q_proj, &self.k_proj, &self.v_proj]
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, site)| {
+                    adaptation
+                        .get(site.path())
+                        .map(|update| (i * hidden, update))
+                })
+                .collect();
+        if parts.is_empty() {
+            return semla_adapters::frozen::linear(x2, &self.qkv_weight, Some(&self.qkv_bias))
+                .map(Some);
+        }
+        let update = semla_adapters::FactoredSite::stack_outputs(&parts, 3 * hidden)?;
+        semla_adapters::frozen::adapted_linear(x2, &self.qkv_weight, Some(&self.qkv_bias), &update)
+    }
+
     /// q, k, v as `[N, H, L, d]` each (q not yet scaled).
     fn project_qkv(&self, x: &Tensor, adaptation: &Adaptation) -> Result<(Tensor, Tensor, Tensor)> {
         let (n, l, d) = x.dims3()?;
         let (h, hd) = (self.num_heads, self.head_dim);
         let x2 = x.reshape((n * l, d))?;
-        let y = x2
-            .matmul(&self.qkv_weight.t()?)?
-            .broadcast_add(&self.qkv_bias)?; // [N*L, 3D]
+        // The frozen path: in adapter training only `x` gets a gradient, not the weights.
+        let y = semla_adapters::frozen::linear(&x2, &self.qkv_weight, Some(&self.qkv_bias))?; // [N*L, 3D]
         // [N, L, 3, H, d] -> [3, N, H, L, d] in one copy.
         let y = y
             .reshape((n, l, 3, h, hd))?
@@ -131,22 +155,21 @@ impl Attention {
     ) -> Result<Tensor> {
         let (n, l, d) = x.dims3()?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let (q, k, v) = self.project_qkv(x, adaptation)?;
-        if kernels == Kernels::Fused
-            && mask.is_none()
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-        {
-            let out = q.contiguous()?.apply_op3_no_bwd(
-                &k.contiguous()?,
-                &v.contiguous()?,
-                &crate::kernels::FusedAttention {
-                    scale: scale as f32,
-                    bias: None,
-                },
-            )?; // [N, L, D]
-            return self.out_proj.forward(&out, adaptation);
+        // Packed: one node for the projection, one for the attention (forward
+        // and backward), no permute or split copies.
+        if mask.is_none() && semla_adapters::host::is_cpu_f32(x) {
+            let x2 = x.reshape((n * l, d))?;
+            if let Some(qkv) = self.packed_qkv(&x2, adaptation)? {
+                let out =
+                    qkv.reshape((n, l, 3 * d))?
+                        .apply_op1(crate::kernels::PackedAttention {
+                            heads: self.num_heads,
+                            scale: scale as f32,
+                        })?; // [N, L, D]
+                return self.out_proj.forward(&out, adaptation);
+            }
         }
+        let (q, k, v) = self.project_qkv(x, adaptation)?;
         let q = (q * scale)?;
         let mut scores = q.matmul(&k.t()?)?; // [N, H, L, L]
         if let Some(mask) = mask {

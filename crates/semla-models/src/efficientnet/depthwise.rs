@@ -8,6 +8,10 @@
 //! trainable.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use semla_adapters::host::contiguous_f32;
+
+/// The op's name in errors.
+const OP: &str = "depthwise-conv2d";
 
 /// Zero padding on each side: `[top, bottom, left, right]`.
 pub type Padding = [usize; 4];
@@ -176,15 +180,6 @@ impl Geom {
     }
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        // `depthwise_conv2d` makes every operand contiguous before the op.
-        None => candle_core::bail!("depthwise-conv2d: non-contiguous operand"),
-    }
-}
-
 /// Runs `f(plane_index, plane_output)` over the chunks of `out` of length
 /// `plane_len`, on candle's number of threads.
 fn for_each_plane(out: &mut [f32], plane_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
@@ -316,7 +311,7 @@ fn grad_kernel_bias(grad: &[f32], x: &[f32], g: Geom) -> Vec<f32> {
 
 impl CustomOp3 for DepthwiseConv {
     fn name(&self) -> &'static str {
-        "depthwise-conv2d"
+        OP
     }
 
     fn cpu_fwd(
@@ -328,9 +323,9 @@ impl CustomOp3 for DepthwiseConv {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1)?;
-        let kernel = contiguous_f32(s2, l2)?;
-        let bias = contiguous_f32(s3, l3)?;
+        let x = contiguous_f32(OP, s1, l1)?;
+        let kernel = contiguous_f32(OP, s2, l2)?;
+        let bias = contiguous_f32(OP, s3, l3)?;
         let g = Geom::new(l1.dims(), l2.dims()[2], self.stride, self.pad);
         let out = forward(x, kernel, bias, g, self.relu6);
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c, g.oh, g.ow))))
