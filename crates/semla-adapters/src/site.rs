@@ -391,7 +391,13 @@ impl AdaptedLinear {
         let dims = x.dims().to_vec();
         let in_features = dims[dims.len() - 1];
         let rows = x.elem_count() / in_features.max(1);
-        let x2 = x.reshape((rows, in_features))?;
+        // Rows in, rows out: no reshape node (each costs a pass in the backward).
+        let flat = dims.len() == 2;
+        let x2 = if flat {
+            x.clone()
+        } else {
+            x.reshape((rows, in_features))?
+        };
         let site = adaptation.get(&self.path);
         let merged = match site {
             Some(site) if site.merge_is_cheaper(dims[0], rows)? => {
@@ -404,6 +410,9 @@ impl AdaptedLinear {
             && let Some(y) =
                 crate::frozen::adapted_linear(&x2, &self.weight, self.bias.as_ref(), site)?
         {
+            if flat {
+                return Ok(y);
+            }
             let mut out_dims = dims;
             if let Some(last) = out_dims.last_mut() {
                 *last = y.dim(1)?;
@@ -421,7 +430,11 @@ impl AdaptedLinear {
         if let Some(last) = out_dims.last_mut() {
             *last = out;
         }
-        let y = y.reshape(out_dims.as_slice())?;
+        let y = if flat {
+            y
+        } else {
+            y.reshape(out_dims.as_slice())?
+        };
         match site {
             Some(site) if merged.is_none() => {
                 let delta = linear_update(x, site)?;
@@ -432,10 +445,16 @@ impl AdaptedLinear {
     }
 }
 
-/// The factored LoRA update of a Linear site: `x` `[N, ..., in]` -> `[N, ..., out]`.
+/// The factored LoRA update of a Linear site: `x` `[N, ..., in]` -> `[N, ..., out]`
+/// (or token rows `[N*L, in]` when the coefficients have one row per image).
 fn linear_update(x: &Tensor, site: &FactoredSite) -> Result<Tensor> {
     let dims = x.dims().to_vec();
-    let n = dims[0];
+    // The images: the coefficients' rows when there is one per image (token
+    // rows `[N*L, in]` then fold into `[N, L, in]`), else the leading axis.
+    let n = match site.coeff.dim(0)? {
+        1 => dims[0],
+        images => images,
+    };
     let in_features = dims[dims.len() - 1];
     let out = site.b.dim(0)?;
     // [N, L, in] with every middle dimension folded into L.

@@ -128,13 +128,9 @@ fn head_probs(
     };
     for row in probs.chunks_mut(len.max(1)) {
         let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let mut sum = 0f32;
-        for s in row.iter_mut() {
-            *s = ((*s - max) * row_scale).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|s| *s *= inv);
+        crate::fastmath::map_in_place(row, |s| crate::fastmath::exp((s - max) * row_scale));
+        let inv = 1.0 / row.iter().sum::<f32>();
+        crate::fastmath::map_in_place(row, |s| s * inv);
     }
     Ok(())
 }
@@ -227,11 +223,13 @@ impl CustomOp3 for FusedAttention<'_> {
 }
 
 /// Multi-head attention straight from a packed q/k/v projection, forward and
-/// backward: `qkv` `[N, L, 3 * H * d]` (per token q, then k, then v, each head
-/// by head: the output of one linear layer with the q, k and v weights
-/// stacked) -> `softmax(q k^T * scale) v` as `[N, L, H * d]`.
+/// backward: `qkv` `[N * L, 3 * H * d]` (the tokens of `N` sequences of `L`,
+/// per token q, then k, then v, each head by head: the output of one linear
+/// layer with the q, k and v weights stacked) -> `softmax(q k^T * scale) v`
+/// as `[N * L, H * d]`, the layout the output projection takes.
 ///
-/// No permute or split copy on either pass. The backward recomputes each
+/// No reshape, permute or split on either pass (each would be a graph node
+/// and a pass over memory in the backward). The backward recomputes each
 /// head's probabilities `P` (cheaper than keeping them) and writes the
 /// gradient of `qkv` in the same packed layout:
 /// `dV = P^T dO`, `dP = dO V^T`, `dS = P * (dP - rowsum(P * dP))`,
@@ -239,6 +237,8 @@ impl CustomOp3 for FusedAttention<'_> {
 pub struct PackedAttention {
     /// Heads `H`.
     pub heads: usize,
+    /// Tokens per sequence `L`.
+    pub len: usize,
     /// Multiplies the scores before the softmax (`d^-1/2`).
     pub scale: f32,
 }
@@ -246,14 +246,16 @@ pub struct PackedAttention {
 const PACKED_OP: &str = "packed-attention";
 
 impl PackedAttention {
-    /// `(N, L, H, d)` of a packed `[N, L, 3 H d]` input.
+    /// `(N, L, H, d)` of a packed `[N * L, 3 H d]` input.
     fn dims(&self, shape: &Shape) -> Result<(usize, usize, usize, usize)> {
-        let (n, len, packed) = shape.dims3()?;
-        let heads = self.heads.max(1);
-        if packed % (3 * heads) != 0 {
-            candle_core::bail!("{PACKED_OP}: {packed} packed features for {heads} heads")
+        let (rows, packed) = shape.dims2()?;
+        let (heads, len) = (self.heads.max(1), self.len.max(1));
+        if packed % (3 * heads) != 0 || rows % len != 0 {
+            candle_core::bail!(
+                "{PACKED_OP}: [{rows}, {packed}] is not sequences of {len} tokens with {heads} heads' q, k, v"
+            )
         }
-        Ok((n, len, heads, packed / (3 * heads)))
+        Ok((rows / len, len, heads, packed / (3 * heads)))
     }
 }
 
@@ -295,7 +297,7 @@ impl candle_core::CustomOp1 for PackedAttention {
                 }
             },
         )?;
-        Ok((CpuStorage::F32(out), Shape::from((n, len, width))))
+        Ok((CpuStorage::F32(out), Shape::from((n * len, width))))
     }
 
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -461,11 +463,11 @@ mod tests {
         let (n, heads, len, d) = (2, 3, 29, 8);
         let width = heads * d;
         let qkv = candle_core::Var::from_tensor(
-            &Tensor::randn(0f32, 1.0, (n, len, 3 * width), &device).unwrap(),
+            &Tensor::randn(0f32, 1.0, (n * len, 3 * width), &device).unwrap(),
         )
         .unwrap();
         let scale = 0.3f32;
-        let op = PackedAttention { heads, scale };
+        let op = PackedAttention { heads, len, scale };
         let fused = qkv.as_tensor().apply_op1(op).unwrap();
         let parts = qkv
             .as_tensor()
@@ -485,10 +487,10 @@ mod tests {
             .unwrap()
             .transpose(1, 2)
             .unwrap()
-            .reshape((n, len, width))
+            .reshape((n * len, width))
             .unwrap();
         assert!(max_abs_diff(&fused, &composed) < 1e-5);
-        let target = Tensor::randn(0f32, 1.0, (n, len, width), &device).unwrap();
+        let target = Tensor::randn(0f32, 1.0, (n * len, width), &device).unwrap();
         let grad = |y: &Tensor| {
             let grads = (y * &target)
                 .unwrap()
@@ -502,8 +504,26 @@ mod tests {
         assert_eq!(gf.dims(), qkv.dims());
         let diff = max_abs_diff(&gf, &gc);
         assert!(diff < 1e-5, "packed gradient differs by {diff}");
-        // A packed width that is not 3 x heads x d is an error, not a panic.
-        let odd = Tensor::zeros((1, 4, 10), candle_core::DType::F32, &device).unwrap();
-        assert!(odd.apply_op1(PackedAttention { heads: 3, scale }).is_err());
+        // A packed width that is not 3 x heads x d, or rows that are not whole
+        // sequences, are an error, not a panic.
+        let odd = Tensor::zeros((4, 10), candle_core::DType::F32, &device).unwrap();
+        assert!(
+            odd.apply_op1(PackedAttention {
+                heads: 3,
+                len: 4,
+                scale
+            })
+            .is_err()
+        );
+        let ragged = Tensor::zeros((5, 9), candle_core::DType::F32, &device).unwrap();
+        assert!(
+            ragged
+                .apply_op1(PackedAttention {
+                    heads: 3,
+                    len: 4,
+                    scale
+                })
+                .is_err()
+        );
     }
 }

@@ -8,6 +8,8 @@
 use candle_core::{D, DType, Tensor};
 use candle_nn::VarBuilder;
 use semla_adapters::FactoredSite;
+
+use crate::fastmath;
 use semla_adapters::host::{contiguous_f32, contiguous_f32_mut};
 
 type Result<T> = candle_core::Result<T>;
@@ -234,26 +236,26 @@ impl Pointwise {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn apply(self, v: f32) -> f32 {
         match self {
-            Self::QuickGelu => v / (1.0 + (-1.702 * v).exp()),
+            Self::QuickGelu => v / (1.0 + fastmath::exp(-1.702 * v)),
             Self::GeluErf => 0.5 * v * (1.0 + erf_fast(v * std::f32::consts::FRAC_1_SQRT_2)),
         }
     }
 
     /// The derivative at `v`.
-    #[inline]
+    #[inline(always)]
     fn derivative(self, v: f32) -> f32 {
         match self {
             Self::QuickGelu => {
-                let s = 1.0 / (1.0 + (-1.702 * v).exp());
+                let s = 1.0 / (1.0 + fastmath::exp(-1.702 * v));
                 s + 1.702 * v * s * (1.0 - s)
             }
             // Phi(v) + v phi(v).
             Self::GeluErf => {
                 let cdf = 0.5 * (1.0 + erf_fast(v * std::f32::consts::FRAC_1_SQRT_2));
-                let pdf = (-0.5 * v * v).exp()
+                let pdf = fastmath::exp(-0.5 * v * v)
                     * (0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
                 cdf + v * pdf
             }
@@ -261,18 +263,35 @@ impl Pointwise {
     }
 }
 
+/// Runs `$body` with `$f` bound to the activation's `$method` (`apply` or
+/// `derivative`) as a closure of one known activation, which the compiler
+/// inlines into the vectorised maps of [`fastmath`].
+macro_rules! with_pointwise {
+    ($activation:expr, $method:ident, |$f:ident| $body:expr) => {
+        match $activation {
+            Pointwise::QuickGelu => {
+                let $f = |v: f32| Pointwise::QuickGelu.$method(v);
+                $body
+            }
+            Pointwise::GeluErf => {
+                let $f = |v: f32| Pointwise::GeluErf.$method(v);
+                $body
+            }
+        }
+    };
+}
 /// erf by Abramowitz and Stegun 7.1.26 (the formula of PyTorch's vectorised
 /// CPU erf): |error| below 8e-7 in f32 against the exact erf, so GELU stays
 /// within 1e-5 of the exact formula for |x| < 25, where candle's scalar
 /// `libm::erff` costs about six times as much.
-#[inline]
+#[inline(always)]
 fn erf_fast(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_7) * t - 0.284_496_74) * t
         + 0.254_829_6)
         * t;
-    (1.0 - poly * (-a * a).exp()).copysign(x)
+    (1.0 - poly * fastmath::exp(-a * a)).copysign(x)
 }
 
 /// An activation in one parallel pass: into a new buffer (`CustomOp1`, with
@@ -282,21 +301,19 @@ struct ActivationOp(Pointwise);
 impl ActivationOp {
     /// `out[i] = activation(input[i])`.
     fn map(&self, input: &[f32], out: &mut [f32]) {
-        let activation = self.0;
-        crate::kernels::parallel_chunks(out, 1024, |offset, chunk| {
-            for (o, &v) in chunk.iter_mut().zip(&input[offset..]) {
-                *o = activation.apply(v);
-            }
+        with_pointwise!(self.0, apply, |f| {
+            crate::kernels::parallel_chunks(out, 1024, |offset, chunk| {
+                fastmath::map(chunk, &input[offset..offset + chunk.len()], f);
+            })
         });
     }
 
     /// `values[i] = activation(values[i])`.
     fn map_in_place(&self, values: &mut [f32]) {
-        let activation = self.0;
-        crate::kernels::parallel_chunks(values, 1024, |_, chunk| {
-            for v in chunk.iter_mut() {
-                *v = activation.apply(*v);
-            }
+        with_pointwise!(self.0, apply, |f| {
+            crate::kernels::parallel_chunks(values, 1024, |_, chunk| {
+                fastmath::map_in_place(chunk, f);
+            })
         });
     }
 }
@@ -328,13 +345,12 @@ impl candle_core::CustomOp1 for ActivationOp {
         if xv.len() != g.len() {
             candle_core::bail!("{name}: gradient {:?} for {:?}", grad.dims(), x.dims())
         }
-        let activation = self.0;
         let mut out = vec![0f32; xv.len()];
-        crate::kernels::parallel_chunks(&mut out, 1024, |offset, chunk| {
-            let values = xv[offset..].iter().zip(&g[offset..]);
-            for (o, (&v, &gi)) in chunk.iter_mut().zip(values) {
-                *o = gi * activation.derivative(v);
-            }
+        with_pointwise!(self.0, derivative, |f| {
+            crate::kernels::parallel_chunks(&mut out, 1024, |offset, chunk| {
+                let range = offset..offset + chunk.len();
+                fastmath::zip_map(chunk, &xv[range.clone()], &g[range], |v, gi| gi * f(v));
+            })
         });
         Tensor::from_vec(out, x.shape(), x.device()).map(Some)
     }
@@ -395,9 +411,9 @@ impl candle_core::InplaceOp2 for BiasActivationOp {
                 let at = offset + done;
                 let run = (inner - at % inner).min(chunk.len() - done);
                 let b = bias[(at / inner) % channels];
-                for v in &mut chunk[done..done + run] {
-                    *v = activation.apply(*v + b);
-                }
+                with_pointwise!(activation, apply, |f| {
+                    fastmath::map_in_place(&mut chunk[done..done + run], |v| f(v + b))
+                });
                 done += run;
             }
         });

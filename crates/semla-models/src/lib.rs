@@ -26,6 +26,7 @@ pub mod clip;
 pub mod config;
 pub mod device;
 pub mod efficientnet;
+pub(crate) mod fastmath;
 pub mod kernels;
 pub(crate) mod layers;
 pub mod lraspp;

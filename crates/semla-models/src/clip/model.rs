@@ -145,31 +145,33 @@ impl Attention {
         }
     }
 
-    /// `x`: `[N, L, D]`; `mask`: additive `[L, L]` (causal text mask) or none.
+    /// `x`: `[N*L, D]`, the tokens of sequences of `len`; `mask`: additive
+    /// `[L, L]` (causal text mask) or none. Returns `[N*L, D]`.
     fn forward(
         &self,
         x: &Tensor,
+        len: usize,
         mask: Option<&Tensor>,
         adaptation: &Adaptation,
         kernels: Kernels,
     ) -> Result<Tensor> {
-        let (n, l, d) = x.dims3()?;
+        let (rows, d) = x.dims2()?;
+        let n = rows / len.max(1);
         let scale = (self.head_dim as f64).powf(-0.5);
         // Packed: one node for the projection, one for the attention (forward
-        // and backward), no permute or split copies.
-        if mask.is_none() && semla_adapters::host::is_cpu_f32(x) {
-            let x2 = x.reshape((n * l, d))?;
-            if let Some(qkv) = self.packed_qkv(&x2, adaptation)? {
-                let out =
-                    qkv.reshape((n, l, 3 * d))?
-                        .apply_op1(crate::kernels::PackedAttention {
-                            heads: self.num_heads,
-                            scale: scale as f32,
-                        })?; // [N, L, D]
-                return self.out_proj.forward(&out, adaptation);
-            }
+        // and backward), no reshape, permute or split.
+        if mask.is_none()
+            && semla_adapters::host::is_cpu_f32(x)
+            && let Some(qkv) = self.packed_qkv(x, adaptation)?
+        {
+            let out = qkv.apply_op1(crate::kernels::PackedAttention {
+                heads: self.num_heads,
+                len,
+                scale: scale as f32,
+            })?; // [N*L, D]
+            return self.out_proj.forward(&out, adaptation);
         }
-        let (q, k, v) = self.project_qkv(x, adaptation)?;
+        let (q, k, v) = self.project_qkv(&x.reshape((n, len, d))?, adaptation)?;
         let q = (q * scale)?;
         let mut scores = q.matmul(&k.t()?)?; // [N, H, L, L]
         if let Some(mask) = mask {
@@ -177,7 +179,7 @@ impl Attention {
         }
         let probs = softmax_last_dim(&scores, kernels)?;
         let out = probs.matmul(&v)?; // [N, H, L, d]
-        let out = out.transpose(1, 2)?.reshape((n, l, d))?;
+        let out = out.transpose(1, 2)?.reshape((rows, d))?;
         self.out_proj.forward(&out, adaptation)
     }
 
@@ -212,15 +214,19 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
+    /// `x`: `[N*L, D]`, sequences of `len` tokens -> `[N*L, D]`. The layers
+    /// work on 2-D token rows so that no reshape enters the graph (each is a
+    /// node and a pass over memory in the backward).
     fn forward(
         &self,
         x: &Tensor,
+        len: usize,
         mask: Option<&Tensor>,
         adaptation: &Adaptation,
         kernels: Kernels,
     ) -> Result<Tensor> {
         let h = self.layer_norm1.forward(x, kernels)?;
-        let x = (x + self.self_attn.forward(&h, mask, adaptation, kernels)?)?;
+        let x = (x + self.self_attn.forward(&h, len, mask, adaptation, kernels)?)?;
         let h = self.layer_norm2.forward(&x, kernels)?;
         x + self.mlp.forward(&h, adaptation, kernels)?
     }
@@ -409,14 +415,17 @@ impl VisionTransformer {
             .to_dtype(patches.dtype())?;
         let x = Tensor::cat(&[&cls, &patches], 1)?;
         let x = x.broadcast_add(&self.position_embeddings(gh, gw)?.unsqueeze(0)?)?;
-        let mut x = self.pre_layrnorm.forward(&x, kernels)?;
+        let x = self.pre_layrnorm.forward(&x, kernels)?;
+        let len = x.dim(1)?;
+        let mut x = x.reshape((n * len, d))?;
         let mut kept: Vec<Option<Tensor>> = vec![None; keep_layers.len()];
         for (i, layer) in self.encoder.layers.iter().enumerate() {
-            x = layer.forward(&x, None, adaptation, kernels)?;
+            x = layer.forward(&x, len, None, adaptation, kernels)?;
             for (slot, _) in kept.iter_mut().zip(keep_layers).filter(|(_, k)| **k == i) {
-                *slot = Some(x.clone());
+                *slot = Some(x.reshape((n, len, d))?);
             }
         }
+        let x = x.reshape((n, len, d))?;
         let layer_outputs = kept
             .into_iter()
             .zip(keep_layers)
@@ -488,12 +497,14 @@ impl TextTransformer {
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((n, l, d))?;
         let positions = self.position_embedding.narrow(0, 0, l)?;
-        let mut x = tokens.broadcast_add(&positions.unsqueeze(0)?)?;
+        let x = tokens.broadcast_add(&positions.unsqueeze(0)?)?;
         let mask = causal_mask(l, x.device(), x.dtype())?;
+        let mut x = x.reshape((n * l, d))?;
         for layer in &self.encoder.layers {
-            x = layer.forward(&x, Some(&mask), adaptation, kernels)?;
+            x = layer.forward(&x, l, Some(&mask), adaptation, kernels)?;
         }
-        self.final_layer_norm.forward(&x, kernels)
+        self.final_layer_norm
+            .forward(&x.reshape((n, l, d))?, kernels)
     }
 
     /// The pooled position of each sequence, as transformers 4.46: with
