@@ -468,20 +468,20 @@ impl LinearKernel {
         let (rows, inner) = x_layout.shape().dims2()?;
         let out = self.weight.dim(0)?;
         let weight = host::read_f32(LINEAR_OP, &self.weight)?;
-        let mut y = match &self.bias {
-            Some(bias) => host::read_f32(LINEAR_OP, bias)?.repeat(rows),
-            None => vec![0f32; rows * out],
-        };
         let parallelism = host::gemm_parallelism();
-        host::gemm_into(
-            LINEAR_OP,
-            &mut y,
+        let (x_rows, weight_t) = (
             Strided::dense(x, rows, inner),
             Strided::dense(&weight, out, inner).t(),
-            self.bias.is_some(),
-            1.0,
-            parallelism,
-        )?;
+        );
+        // With a bias gemm accumulates onto the bias rows; without, it writes a fresh buffer.
+        let mut y = match &self.bias {
+            Some(bias) => {
+                let mut y = host::read_f32(LINEAR_OP, bias)?.repeat(rows);
+                host::gemm_into(LINEAR_OP, &mut y, x_rows, weight_t, true, 1.0, parallelism)?;
+                y
+            }
+            None => host::gemm_to_new(LINEAR_OP, x_rows, weight_t, 1.0, parallelism)?,
+        };
         if let (Some(coeff), Some((a, b))) = (&self.coeff, factors) {
             let h = Self::scaled_hidden(coeff, x, rows, inner, a)?;
             host::gemm_into(
@@ -512,18 +512,17 @@ impl LinearKernel {
         let grad = grad.contiguous()?;
         let g = host::read_f32(LINEAR_OP, &grad)?;
         let weight = host::read_f32(LINEAR_OP, &self.weight)?;
-        let mut grad_x = want[0].then(|| vec![0f32; rows * inner]);
-        if let Some(grad_x) = grad_x.as_mut() {
-            host::gemm_into(
+        let mut grad_x = if want[0] {
+            Some(host::gemm_to_new(
                 LINEAR_OP,
-                grad_x,
                 Strided::dense(&g, rows, out),
                 Strided::dense(&weight, out, inner),
-                false,
                 1.0,
                 parallelism,
-            )?;
-        }
+            )?)
+        } else {
+            None
+        };
         let (mut grad_a, mut grad_b) = (None, None);
         if let (Some(coeff), Some((a, b))) = (&self.coeff, factors) {
             let rank = coeff.rank;

@@ -264,3 +264,89 @@ pub fn gemm_into(
         )
     }
 }
+
+/// `scale * lhs rhs` into a new dense row-major `[lhs.rows, rhs.cols]`, written
+/// by gemm alone (no zero fill first: the buffer starts uninitialised and gemm,
+/// which does not read a destination it is told not to, sets every element).
+pub fn gemm_to_new(
+    op: &str,
+    lhs: Strided<'_>,
+    rhs: Strided<'_>,
+    scale: f32,
+    parallelism: gemm::Parallelism,
+) -> Result<Vec<f32>> {
+    let len = lhs.rows * rhs.cols;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    // SAFETY: the spare capacity holds `len` elements; every one of them is
+    // written by `gemm_raw` (zeros when the inner dimension is 0) before
+    // `set_len` exposes them, and `gemm_raw` only writes through the pointer.
+    unsafe {
+        gemm_raw(
+            op,
+            out.spare_capacity_mut().as_mut_ptr().cast::<f32>(),
+            rhs.cols,
+            lhs,
+            rhs,
+            false,
+            scale,
+            parallelism,
+        )?;
+        out.set_len(len);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Products of strided views (a transpose, a column block of a wider
+    /// matrix) against the sums written out, into new and accumulated
+    /// destinations; operands reaching past their storage are refused.
+    #[test]
+    fn strided_products_equal_the_written_out_sums() {
+        // lhs: columns 1..4 of a 2 x 5 matrix; rhs: the transpose of a 2 x 3.
+        let wide: Vec<f32> = (0..10).map(|i| i as f32 - 3.0).collect();
+        let small: Vec<f32> = (0..6).map(|i| 0.5 * i as f32 + 1.0).collect();
+        let lhs = Strided::rows(&wide, 1, 2, 3, 5);
+        let rhs = Strided::dense(&small, 2, 3).t();
+        let want = |i: usize, j: usize| -> f32 {
+            (0..3)
+                .map(|k| wide[i * 5 + 1 + k] * small[j * 3 + k])
+                .sum::<f32>()
+                * 2.0
+        };
+        let fresh = gemm_to_new("test", lhs, rhs, 2.0, gemm::Parallelism::None).unwrap();
+        let mut acc = vec![1f32; 4];
+        gemm_into(
+            "test",
+            &mut acc,
+            lhs,
+            rhs,
+            true,
+            2.0,
+            gemm::Parallelism::None,
+        )
+        .unwrap();
+        for i in 0..2 {
+            for j in 0..2 {
+                assert!((fresh[i * 2 + j] - want(i, j)).abs() < 1e-5);
+                assert!((acc[i * 2 + j] - 1.0 - want(i, j)).abs() < 1e-5);
+            }
+        }
+        // An empty inner dimension gives zeros, not garbage.
+        let none = Strided::dense(&[], 2, 0);
+        let zero = gemm_to_new(
+            "test",
+            none,
+            Strided::dense(&[], 0, 3),
+            1.0,
+            gemm::Parallelism::None,
+        );
+        assert_eq!(zero.unwrap(), vec![0f32; 6]);
+        let past = Strided::rows(&wide, 8, 2, 3, 5);
+        assert!(gemm_to_new("test", past, rhs, 1.0, gemm::Parallelism::None).is_err());
+        assert!(gemm_to_new("test", lhs, lhs, 1.0, gemm::Parallelism::None).is_err());
+    }
+}

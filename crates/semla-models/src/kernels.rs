@@ -6,6 +6,7 @@
 //! its own backward pass and serves training too.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 use semla_adapters::host::{self, Strided};
 
 /// Runs `f(first_index, chunk)` over `out` split into one contiguous chunk per
@@ -21,23 +22,15 @@ pub fn parallel_chunks(out: &mut [f32], granule: usize, f: impl Fn(usize, &mut [
         return;
     }
     let per_thread = units.div_ceil(threads) * granule;
-    std::thread::scope(|scope| {
-        let mut chunks = out.chunks_mut(per_thread).enumerate();
-        // The calling thread takes the first chunk itself.
-        let first = chunks.next();
-        for (t, chunk) in chunks {
-            let f = &f;
-            scope.spawn(move || f(t * per_thread, chunk));
-        }
-        if let Some((_, chunk)) = first {
-            f(0, chunk);
-        }
-    });
+    // On rayon's pool, which gemm uses too: fresh OS threads would compete
+    // with its workers (still spinning after a product) for the same cores.
+    out.par_chunks_mut(per_thread)
+        .enumerate()
+        .for_each(|(t, chunk)| f(t * per_thread, chunk));
 }
 
 /// Runs `run(task, scratch)` for every task in `0..tasks`, split into one
-/// contiguous range per configured thread (the calling thread takes the
-/// first), each thread with its own `scratch()`; the first error wins.
+/// contiguous range per configured thread, each with its own `scratch()`.
 fn for_each_task<S>(
     tasks: usize,
     scratch: impl Fn() -> S + Sync,
@@ -54,25 +47,13 @@ fn for_each_task<S>(
         return range(0, tasks);
     }
     let per_thread = tasks.div_ceil(threads);
-    std::thread::scope(|scope| {
-        let others: Vec<_> = (1..threads)
-            .map(|t| (t * per_thread, ((t + 1) * per_thread).min(tasks)))
-            .filter(|(first, last)| first < last)
-            .map(|(first, last)| {
-                let range = &range;
-                scope.spawn(move || range(first, last))
-            })
-            .collect();
-        let mine = range(0, per_thread.min(tasks));
-        others.into_iter().fold(mine, |result, handle| {
-            let theirs = handle.join().unwrap_or_else(|_| {
-                Err(candle_core::Error::Msg(
-                    "attention: a worker panicked".into(),
-                ))
-            });
-            result.and(theirs)
-        })
-    })
+    // On rayon's pool (see `parallel_chunks`); the first error wins.
+    (0..threads)
+        .into_par_iter()
+        .map(|t| range(t * per_thread, ((t + 1) * per_thread).min(tasks)))
+        .collect::<Vec<Result<()>>>()
+        .into_iter()
+        .collect()
 }
 
 /// A destination shared by the tasks of one kernel, each writing its own

@@ -192,16 +192,15 @@ fn for_each_plane(out: &mut [f32], plane_len: usize, f: impl Fn(usize, &mut [f32
         return;
     }
     let per_thread = planes.div_ceil(threads);
-    std::thread::scope(|scope| {
-        for (t, block) in out.chunks_mut(per_thread * plane_len).enumerate() {
-            let f = &f;
-            scope.spawn(move || {
-                for (i, chunk) in block.chunks_mut(plane_len).enumerate() {
-                    f(t * per_thread + i, chunk);
-                }
-            });
-        }
-    });
+    // On rayon's pool, shared with gemm (see `kernels::parallel_chunks`).
+    use rayon::prelude::*;
+    out.par_chunks_mut(per_thread * plane_len)
+        .enumerate()
+        .for_each(|(t, block)| {
+            for (i, chunk) in block.chunks_mut(plane_len).enumerate() {
+                f(t * per_thread + i, chunk);
+            }
+        });
 }
 
 fn forward(x: &[f32], kernel: &[f32], bias: &[f32], g: Geom, relu6: bool) -> Vec<f32> {
