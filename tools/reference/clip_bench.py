@@ -20,12 +20,20 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--model", choices=["b16", "l14-336"], default="b16",
+                    help="ViT-B/16 at 224 px, or ViT-L/14 at 336 px (CAT-Seg L's CLIP)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = CLIPConfig(vision_config=dict(patch_size=16))
+    if args.model == "b16":
+        cfg, size = CLIPConfig(vision_config=dict(patch_size=16)), 224
+    else:
+        vision = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                      num_attention_heads=16, patch_size=14, image_size=336)
+        text = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12)
+        cfg, size = CLIPConfig(vision_config=vision, text_config=text, projection_dim=768), 336
     model = CLIPModel(cfg).eval()
-    px = torch.randn(args.batch, 3, 224, 224)
+    px = torch.randn(args.batch, 3, size, size)
     times, cpu = [], []
     with torch.inference_mode():
         for i in range(args.warmup + args.iters):

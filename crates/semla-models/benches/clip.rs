@@ -1,4 +1,4 @@
-//! CLIP ViT-B/16 image forward at 224 px: ours against PyTorch eager.
+//! CLIP ViT-B/16 image forward at 224 px (or ViT-L/14 at 336 px): ours against PyTorch eager.
 //!
 //! `cargo bench -p semla-models --bench clip` runs our model (random weights,
 //! standard ViT-B/16 config) with fused kernels, with composed (training)
@@ -11,7 +11,8 @@
 //! (default `python3`; set to an empty string to skip PyTorch), `CLIP_BENCH_BATCH`
 //! (images per forward, default 1; images per second are printed too),
 //! `CLIP_BENCH_GLIBC_DEFAULTS=1` (leaves glibc's allocator untuned, see
-//! `semla_core::alloc`).
+//! `semla_core::alloc`), `CLIP_BENCH_MODEL` (`b16`, the default: ViT-B/16 at 224 px;
+//! `l14-336`: ViT-L/14 at 336 px, CAT-Seg L's CLIP).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed check should stop loudly
 
 use std::time::Instant;
@@ -105,7 +106,17 @@ fn main() -> candle_core::Result<()> {
     }
     let iters = env_usize("CLIP_BENCH_ITERS", 10).max(1);
     let device = Device::Cpu;
-    let cfg = ClipConfig::vit_b16();
+    let model_name = std::env::var("CLIP_BENCH_MODEL").unwrap_or_else(|_| "b16".into());
+    let cfg = match model_name.as_str() {
+        "b16" => ClipConfig::vit_b16(),
+        "l14-336" => {
+            let mut cfg = ClipConfig::vit_l14();
+            cfg.vision_config.image_size = 336;
+            cfg
+        }
+        other => panic!("CLIP_BENCH_MODEL must be b16 or l14-336, not {other}"),
+    };
+    let size = cfg.vision_config.image_size;
     let vb = VarBuilder::from_tensors(
         semla_models::clip::random_vision_weights(&cfg, &device)?,
         DType::F32,
@@ -113,7 +124,7 @@ fn main() -> candle_core::Result<()> {
     );
     let mut model = ClipModel::new(&vb, &cfg)?;
     let batch = env_usize("CLIP_BENCH_BATCH", 1).max(1);
-    let pixels = Tensor::randn(0f32, 1.0, (batch, 3, 224, 224), &device)?;
+    let pixels = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &device)?;
     let none = Adaptation::none();
 
     // Ours and PyTorch alternate for a few rounds so that both see the same
@@ -134,7 +145,7 @@ fn main() -> candle_core::Result<()> {
         fused = fused.min(median);
         fused_min = fused_min.min(min);
         fused_cpu = fused_cpu.min(cpu);
-        if let Some((median, min, cpu)) = pytorch(&python, threads, iters, batch) {
+        if let Some((median, min, cpu)) = pytorch(&python, &model_name, threads, iters, batch) {
             println!(
                 "round {round}: PyTorch eager:        median {median:.4} s, min {min:.4} s, process CPU {cpu:.4} s"
             );
@@ -215,7 +226,13 @@ fn main() -> candle_core::Result<()> {
 
 /// Runs `tools/reference/clip_bench.py`: `(median, min, process CPU)` seconds, or `None`
 /// (with a message) when PyTorch is unavailable or `python` is empty.
-fn pytorch(python: &str, threads: usize, iters: usize, batch: usize) -> Option<(f64, f64, f64)> {
+fn pytorch(
+    python: &str,
+    model: &str,
+    threads: usize,
+    iters: usize,
+    batch: usize,
+) -> Option<(f64, f64, f64)> {
     let args = [
         "--threads",
         &threads.to_string(),
@@ -223,6 +240,8 @@ fn pytorch(python: &str, threads: usize, iters: usize, batch: usize) -> Option<(
         &iters.to_string(),
         "--batch",
         &batch.to_string(),
+        "--model",
+        model,
     ]
     .map(String::from);
     let value = semla_test_support::reference_json(python, "clip_bench.py", &args)?;

@@ -623,11 +623,8 @@ pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Resu
     let dims = x.dims().to_vec();
     let in_features = dims.last().copied().unwrap_or(1);
     let rows = x.elem_count() / in_features.max(1);
-    let y = x.reshape((rows, in_features))?.matmul(&weight.t()?)?;
-    let y = match bias {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    };
+    // One node on the CPU (bias and product in one buffer); only `x` gets a gradient.
+    let y = semla_adapters::frozen::linear(&x.reshape((rows, in_features))?, weight, bias)?;
     let mut out_dims = dims;
     if let Some(last) = out_dims.last_mut() {
         *last = weight.dim(0)?;

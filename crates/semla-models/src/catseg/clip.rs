@@ -72,30 +72,42 @@ impl Attention {
         crate::layers::linear(x, &self.out_proj_weight, Some(&self.out_proj_bias))
     }
 
-    /// `x W^T + b` for the q, k, v row blocks at once: `[N, L, 3D]`, with the
-    /// LoRA updates of the q/k/v sites added when `apply_lora`.
-    fn qkv(&self, x: &Tensor, adaptation: &Adaptation, apply_lora: bool) -> Result<Tensor> {
-        let (n, l, d) = x.dims3()?;
-        let x2 = x.reshape((n * l, d))?;
-        let y = x2
-            .matmul(&self.qkv_weight.t()?)?
-            .broadcast_add(&self.qkv_bias)?
-            .reshape((n, l, 3 * d))?;
-        if !apply_lora {
+    /// `x W^T + b` for the q, k, v row blocks at once: token rows `x2`
+    /// `[N*L, D]` of `n` sequences -> `[N*L, 3D]`, with the LoRA updates of the
+    /// q/k/v sites added when `apply_lora`. On the CPU one node (the stacked
+    /// product and every update in one buffer, `frozen::adapted_linear`).
+    fn qkv(
+        &self,
+        x2: &Tensor,
+        n: usize,
+        adaptation: &Adaptation,
+        apply_lora: bool,
+    ) -> Result<Tensor> {
+        let d = x2.dim(1)?;
+        let parts: Vec<(usize, &semla_adapters::FactoredSite)> = if apply_lora {
+            [&self.q_proj, &self.k_proj, &self.v_proj]
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, site)| adaptation.get(site.path()).map(|u| (i * d, u)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if parts.is_empty() {
+            return semla_adapters::frozen::linear(x2, &self.qkv_weight, Some(&self.qkv_bias));
+        }
+        let update = semla_adapters::FactoredSite::stack_outputs(&parts, 3 * d)?;
+        if let Some(y) = semla_adapters::frozen::adapted_linear(
+            x2,
+            &self.qkv_weight,
+            Some(&self.qkv_bias),
+            &update,
+        )? {
             return Ok(y);
         }
-        let mut parts = Vec::with_capacity(3);
-        for (i, site) in [&self.q_proj, &self.k_proj, &self.v_proj]
-            .into_iter()
-            .enumerate()
-        {
-            let base = y.narrow(2, i * d, d)?;
-            parts.push(match adaptation.get(site.path()) {
-                None => base,
-                Some(update) => (base + factored_update(&x2, n, update)?)?,
-            });
-        }
-        Tensor::cat(&parts, 2)
+        let y = semla_adapters::frozen::linear(x2, &self.qkv_weight, Some(&self.qkv_bias))?;
+        let delta = factored_update(x2, n, &update)?.reshape(y.shape())?;
+        y + delta
     }
 
     /// Scaled dot-product attention: `x` `[N, L, D]` -> `[N, L, D]`.
@@ -111,27 +123,21 @@ impl Attention {
         let h = self.num_heads;
         let hd = d / h;
         let scale = (hd as f64).powf(-0.5);
-        let qkv = self
-            .qkv(x, adaptation, apply_lora)?
+        let qkv = self.qkv(&x.reshape((n * l, d))?, n, adaptation, apply_lora)?; // [N*L, 3D]
+        if mask.is_none() && semla_adapters::host::is_cpu_f32(x) {
+            // Straight from the packed projection, no permute copy (with its own backward).
+            let out = qkv.apply_op1(crate::kernels::PackedAttention {
+                heads: h,
+                len: l,
+                scale: scale as f32,
+            })?; // [N*L, D]
+            return self.out_proj(&out)?.reshape((n, l, d));
+        }
+        let qkv = qkv
             .reshape((n, l, 3, h, hd))?
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?; // [3, N, H, L, d]
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        if kernels == Kernels::Fused
-            && mask.is_none()
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-        {
-            let out = q.apply_op3_no_bwd(
-                &k,
-                &v,
-                &crate::kernels::FusedAttention {
-                    scale: scale as f32,
-                    bias: None,
-                },
-            )?; // [N, L, D]
-            return self.out_proj(&out);
-        }
         let mut scores = (q * scale)?.matmul(&k.t()?)?; // [N, H, L, L]
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
@@ -144,9 +150,11 @@ impl Attention {
     /// The dense path of the last visual block (`forward_dense`): the value
     /// projection of every token through `out_proj`, no attention.
     fn values(&self, x: &Tensor, adaptation: &Adaptation, apply_lora: bool) -> Result<Tensor> {
-        let d = x.dim(2)?;
-        let v = self.qkv(x, adaptation, apply_lora)?.narrow(2, 2 * d, d)?;
-        self.out_proj(&v)
+        let (n, l, d) = x.dims3()?;
+        let v = self
+            .qkv(&x.reshape((n * l, d))?, n, adaptation, apply_lora)?
+            .narrow(1, 2 * d, d)?;
+        self.out_proj(&v)?.reshape((n, l, d))
     }
 }
 
