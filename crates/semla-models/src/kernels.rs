@@ -118,6 +118,57 @@ fn head_probs(
 
 const ATTENTION_OP: &str = "fused-attention";
 
+/// The forward of both attention ops: for every image and head,
+/// `softmax(q k^T * scale + bias[head]) v` into the `[N, L, H * d]` rows the
+/// output projection takes. `view(image, head, part)` is that head's q
+/// (`part` 0), k (1) or v (2) as an `[L, d]` matrix; `bias` is `[H, L, L]`.
+/// One task per (image, head) on rayon's pool, each with single-threaded
+/// products: small per-head products parallelise badly inside one gemm call,
+/// well across heads.
+fn attend<'a>(
+    op: &str,
+    (n, len, heads, head_dim): (usize, usize, usize, usize),
+    scale: f32,
+    bias: Option<&[f32]>,
+    view: impl Fn(usize, usize, usize) -> Strided<'a> + Sync,
+) -> Result<Vec<f32>> {
+    let width = heads * head_dim;
+    let mut out = vec![0f32; n * len * width];
+    // Each task writes the columns `h*d..(h+1)*d` of the rows of image `n`:
+    // disjoint regions of `out`.
+    let shared = SharedOut::new(&mut out);
+    for_each_task(
+        n * heads,
+        || vec![0f32; len * len],
+        |task, probs| {
+            let (image, head) = (task / heads, task % heads);
+            let bias = bias.map(|b| &b[head * len * len..(head + 1) * len * len]);
+            head_probs(
+                view(image, head, 0),
+                view(image, head, 1),
+                scale,
+                bias,
+                probs,
+            )?;
+            // SAFETY: rows of image `image`, columns of head `head`: inside
+            // `out` and this task's alone.
+            unsafe {
+                host::gemm_raw(
+                    op,
+                    shared.at(image * len * width + head * head_dim),
+                    width,
+                    Strided::dense(probs, len, len),
+                    view(image, head, 2),
+                    false,
+                    1.0,
+                    gemm::Parallelism::None,
+                )
+            }
+        },
+    )?;
+    Ok(out)
+}
+
 /// Scaled dot-product attention, fused: for every image `n` and head `h`,
 /// `softmax(q k^T * scale + bias[h]) v`, written straight into the
 /// `[N, L, H * d]` layout the output projection takes (no transpose copy).
@@ -167,38 +218,19 @@ impl CustomOp3 for FusedAttention<'_> {
                 bias.len()
             )
         }
-        let width = heads * head_dim;
-        let mut out = vec![0f32; n * len * width];
-        // Each task writes the columns `h*d..(h+1)*d` of the rows of image `n`:
-        // disjoint regions of `out`.
-        let shared = SharedOut::new(&mut out);
-        for_each_task(
-            n * heads,
-            || vec![0f32; len * len],
-            |task, probs| {
-                let (image, head) = (task / heads, task % heads);
-                let at = (image * heads + head) * len * head_dim;
-                let view = |data| Strided::rows(data, at, len, head_dim, head_dim);
-                let bias = self
-                    .bias
-                    .map(|b| &b[head * len * len..(head + 1) * len * len]);
-                head_probs(view(q), view(k), self.scale, bias, probs)?;
-                // SAFETY: rows of image `image`, columns of head `head`: inside
-                // `out` and this task's alone.
-                unsafe {
-                    host::gemm_raw(
-                        ATTENTION_OP,
-                        shared.at(image * len * width + head * head_dim),
-                        width,
-                        Strided::dense(probs, len, len),
-                        view(v),
-                        false,
-                        1.0,
-                        gemm::Parallelism::None,
-                    )
-                }
-            },
+        let view = |image: usize, head: usize, part: usize| {
+            let data = [q, k, v][part];
+            let at = (image * heads + head) * len * head_dim;
+            Strided::rows(data, at, len, head_dim, head_dim)
+        };
+        let out = attend(
+            ATTENTION_OP,
+            (n, len, heads, head_dim),
+            self.scale,
+            self.bias,
+            view,
         )?;
+        let width = heads * head_dim;
         Ok((CpuStorage::F32(out), Shape::from((n, len, width))))
     }
 }
@@ -249,35 +281,11 @@ impl candle_core::CustomOp1 for PackedAttention {
         let (n, len, heads, head_dim) = self.dims(layout.shape())?;
         let qkv = host::contiguous_f32(PACKED_OP, qkv, layout)?;
         let width = heads * head_dim;
-        let mut out = vec![0f32; n * len * width];
-        let shared = SharedOut::new(&mut out);
-        for_each_task(
-            n * heads,
-            || vec![0f32; len * len],
-            |task, probs| {
-                let (image, head) = (task / heads, task % heads);
-                // Part `part` (0 q, 1 k, 2 v) of head `head` for the image's tokens.
-                let view = |part: usize| {
-                    let at = image * len * 3 * width + part * width + head * head_dim;
-                    Strided::rows(qkv, at, len, head_dim, 3 * width)
-                };
-                head_probs(view(0), view(1), self.scale, None, probs)?;
-                // SAFETY: rows of image `image`, columns of head `head`: inside
-                // `out` and this task's alone.
-                unsafe {
-                    host::gemm_raw(
-                        PACKED_OP,
-                        shared.at(image * len * width + head * head_dim),
-                        width,
-                        Strided::dense(probs, len, len),
-                        view(2),
-                        false,
-                        1.0,
-                        gemm::Parallelism::None,
-                    )
-                }
-            },
-        )?;
+        let view = |image: usize, head: usize, part: usize| {
+            let at = image * len * 3 * width + part * width + head * head_dim;
+            Strided::rows(qkv, at, len, head_dim, 3 * width)
+        };
+        let out = attend(PACKED_OP, (n, len, heads, head_dim), self.scale, None, view)?;
         Ok((CpuStorage::F32(out), Shape::from((n * len, width))))
     }
 
