@@ -2,7 +2,7 @@
 //!
 //! A custom op's forward pass receives candle's storage and layout
 //! ([`contiguous_f32`], [`contiguous_f32_mut`]); its backward pass receives
-//! tensors ([`with_f32`]). Every kernel of the workspace reads its operands
+//! tensors ([`read_f32`]). The kernels of the workspace read their operands
 //! through these, so the checks (f32, contiguous, within the storage) are
 //! written once.
 

@@ -236,12 +236,10 @@ impl candle_core::CustomOp1 for Im2Col {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let candle_core::CpuStorage::F32(data) = storage else {
-            candle_core::bail!("im2col: only f32 is supported")
-        };
-        let (Some((start, end)), [c, h, w]) = (layout.contiguous_offsets(), layout.dims()) else {
+        let image = semla_adapters::host::contiguous_f32("im2col", storage, layout)?;
+        let [c, h, w] = layout.dims() else {
             candle_core::bail!(
-                "im2col: expected a contiguous [C, H, W] image, got {:?}",
+                "im2col: expected a [C, H, W] image, got {:?}",
                 layout.dims()
             )
         };
@@ -251,7 +249,6 @@ impl candle_core::CustomOp1 for Im2Col {
             candle_core::bail!("im2col: a {h}x{w} image does not fit kernel {k} / stride {s}")
         }
         let (oh, ow) = ((h + 2 * pad - k) / s + 1, (w + 2 * pad - k) / s + 1);
-        let image = &data[start..end];
         let mut out = vec![0f32; c * k * k * oh * ow];
         crate::kernels::parallel_chunks(&mut out, oh * ow, |offset, chunk| {
             for (r, row) in chunk.chunks_mut(oh * ow).enumerate() {
