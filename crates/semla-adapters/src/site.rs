@@ -609,3 +609,54 @@ pub fn as_f32(t: &Tensor) -> Result<Tensor> {
         t.to_dtype(DType::F32)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use candle_core::Device;
+    use semla_test_support::max_abs_diff;
+
+    fn ramp(shape: &[usize], scale: f32) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * scale)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Sites placed at row blocks of a wider layer: the stacked update's dense
+    /// weight is each site's own update in its block and zero elsewhere, for
+    /// every image (one shared mixture mixed with a per-image one); a block past
+    /// the end is an error.
+    #[test]
+    fn stacked_outputs_place_each_update_in_its_block() {
+        let (inner, width) = (5, 4);
+        let q = FactoredSite {
+            a: ramp(&[2, inner], 1.0),
+            b: ramp(&[width, 2], 2.0),
+            coeff: Tensor::new(&[[0.5f32, 2.0]], &Device::Cpu).unwrap(),
+        };
+        let v = FactoredSite {
+            a: ramp(&[3, inner], 0.7),
+            b: ramp(&[width, 3], 1.3),
+            coeff: Tensor::new(&[[1f32, 2.0, 3.0], [-1.0, 0.5, 0.25]], &Device::Cpu).unwrap(),
+        };
+        let stacked = FactoredSite::stack_outputs(&[(0, &q), (2 * width, &v)], 3 * width).unwrap();
+        assert_eq!(stacked.coeff.dims(), [2, 5]);
+        for image in 0..2 {
+            let dense = stacked.delta_weight(image).unwrap(); // [3 * width, inner]
+            let block = |i: usize| dense.narrow(0, i * width, width).unwrap();
+            assert!(max_abs_diff(&block(0), &q.delta_weight(image).unwrap()) < 1e-6);
+            assert!(
+                max_abs_diff(
+                    &block(1),
+                    &Tensor::zeros((width, inner), DType::F32, &Device::Cpu).unwrap()
+                ) == 0.0
+            );
+            assert!(max_abs_diff(&block(2), &v.delta_weight(image).unwrap()) < 1e-6);
+        }
+        assert!(FactoredSite::stack_outputs(&[(2 * width + 1, &v)], 3 * width).is_err());
+        assert!(FactoredSite::stack_outputs(&[], 3 * width).is_err());
+    }
+}
