@@ -728,13 +728,7 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    fn ramp(shape: &[usize], scale: f32) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * scale)
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
+    use semla_test_support::ramp;
 
     /// The one-node linear equals the composed formula, written out by hand,
     /// with and without bias; a transposed (strided) weight takes candle's ops

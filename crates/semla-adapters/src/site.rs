@@ -617,13 +617,7 @@ mod tests {
     use candle_core::Device;
     use semla_test_support::max_abs_diff;
 
-    fn ramp(shape: &[usize], scale: f32) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * scale)
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
+    use semla_test_support::ramp;
 
     /// Sites placed at row blocks of a wider layer: the stacked update's dense
     /// weight is each site's own update in its block and zero elsewhere, for

@@ -51,6 +51,17 @@ pub fn max_abs(t: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// A deterministic CPU f32 tensor of `shape` with values spread over
+/// `[-scale / 2, scale / 2)` in a scrambled order (`i * 37 mod 101`), for hand
+/// checks that should not depend on a random generator.
+pub fn ramp(shape: &[usize], scale: f32) -> Tensor {
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * scale)
+        .collect();
+    Tensor::from_vec(values, shape, &candle_core::Device::Cpu).unwrap()
+}
+
 /// `max |a - b|` of two slices of equal length.
 pub fn max_abs_diff_slices(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
