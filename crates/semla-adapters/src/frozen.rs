@@ -6,11 +6,14 @@
 //! base then pays a second full-size matmul/convolution per frozen layer and
 //! keeps every frozen weight's gradient in the `GradStore`.
 //!
-//! The functions here compute the layer's forward on a detached input (no
-//! graph), then pass the result through a custom op whose only job is to route
-//! the output gradient back to the input: `grad_x = grad_y W` for a linear
-//! layer, a transposed convolution for a convolution. The frozen weight never
-//! enters the graph, so it neither receives nor stores a gradient.
+//! On the CPU in f32 a frozen linear layer, alone or with a factored LoRA
+//! update ([`adapted_linear`]), is one [`LinearKernel`] node with its own
+//! forward and backward. Elsewhere (and for the convolutions) the functions
+//! here compute the layer's forward on a detached input (no graph), then pass
+//! the result through a custom op whose only job is to route the output
+//! gradient back to the input: `grad_x = grad_y W` for a linear layer, a
+//! transposed convolution for a convolution. Either way the frozen weight
+//! never enters the graph, so it neither receives nor stores a gradient.
 //!
 //! The plain candle ops run unchanged when the input does not track
 //! gradients (inference), when the weight or bias does (training the base
