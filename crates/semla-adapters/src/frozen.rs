@@ -7,7 +7,7 @@
 //! keeps every frozen weight's gradient in the `GradStore`.
 //!
 //! On the CPU in f32 a frozen linear layer, alone or with a factored LoRA
-//! update ([`adapted_linear`]), is one [`LinearKernel`] node with its own
+//! update ([`adapted_linear`]), is one `LinearKernel` node with its own
 //! forward and backward. Elsewhere (and for the convolutions) the functions
 //! here compute the layer's forward on a detached input (no graph), then pass
 //! the result through a custom op whose only job is to route the output
@@ -280,7 +280,7 @@ fn bridged(x: &Tensor, y: Tensor, rule: InputGradient) -> Result<Tensor> {
 /// `x W^T + b` for a frozen `weight` `[out, in]` and `bias` `[out]`, with `x`
 /// `[M, in]` -> `[M, out]`. Only `x` receives a gradient.
 ///
-/// On the CPU in f32 this is one [`LinearKernel`] node (inference and
+/// On the CPU in f32 this is one `LinearKernel` node (inference and
 /// training alike); elsewhere candle's ops, bridged to an input-only backward.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let plain = |x: &Tensor| -> Result<Tensor> {
@@ -313,7 +313,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 /// `x W^T + b + sum_j coeff[n, j] B[:, j] (A[j, :] x)` for a frozen `weight`
 /// `[out, in]` and `bias` `[out]`, `x` `[M, in]` (the rows of `images` images,
 /// `M / images` each, in order) and the factored update of `site` (`A` `[R, in]`,
-/// `B` `[out, R]`, `coeff` `[images | 1, R]`), as one [`LinearKernel`] node:
+/// `B` `[out, R]`, `coeff` `[images | 1, R]`), as one `LinearKernel` node:
 /// the gradients of `x`, `A` and `B` (those that are tracked), never of the
 /// weight. `None` when the kernel cannot take it (not f32 on the CPU, a
 /// tracked weight, bias or coefficient, a strided operand, shapes that do not
@@ -362,7 +362,7 @@ pub fn adapted_linear(
         .map(Some)
 }
 
-/// The per-row coefficients of the rank rows of a [`LinearKernel`]'s update.
+/// The per-row coefficients of the rank rows of a `LinearKernel`'s update.
 #[derive(Clone, Debug)]
 struct RankCoefficients {
     /// `[images, rank]` row-major.
