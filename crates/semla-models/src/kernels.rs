@@ -77,13 +77,25 @@ impl SharedOut {
     }
 }
 
-/// `probs = softmax(scale * q k^T + bias)` row by row for one head: `q`, `k`
-/// `[L, d]`, `probs` `[L, L]` (dense), `bias` `[L, L]` or none.
+/// What is added to one head's scaled scores before the softmax.
+#[derive(Clone, Copy)]
+enum ScoreMask<'a> {
+    /// Nothing.
+    None,
+    /// An additive `[L, L]` bias (TinyViT's attention biases).
+    Bias(&'a [f32]),
+    /// `-inf` above the diagonal: token `i` attends to tokens `0..=i` (a text
+    /// transformer's causal mask).
+    Causal,
+}
+
+/// `probs = softmax(scale * q k^T + mask)` row by row for one head: `q`, `k`
+/// `[L, d]`, `probs` `[L, L]` (dense).
 fn head_probs(
     q: Strided<'_>,
     k: Strided<'_>,
     scale: f32,
-    bias: Option<&[f32]>,
+    mask: ScoreMask<'_>,
     probs: &mut [f32],
 ) -> Result<()> {
     let len = q.rows;
@@ -98,20 +110,29 @@ fn head_probs(
     )?;
     // With a bias the scores are scaled and biased first; without one the
     // scale goes inside the exponential (the same softmax).
-    let row_scale = match bias {
-        Some(bias) => {
+    let row_scale = match mask {
+        ScoreMask::Bias(bias) => {
             for (s, &b) in probs.iter_mut().zip(bias) {
                 *s = *s * scale + b;
             }
             1.0
         }
-        None => scale,
+        ScoreMask::None | ScoreMask::Causal => scale,
     };
-    for row in probs.chunks_mut(len.max(1)) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        crate::fastmath::map_in_place(row, |s| crate::fastmath::exp((s - max) * row_scale));
-        let inv = 1.0 / row.iter().sum::<f32>();
-        crate::fastmath::map_in_place(row, |s| s * inv);
+    for (i, row) in probs.chunks_mut(len.max(1)).enumerate() {
+        // A causal row's masked part has probability exactly 0.
+        let seen = match mask {
+            ScoreMask::Causal => {
+                let (seen, masked) = row.split_at_mut((i + 1).min(len));
+                masked.fill(0.0);
+                seen
+            }
+            _ => row,
+        };
+        let max = seen.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        crate::fastmath::map_in_place(seen, |s| crate::fastmath::exp((s - max) * row_scale));
+        let inv = 1.0 / seen.iter().sum::<f32>();
+        crate::fastmath::map_in_place(seen, |s| s * inv);
     }
     Ok(())
 }
@@ -129,7 +150,7 @@ fn attend<'a>(
     op: &str,
     (n, len, heads, head_dim): (usize, usize, usize, usize),
     scale: f32,
-    bias: Option<&[f32]>,
+    mask: ScoreMask<'_>,
     view: impl Fn(usize, usize, usize) -> Strided<'a> + Sync,
 ) -> Result<Vec<f32>> {
     let width = heads * head_dim;
@@ -142,12 +163,16 @@ fn attend<'a>(
         || vec![0f32; len * len],
         |task, probs| {
             let (image, head) = (task / heads, task % heads);
-            let bias = bias.map(|b| &b[head * len * len..(head + 1) * len * len]);
+            // A bias holds one [L, L] block per head.
+            let mask = match mask {
+                ScoreMask::Bias(b) => ScoreMask::Bias(&b[head * len * len..(head + 1) * len * len]),
+                other => other,
+            };
             head_probs(
                 view(image, head, 0),
                 view(image, head, 1),
                 scale,
-                bias,
+                mask,
                 probs,
             )?;
             // SAFETY: rows of image `image`, columns of head `head`: inside
@@ -227,7 +252,7 @@ impl CustomOp3 for FusedAttention<'_> {
             ATTENTION_OP,
             (n, len, heads, head_dim),
             self.scale,
-            self.bias,
+            self.bias.map_or(ScoreMask::None, ScoreMask::Bias),
             view,
         )?;
         let width = heads * head_dim;
@@ -254,11 +279,22 @@ pub struct PackedAttention {
     pub len: usize,
     /// Multiplies the scores before the softmax (`d^-1/2`).
     pub scale: f32,
+    /// Token `i` attends to tokens `0..=i` only (a text transformer's causal
+    /// mask); the masked probabilities are exactly 0, so their gradients are too.
+    pub causal: bool,
 }
 
 const PACKED_OP: &str = "packed-attention";
 
 impl PackedAttention {
+    fn mask(&self) -> ScoreMask<'static> {
+        if self.causal {
+            ScoreMask::Causal
+        } else {
+            ScoreMask::None
+        }
+    }
+
     /// `(N, L, H, d)` of a packed `[N * L, 3 H d]` input.
     fn dims(&self, shape: &Shape) -> Result<(usize, usize, usize, usize)> {
         let (rows, packed) = shape.dims2()?;
@@ -285,7 +321,13 @@ impl candle_core::CustomOp1 for PackedAttention {
             let at = image * len * 3 * width + part * width + head * head_dim;
             Strided::rows(qkv, at, len, head_dim, 3 * width)
         };
-        let out = attend(PACKED_OP, (n, len, heads, head_dim), self.scale, None, view)?;
+        let out = attend(
+            PACKED_OP,
+            (n, len, heads, head_dim),
+            self.scale,
+            self.mask(),
+            view,
+        )?;
         Ok((CpuStorage::F32(out), Shape::from((n * len, width))))
     }
 
@@ -301,7 +343,7 @@ impl candle_core::CustomOp1 for PackedAttention {
         let (qkv_v, grad_v): (&[f32], &[f32]) = (&values, &grad_out);
         let mut grad_qkv = vec![0f32; n * len * 3 * width];
         let shared = SharedOut::new(&mut grad_qkv);
-        let scale = self.scale;
+        let (scale, mask) = (self.scale, self.mask());
         let serial = gemm::Parallelism::None;
         for_each_task(
             n * heads,
@@ -319,7 +361,7 @@ impl candle_core::CustomOp1 for PackedAttention {
                     head_dim,
                     width,
                 );
-                head_probs(view(0), view(1), scale, None, probs)?;
+                head_probs(view(0), view(1), scale, mask, probs)?;
                 host::gemm_into(
                     PACKED_OP,
                     grad_probs,
@@ -444,55 +486,71 @@ mod tests {
     }
 
     /// The packed op against candle's composed attention on the same packed
-    /// projection: the output, and the gradient of the projection through
+    /// projection, plain and causal (the additive `-inf` mask of a text
+    /// tower): the output, and the gradient of the projection through
     /// candle's autograd of the composed formula.
     #[test]
     fn packed_attention_has_the_composed_value_and_gradient() {
         let device = Device::Cpu;
         let (n, heads, len, d) = (2, 3, 29, 8);
         let width = heads * d;
-        let qkv = candle_core::Var::from_tensor(
-            &Tensor::randn(0f32, 1.0, (n * len, 3 * width), &device).unwrap(),
-        )
-        .unwrap();
         let scale = 0.3f32;
-        let op = PackedAttention { heads, len, scale };
-        let fused = qkv.as_tensor().apply_op1(op).unwrap();
-        let parts = qkv
-            .as_tensor()
-            .reshape((n, len, 3, heads, d))
-            .unwrap()
-            .permute((2, 0, 3, 1, 4))
+        for causal in [false, true] {
+            let qkv = candle_core::Var::from_tensor(
+                &Tensor::randn(0f32, 1.0, (n * len, 3 * width), &device).unwrap(),
+            )
             .unwrap();
-        let (q, k, v) = (
-            parts.get(0).unwrap(),
-            parts.get(1).unwrap(),
-            parts.get(2).unwrap(),
-        );
-        let scores = (q.matmul(&k.t().unwrap()).unwrap() * scale as f64).unwrap();
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
-        let composed = probs
-            .matmul(&v)
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap()
-            .reshape((n * len, width))
-            .unwrap();
-        assert!(max_abs_diff(&fused, &composed) < 1e-5);
-        let target = Tensor::randn(0f32, 1.0, (n * len, width), &device).unwrap();
-        let grad = |y: &Tensor| {
-            let grads = (y * &target)
+            let op = PackedAttention {
+                heads,
+                len,
+                scale,
+                causal,
+            };
+            let fused = qkv.as_tensor().apply_op1(op).unwrap();
+            let parts = qkv
+                .as_tensor()
+                .reshape((n, len, 3, heads, d))
                 .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
+                .permute((2, 0, 3, 1, 4))
                 .unwrap();
-            grads.get(qkv.as_tensor()).unwrap().clone()
-        };
-        let (gf, gc) = (grad(&fused), grad(&composed));
-        assert_eq!(gf.dims(), qkv.dims());
-        let diff = max_abs_diff(&gf, &gc);
-        assert!(diff < 1e-5, "packed gradient differs by {diff}");
+            let (q, k, v) = (
+                parts.get(0).unwrap(),
+                parts.get(1).unwrap(),
+                parts.get(2).unwrap(),
+            );
+            let mut scores = (q.matmul(&k.t().unwrap()).unwrap() * scale as f64).unwrap();
+            if causal {
+                let mask =
+                    crate::layers::causal_mask(len, &device, candle_core::DType::F32).unwrap();
+                scores = scores.broadcast_add(&mask).unwrap();
+            }
+            let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
+            let composed = probs
+                .matmul(&v)
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((n * len, width))
+                .unwrap();
+            assert!(max_abs_diff(&fused, &composed) < 1e-5, "causal {causal}");
+            let target = Tensor::randn(0f32, 1.0, (n * len, width), &device).unwrap();
+            let grad = |y: &Tensor| {
+                let grads = (y * &target)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                grads.get(qkv.as_tensor()).unwrap().clone()
+            };
+            let (gf, gc) = (grad(&fused), grad(&composed));
+            assert_eq!(gf.dims(), qkv.dims());
+            let diff = max_abs_diff(&gf, &gc);
+            assert!(
+                diff < 1e-5,
+                "causal {causal}: packed gradient differs by {diff}"
+            );
+        }
         // A packed width that is not 3 x heads x d, or rows that are not whole
         // sequences, are an error, not a panic.
         let odd = Tensor::zeros((4, 10), candle_core::DType::F32, &device).unwrap();
@@ -500,7 +558,8 @@ mod tests {
             odd.apply_op1(PackedAttention {
                 heads: 3,
                 len: 4,
-                scale
+                scale,
+                causal: false,
             })
             .is_err()
         );
@@ -510,7 +569,8 @@ mod tests {
                 .apply_op1(PackedAttention {
                     heads: 3,
                     len: 4,
-                    scale
+                    scale,
+                    causal: true,
                 })
                 .is_err()
         );

@@ -110,11 +110,12 @@ impl Attention {
         y + delta
     }
 
-    /// Scaled dot-product attention: `x` `[N, L, D]` -> `[N, L, D]`.
+    /// Scaled dot-product attention: `x` `[N, L, D]` -> `[N, L, D]`, causal
+    /// (each token attends to itself and those before it) in the text tower.
     fn forward(
         &self,
         x: &Tensor,
-        mask: Option<&Tensor>,
+        causal: bool,
         adaptation: &Adaptation,
         apply_lora: bool,
         kernels: Kernels,
@@ -124,12 +125,13 @@ impl Attention {
         let hd = d / h;
         let scale = (hd as f64).powf(-0.5);
         let qkv = self.qkv(&x.reshape((n * l, d))?, n, adaptation, apply_lora)?; // [N*L, 3D]
-        if mask.is_none() && semla_adapters::host::is_cpu_f32(x) {
+        if semla_adapters::host::is_cpu_f32(x) {
             // Straight from the packed projection, no permute copy (with its own backward).
             let out = qkv.apply_op1(crate::kernels::PackedAttention {
                 heads: h,
                 len: l,
                 scale: scale as f32,
+                causal,
             })?; // [N*L, D]
             return self.out_proj(&out)?.reshape((n, l, d));
         }
@@ -139,8 +141,8 @@ impl Attention {
             .contiguous()?; // [3, N, H, L, d]
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
         let mut scores = (q * scale)?.matmul(&k.t()?)?; // [N, H, L, L]
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
+        if causal {
+            scores = scores.broadcast_add(&causal_mask(l, x.device(), x.dtype())?)?;
         }
         let probs = softmax_last_dim(&scores, kernels)?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((n, l, d))?;
@@ -206,12 +208,15 @@ impl ResidualBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &Ctx) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, causal: bool, ctx: &Ctx) -> Result<Tensor> {
         let h = self.ln_1.forward(x, ctx.kernels)?;
-        let x =
-            (x + self
-                .attn
-                .forward(&h, mask, ctx.adaptation, ctx.apply_qkv_lora, ctx.kernels)?)?;
+        let x = (x + self.attn.forward(
+            &h,
+            causal,
+            ctx.adaptation,
+            ctx.apply_qkv_lora,
+            ctx.kernels,
+        )?)?;
         let h = self.ln_2.forward(&x, ctx.kernels)?;
         x + self.mlp.forward(&h, ctx.adaptation, ctx.kernels)?
     }
@@ -392,7 +397,7 @@ impl ClipTowers {
             x = if i == last {
                 block.forward_dense(&x, &ctx)?
             } else {
-                block.forward(&x, None, &ctx)?
+                block.forward(&x, false, &ctx)?
             };
             for (slot, _) in guidance
                 .iter_mut()
@@ -442,9 +447,8 @@ impl ClipTowers {
                 .narrow(0, 0, l)?
                 .unsqueeze(0)?,
         )?;
-        let mask = causal_mask(l, x.device(), x.dtype())?;
         for block in &self.text_blocks {
-            x = block.forward(&x, Some(&mask), &ctx)?;
+            x = block.forward(&x, true, &ctx)?;
         }
         let x = self.ln_final.forward(&x, kernels)?;
         // argmax(ids): the first position of the largest id (the end-of-text token).

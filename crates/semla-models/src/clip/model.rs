@@ -145,13 +145,14 @@ impl Attention {
         }
     }
 
-    /// `x`: `[N*L, D]`, the tokens of sequences of `len`; `mask`: additive
-    /// `[L, L]` (causal text mask) or none. Returns `[N*L, D]`.
+    /// `x`: `[N*L, D]`, the tokens of sequences of `len`; `causal`: each token
+    /// attends to itself and the tokens before it only (the text tower).
+    /// Returns `[N*L, D]`.
     fn forward(
         &self,
         x: &Tensor,
         len: usize,
-        mask: Option<&Tensor>,
+        causal: bool,
         adaptation: &Adaptation,
         kernels: Kernels,
     ) -> Result<Tensor> {
@@ -160,22 +161,22 @@ impl Attention {
         let scale = (self.head_dim as f64).powf(-0.5);
         // Packed: one node for the projection, one for the attention (forward
         // and backward), no reshape, permute or split.
-        if mask.is_none()
-            && semla_adapters::host::is_cpu_f32(x)
+        if semla_adapters::host::is_cpu_f32(x)
             && let Some(qkv) = self.packed_qkv(x, adaptation)?
         {
             let out = qkv.apply_op1(crate::kernels::PackedAttention {
                 heads: self.num_heads,
                 len,
                 scale: scale as f32,
+                causal,
             })?; // [N*L, D]
             return self.out_proj.forward(&out, adaptation);
         }
         let (q, k, v) = self.project_qkv(&x.reshape((n, len, d))?, adaptation)?;
         let q = (q * scale)?;
         let mut scores = q.matmul(&k.t()?)?; // [N, H, L, L]
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
+        if causal {
+            scores = scores.broadcast_add(&causal_mask(len, x.device(), x.dtype())?)?;
         }
         let probs = softmax_last_dim(&scores, kernels)?;
         let out = probs.matmul(&v)?; // [N, H, L, d]
@@ -221,12 +222,14 @@ impl EncoderLayer {
         &self,
         x: &Tensor,
         len: usize,
-        mask: Option<&Tensor>,
+        causal: bool,
         adaptation: &Adaptation,
         kernels: Kernels,
     ) -> Result<Tensor> {
         let h = self.layer_norm1.forward(x, kernels)?;
-        let x = (x + self.self_attn.forward(&h, len, mask, adaptation, kernels)?)?;
+        let x = (x + self
+            .self_attn
+            .forward(&h, len, causal, adaptation, kernels)?)?;
         let h = self.layer_norm2.forward(&x, kernels)?;
         x + self.mlp.forward(&h, adaptation, kernels)?
     }
@@ -420,7 +423,7 @@ impl VisionTransformer {
         let mut x = x.reshape((n * len, d))?;
         let mut kept: Vec<Option<Tensor>> = vec![None; keep_layers.len()];
         for (i, layer) in self.encoder.layers.iter().enumerate() {
-            x = layer.forward(&x, len, None, adaptation, kernels)?;
+            x = layer.forward(&x, len, false, adaptation, kernels)?;
             for (slot, _) in kept.iter_mut().zip(keep_layers).filter(|(_, k)| **k == i) {
                 *slot = Some(x.reshape((n, len, d))?);
             }
@@ -498,10 +501,9 @@ impl TextTransformer {
             .reshape((n, l, d))?;
         let positions = self.position_embedding.narrow(0, 0, l)?;
         let x = tokens.broadcast_add(&positions.unsqueeze(0)?)?;
-        let mask = causal_mask(l, x.device(), x.dtype())?;
         let mut x = x.reshape((n * l, d))?;
         for layer in &self.encoder.layers {
-            x = layer.forward(&x, l, Some(&mask), adaptation, kernels)?;
+            x = layer.forward(&x, l, true, adaptation, kernels)?;
         }
         self.final_layer_norm
             .forward(&x.reshape((n, l, d))?, kernels)
